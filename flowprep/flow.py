@@ -147,3 +147,16 @@ def quantize_flow(flow_px: np.ndarray, bound: float = FLOW_BOUND) -> np.ndarray:
 def dequantize_flow(q: np.ndarray) -> np.ndarray:
     """int8 -> float32 in [-1, 1] (multiply by the bound for pixels)."""
     return q.astype(np.float32) * np.float32(1.0 / QUANT_LEVELS)
+
+
+def pick_backend(backend: str, device: str | None = None) -> str:
+    """Resolve ``"auto"``: the fastest backend available here.
+
+    The torch backend (when installed in BACKENDS) is faster than OpenCV's on CPU and on CUDA
+    (``make bench-flow`` measures both side by side); OpenCV is the reference otherwise.
+    """
+    if backend != "auto":
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown flow backend {backend!r}; allowed: auto, {', '.join(sorted(BACKENDS))}")
+        return backend
+    return "torch" if "torch" in BACKENDS else "opencv"

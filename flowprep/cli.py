@@ -1,0 +1,160 @@
+"""Command line: ``flowprep <command>``.  Each command is a small function registered in COMMANDS.
+
+Exit status: 0 success, 1 some rows failed (see the ledger), 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+PIPELINES_DIRS = (Path.cwd() / "pipelines", Path(__file__).resolve().parent.parent / "pipelines")
+ALIASES = {"kinetics": "kinetics400"}
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A recipe file, or a dataset name looked up in pipelines/ (``kinetics`` = ``kinetics400``)."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        if not p.is_file():
+            raise SystemExit(_usage_error(f"recipe {p} not found"))
+        return p
+    name = ALIASES.get(name_or_path, name_or_path)
+    known: set[str] = set(ALIASES)
+    for d in PIPELINES_DIRS:
+        if (d / f"{name}.toml").is_file():
+            return d / f"{name}.toml"
+        known |= {f.stem for f in d.glob("*.toml")}
+    raise SystemExit(_usage_error(f"unknown dataset {name_or_path!r}; known: {', '.join(sorted(known))}"))
+
+
+def _usage_error(msg: str) -> int:
+    print(f"flowprep: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flowprep.manifest import ManifestError
+    from flowprep.pipeline import run
+    from flowprep.recipe import RecipeError, load_recipe
+    from flowprep.store import StoreError, run_dir
+
+    recipe = find_recipe(args.recipe)
+    try:
+        cfg = load_recipe(
+            recipe, out=args.out, cache_dir=args.cache_dir, jobs=args.jobs, overwrite=args.overwrite,
+            limit=args.limit, backend=args.backend, device=args.device, progress=not args.no_progress,
+        )
+        summary = run(cfg)
+    except (RecipeError, ManifestError, StoreError, ValueError) as e:
+        return _usage_error(str(e))
+    fps = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
+    print(
+        f"{cfg.dataset}: {summary.rows} rows: {summary.done} done, {summary.failed} failed, "
+        f"{summary.skipped} skipped (already complete) in {summary.seconds:.1f} s "
+        f"({summary.frames} frames, {fps:.1f} frames/s, flow backend {summary.backend})"
+    )
+    if summary.failed:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.failed_by_reason.items()))
+        print(f"failed by reason: {reasons}; details: {run_dir(cfg.out) / 'index.json'}")
+    print(f"store: {cfg.out}   inspect it: flowprep inspect {cfg.out}")
+    return 0 if summary.ok else 1
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from flowprep import open_store
+    from flowprep.store import StoreError, run_dir
+
+    try:
+        store = open_store(args.store)
+    except StoreError as e:
+        return _usage_error(str(e))
+    index_path = run_dir(args.store) / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.exists() else {"videos": []}
+    ids = [args.video] if args.video else store.video_ids
+    if args.video and args.video not in store:
+        return _usage_error(f"video {args.video!r} is not in {args.store}; videos: {', '.join(store.video_ids[:20])}")
+    print(f"{args.store}: {len(store)} complete video(s); dataset {store.meta.get('dataset')}, format v{store.meta['format_version']}")
+    header = f"{'video':<28} {'label':<14} {'frames':>6} {'size':>9} {'|flow| mean':>11} {'p95':>6} {'max':>6} {'clipped':>7}"
+    print(header)
+    print("-" * len(header))
+    for vid in ids:
+        info = store.info(vid)
+        bound = float(info["flow"]["bound_px"])
+        mags, clipped, n = [], 0, 0
+        for start in range(0, info["n_flow"], 64):
+            q = store.read_flow_int8(vid, start, start + 64)
+            px = q.astype(np.float32) * (bound / 127)
+            m = np.hypot(px[..., 0], px[..., 1])
+            mags.append(np.percentile(m, [50, 95]).tolist() + [float(m.mean()), float(m.max())])
+            clipped += int((np.abs(q) == 127).any(-1).sum())
+            n += m.size
+        a = np.array(mags)
+        print(
+            f"{vid:<28} {str(info.get('label'))[:14]:<14} {info['n_frames']:>6} "
+            f"{info['height']:>4}x{info['width']:<4} {a[:, 2].mean():>9.2f}px {a[:, 1].max():>6.2f} "
+            f"{a[:, 3].max():>6.2f} {100 * clipped / max(n, 1):>6.2f}%"
+        )
+    failed = [v for v in index["videos"] if v["status"] != "done"]
+    for v in failed:
+        print(f"{v['status']:<8} {v.get('id') or 'line ' + str(v['line'])}: {v.get('reason', '')}")
+    if args.preview:
+        from flowprep.viz import save_preview
+
+        vid = args.video or (ids[0] if ids else None)
+        if vid is None:
+            return _usage_error("no complete video to preview")
+        print(f"preview of {vid}: {save_preview(store, vid, args.preview)}")
+    return 0
+
+
+def _add_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe file (pipelines/demo.toml) or dataset name (demo, kinetics, ucf101, ...)")
+    p.add_argument("--out", help="store path (default: out/<dataset>.zarr)")
+    p.add_argument("--jobs", type=int, default=1, help="videos processed in parallel (default: 1)")
+    p.add_argument("--overwrite", action="store_true", help="redo videos that are already complete")
+    p.add_argument("--limit", type=int, help="process only the first K manifest rows")
+    p.add_argument("--backend", help="flow backend: auto (fastest here), opencv, torch")
+    p.add_argument("--device", help="device for the torch backend: cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--cache-dir", help="downloads and generated clips (default: <out folder>/cache)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_inspect(p: argparse.ArgumentParser) -> None:
+    p.add_argument("store", help="a store built by `flowprep run`, e.g. out/demo.zarr")
+    p.add_argument("--video", help="only this video")
+    p.add_argument("--preview", metavar="PNG", help="write a picture of frames and colour-coded flow")
+
+
+# name -> (help, add arguments, handler)
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "run": ("build a store from a recipe: decode, TV-L1 flow, write (resumable)", _add_run, cmd_run),
+    "inspect": ("summarize a store; --preview writes a flow picture", _add_inspect, cmd_inspect),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flowprep",
+        description="Action-recognition videos -> zarr stores of RGB and TV-L1 optical flow for two-stream I3D.",
+        epilog="Start with: flowprep run demo && flowprep inspect out/demo.zarr --preview out/demo.png",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_, add, handler) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        add(p)
+        p.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    return args.handler(args)

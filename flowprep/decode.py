@@ -1,0 +1,168 @@
+"""Decode: a video file to RGB uint8 frames at a fixed rate and size, streamed in blocks.
+
+ffmpeg (through ffmpeg-python) does all the work in one process per video:
+``-ss start -t duration`` (input-side, frame-accurate) → ``fps=25`` → scale so the smallest
+*displayed* side is ``short_side`` (bilinear; sample aspect ratio applied, both sides even) →
+``rgb24`` raw frames on a pipe.  Frames arrive in blocks so a long video is never whole in
+memory.  The ffmpeg binary is the one on PATH, else imageio-ffmpeg's static build.
+
+Errors become ``DecodeError`` carrying ffmpeg's last stderr lines, for the ledger.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import ffmpeg
+import numpy as np
+
+
+class DecodeError(RuntimeError):
+    """The video could not be decoded; the message is meant for a person (ledger, console)."""
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    fps: float = 25.0
+    short_side: int = 256
+    block_frames: int = 64  # frames per yielded block (the writer's shard length)
+
+    def __post_init__(self) -> None:
+        if not (0 < self.fps <= 240):
+            raise ValueError(f"decode.fps={self.fps!r}: must be in (0, 240]")
+        if not (isinstance(self.short_side, int) and 16 <= self.short_side <= 4096 and self.short_side % 2 == 0):
+            raise ValueError(f"decode.short_side={self.short_side!r}: must be an even integer in [16, 4096]")
+        if not (isinstance(self.block_frames, int) and self.block_frames >= 2):
+            raise ValueError(f"decode.block_frames={self.block_frames!r}: must be an integer >= 2")
+
+
+def ffmpeg_exe() -> str:
+    """ffmpeg on PATH if any, else the static binary shipped by imageio-ffmpeg."""
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+# "Stream #0:0: Video: rawvideo (RGB[24] / 0x18424752), rgb24(pc, ...), 454x256 [SAR 1:1 ...]"
+_OUT_STREAM = re.compile(r"Stream #0:\d+.*?: Video: rawvideo\b.*?, (\d{2,5})x(\d{2,5})\b")
+
+
+def _build_command(path: str, cfg: DecodeConfig, start: float | None, end: float | None, exe: str) -> list[str]:
+    in_kwargs = {}
+    if start is not None and end is not None:
+        in_kwargs = {"ss": f"{start:.6f}", "t": f"{end - start:.6f}"}
+    # "file:" makes ffmpeg treat the name as a local file whatever it looks like
+    # ("-x.mp4", "http:...", "concat:..."): manifest paths never select a protocol.
+    stream = ffmpeg.input("file:" + os.path.abspath(path), **in_kwargs).video
+    stream = stream.filter("fps", fps=cfg.fps)
+    s = cfg.short_side
+    # dar = iw/ih*sar, so anamorphic video is resized to its displayed shape.
+    stream = stream.filter(
+        "scale",
+        w=f"if(gte(dar,1),2*trunc({s}*dar/2+0.5),{s})",
+        h=f"if(gte(dar,1),{s},2*trunc({s}/dar/2+0.5))",
+        flags="bilinear",
+    ).filter("setsar", "1")
+    out = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24").global_args(
+        "-nostdin", "-hide_banner", "-nostats", "-an", "-sn", "-dn"
+    )
+    return out.compile(cmd=exe)
+
+
+def decode_blocks(
+    path: str, cfg: DecodeConfig = DecodeConfig(), start: float | None = None, end: float | None = None
+) -> Iterator[np.ndarray]:
+    """Yield uint8 blocks (n, H, W, 3) of the video at ``cfg.fps`` with smallest side ``cfg.short_side``.
+
+    Raises DecodeError (with ffmpeg's last stderr lines) if the file cannot be decoded or has no
+    video frames.  The ffmpeg process is always reaped, also when the caller stops early.
+    """
+    if not os.path.exists(path):
+        raise DecodeError(f"file not found: {path}")
+    if os.path.isdir(path):
+        raise DecodeError(f"is a directory, not a video file: {path}")
+    if os.path.getsize(path) == 0:
+        raise DecodeError(f"empty file (0 bytes): {path}")
+    cmd = _build_command(path, cfg, start, end, ffmpeg_exe())
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    tail: deque[str] = deque(maxlen=400)
+    size: list[tuple[int, int]] = []
+    size_known = threading.Event()
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip()
+            tail.append(line)
+            if not size:
+                m = _OUT_STREAM.search(line)
+                if m:
+                    size.append((int(m.group(1)), int(m.group(2))))
+                    size_known.set()
+        size_known.set()  # EOF: unblock the reader whatever happened
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    n_total = 0
+    try:
+        size_known.wait()
+        if not size:
+            proc.wait()
+            reader.join()
+            no_video = any("matches no streams" in ln for ln in tail)
+            what = "the file has no video stream" if no_video else "ffmpeg could not read the file"
+            raise DecodeError(_explain(proc.returncode, tail, what))
+        width, height = size[0]
+        frame_bytes = width * height * 3
+        assert proc.stdout is not None
+        block: list[np.ndarray] = []
+        while True:
+            buf = proc.stdout.read(frame_bytes)
+            if len(buf) < frame_bytes:
+                break
+            block.append(np.frombuffer(buf, np.uint8).reshape(height, width, 3))
+            if len(block) == cfg.block_frames:
+                n_total += len(block)
+                yield np.stack(block)
+                block = []
+        proc.wait()
+        reader.join()
+        if proc.returncode != 0:
+            raise DecodeError(_explain(proc.returncode, tail, "ffmpeg failed"))
+        if block:
+            n_total += len(block)
+            yield np.stack(block)
+        if n_total == 0:
+            raise DecodeError(_explain(proc.returncode, tail, "no video frames decoded"))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for f in (proc.stdout, proc.stderr):
+            if f is not None:
+                f.close()
+
+
+def _explain(returncode: int | None, tail: deque[str], what: str) -> str:
+    # Keep the lines that say what went wrong, not ffmpeg's stream listing.
+    useful = [
+        ln.strip() for ln in tail
+        if ln.strip() and not ln.startswith((" ", "Input #", "Output #", "Stream mapping"))
+    ]
+    last = "; ".join(useful[-3:]) or "(no message)"
+    return f"{what} (exit {returncode}): {last}"
+
+
+def decode_video(path: str, cfg: DecodeConfig = DecodeConfig(), start: float | None = None, end: float | None = None) -> np.ndarray:
+    """The whole video as one uint8 array (T, H, W, 3); for tests and short clips."""
+    return np.concatenate(list(decode_blocks(path, cfg, start, end)))

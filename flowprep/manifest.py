@@ -1,0 +1,193 @@
+"""Manifests: CSV files that name the videos of a dataset, parsed into validated rows.
+
+A manifest is a CSV with a header.  Known columns:
+
+``id``          optional video id (else derived, see below)
+``path``        a local video file (relative paths are relative to the manifest's folder;
+                ``package:<pkg>/<rel>`` names a file inside an installed Python package;
+                ``synthetic:<name>`` a generated clip with known motion, see flowprep.demo)
+``youtube_id``  an 11-character YouTube id (Kinetics); one of path / youtube_id is required
+``label``       class name (free text: it becomes an attribute, never a path)
+``split``       train, val, test or unused (``validate``/``validation`` read as val)
+``time_start``, ``time_end``  seconds; trim to this range (both or neither; end > start)
+``is_cc``       Kinetics' Creative-Commons flag, read and ignored
+
+A malformed row becomes a ``RowError`` (file:line, column, message) and does not stop the
+other rows.  Video ids are the only manifest field that becomes part of a path (the store's
+group name), and only after ``check_video_id``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+KNOWN_COLUMNS = ("id", "path", "youtube_id", "label", "split", "time_start", "time_end", "is_cc")
+SPLITS = ("train", "val", "test", "unused")
+_SPLIT_ALIASES = {"validate": "val", "validation": "val"}
+YOUTUBE_ID = re.compile(r"[A-Za-z0-9_-]{11}")
+VIDEO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    line: int  # 1-based line in the manifest file (the header is line 1)
+    video_id: str
+    path: str | None = None
+    youtube_id: str | None = None
+    label: str | None = None
+    split: str | None = None
+    time_start: float | None = None
+    time_end: float | None = None
+
+
+@dataclass(frozen=True)
+class RowError:
+    file: str
+    line: int
+    column: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}"
+        return f"{where}: column {self.column!r}: {self.message}" if self.column else f"{where}: {self.message}"
+
+
+class ManifestError(ValueError):
+    """The manifest as a whole cannot be read (missing file, bad header)."""
+
+
+def check_video_id(video_id: str) -> str | None:
+    """None if ``video_id`` is safe as a single path component and group name, else why not."""
+    if not VIDEO_ID.fullmatch(video_id):
+        return (
+            f"bad video id {video_id!r}: must be 1-128 characters of letters, digits, '_', '-', '.',"
+            " starting with a letter or digit"
+        )
+    if ".." in video_id:
+        return f"bad video id {video_id!r}: must not contain '..'"
+    return None
+
+
+def kinetics_video_id(youtube_id: str, start: float, end: float) -> str:
+    """The Kinetics crawlers' clip name: ``{youtube_id}_{start:06d}_{end:06d}``."""
+    return f"{youtube_id}_{int(start):06d}_{int(end):06d}"
+
+
+def _parse_time(value: str) -> float:
+    t = float(value)
+    if not math.isfinite(t) or t < 0:
+        raise ValueError(f"{value!r} is not a finite number >= 0")
+    return t
+
+
+def _parse_row(rec: dict[str, str], line: int, file: str) -> tuple[ManifestRow | None, RowError | None]:
+    def err(column: str | None, message: str) -> tuple[None, RowError]:
+        return None, RowError(file, line, column, message)
+
+    if None in rec:  # more fields than header columns
+        return err(None, f"{len(rec) - 1 + len(rec[None])} fields, header has {len(rec) - 1}")
+    missing = [c for c, v in rec.items() if v is None]
+    if missing:
+        return err(missing[0], "missing (row has fewer fields than the header)")
+    get = {k: v.strip() for k, v in rec.items()}
+
+    path = get.get("path") or None
+    youtube_id = get.get("youtube_id") or None
+    if path is None and youtube_id is None:
+        return err("path" if "path" in get else "youtube_id", "empty: a row needs a path or a youtube_id")
+    if path is not None and "\x00" in path:
+        return err("path", "contains a NUL byte")
+    if youtube_id is not None and not YOUTUBE_ID.fullmatch(youtube_id):
+        return err("youtube_id", f"{youtube_id!r} is not 11 characters of [A-Za-z0-9_-]")
+
+    times: list[float | None] = []
+    for col in ("time_start", "time_end"):
+        raw = get.get(col) or ""
+        if raw == "":
+            times.append(None)
+            continue
+        try:
+            times.append(_parse_time(raw))
+        except ValueError:
+            return err(col, f"{raw!r} is not a finite number >= 0")
+    start, end = times
+    if (start is None) != (end is None):
+        return err("time_end" if end is None else "time_start", "time_start and time_end go together")
+    if start is not None and end is not None and end <= start:
+        return err("time_end", f"end {end:g} <= start {start:g}")
+    if youtube_id is not None and path is None and start is None:
+        return err("time_start", "a youtube_id row needs time_start and time_end")
+
+    split = get.get("split") or None
+    if split is not None:
+        split = _SPLIT_ALIASES.get(split, split)
+        if split not in SPLITS:
+            return err("split", f"{split!r} is not one of {', '.join(SPLITS)}")
+
+    label = get.get("label") or None
+    if label is not None and (_CONTROL.search(label) or len(label) > 200):
+        return err("label", f"{label[:40]!r}...: control characters or longer than 200")
+
+    video_id = get.get("id") or None
+    if video_id is None:
+        if youtube_id is not None and start is not None and end is not None:
+            video_id = kinetics_video_id(youtube_id, start, end)
+        elif path is not None:
+            video_id = Path(path.split(":", 1)[1] if path.startswith(("package:", "synthetic:")) else path).stem
+        else:
+            video_id = youtube_id
+    assert video_id is not None
+    why = check_video_id(video_id)
+    if why:
+        return err("id", why)
+    row = ManifestRow(line, video_id, path, youtube_id, label, split, start, end)
+    return row, None
+
+
+def parse_manifest(path: str | Path) -> tuple[list[ManifestRow], list[RowError]]:
+    """Read a manifest CSV.  Raises ManifestError only when the file as a whole is unusable."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ManifestError(f"manifest {path} not found") from None
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"manifest {path} is not UTF-8 text: {e}") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    if not header:
+        raise ManifestError(f"manifest {path} is empty (no header line)")
+    unknown = [h for h in header if h not in KNOWN_COLUMNS]
+    if unknown:
+        raise ManifestError(
+            f"{path}:1: unknown column(s) {unknown}; known columns: {', '.join(KNOWN_COLUMNS)}"
+        )
+    if "path" not in header and "youtube_id" not in header:
+        raise ManifestError(f"{path}:1: header needs a 'path' or a 'youtube_id' column, got {header}")
+    reader.fieldnames = header
+    rows: list[ManifestRow] = []
+    errors: list[RowError] = []
+    seen: dict[str, int] = {}
+    for rec in reader:
+        line = reader.line_num
+        if not any((v or "").strip() for k, v in rec.items() if k is not None) and None not in rec:
+            continue  # blank line
+        row, error = _parse_row(rec, line, str(path))
+        if error:
+            errors.append(error)
+            continue
+        assert row is not None
+        if row.video_id in seen:
+            errors.append(
+                RowError(str(path), line, "id", f"duplicate video id {row.video_id!r} (first on line {seen[row.video_id]})")
+            )
+            continue
+        seen[row.video_id] = line
+        rows.append(row)
+    return rows, errors

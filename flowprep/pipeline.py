@@ -1,0 +1,299 @@
+"""Pipeline: runs the stages over a manifest, locally in parallel, resumably, losing nothing.
+
+    manifest row -> source (a local file) -> decode (blocks of RGB frames)
+                 -> flow (gray, TV-L1, clip, int8) -> store (staging, then atomic rename)
+
+``process_video`` handles one row in a worker and returns a ledger record; it never raises for
+a bad video (the reason goes into the record).  ``run`` does the bookkeeping in the parent:
+skip complete videos, fan rows out with joblib, append each record to the ledger, rewrite the
+index, print the summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flowprep import flow as flowmod
+from flowprep.decode import DecodeError, decode_blocks
+from flowprep.ledger import LedgerWriter, read_latest, summarize, write_json_atomic
+from flowprep.manifest import ManifestRow, RowError, parse_manifest
+from flowprep.recipe import RunConfig
+from flowprep.source import SourceError, resolve
+from flowprep.store import FORMAT_VERSION, VideoWriter, clean_staging, create_store, is_complete, run_dir
+
+log = logging.getLogger("flowprep")
+
+
+class TooFewFrames(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    rows: int
+    done: int
+    failed: int
+    skipped: int
+    seconds: float
+    frames: int
+    failed_by_reason: dict[str, int]
+    backend: str
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+
+def _flow_batch(cfg: RunConfig, backend: str) -> int:
+    if cfg.flow.batch:
+        return cfg.flow.batch
+    # OpenCV works pair by pair anyway: small calls keep the progress bar moving.
+    return 4 if backend == "opencv" else 32
+
+
+def _set_threads(jobs: int) -> None:
+    n = max(1, (os.cpu_count() or 1) // jobs)
+    import cv2
+
+    cv2.setNumThreads(n)
+    try:
+        import torch
+
+        torch.set_num_threads(n)
+    except ImportError:
+        pass
+
+
+def process_video(
+    row: ManifestRow,
+    cfg: RunConfig,
+    backend: str,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Decode, compute flow and write one video.  Returns its ledger record; never raises for bad input."""
+    t0 = time.time()
+    record: dict[str, Any] = {"key": row.video_id, "line": row.line, "label": row.label, "split": row.split}
+    writer: VideoWriter | None = None
+    try:
+        path = resolve(row, cfg.manifest.parent, cfg.cache_dir)
+        record["source"] = str(path)
+        batch = _flow_batch(cfg, backend)
+        prev_gray: np.ndarray | None = None
+        for block in decode_blocks(str(path), cfg.decode, row.time_start, row.time_end):
+            if writer is None:
+                writer = VideoWriter(cfg.out, row.video_id, block.shape[1], block.shape[2], cfg.write, cfg.task)
+            gray = flowmod.rgb_to_gray(block)
+            if prev_gray is not None:
+                gray = np.concatenate([prev_gray[None], gray])
+            flows = []
+            for i in range(0, len(gray) - 1, batch):
+                f = flowmod.compute_flow(
+                    gray[i : i + batch + 1], backend=backend, device=cfg.flow.device, **cfg.flow.params
+                )
+                flows.append(flowmod.quantize_flow(f, cfg.flow.bound))
+                if progress:
+                    progress(len(f))
+            flow_q = np.concatenate(flows) if flows else np.zeros((0, *block.shape[1:3], 2), np.int8)
+            writer.append(block, flow_q)
+            prev_gray = gray[-1]
+        assert writer is not None  # decode_blocks raises when there are no frames
+        if writer.n_frames < 2:
+            raise TooFewFrames(f"too few frames: {writer.n_frames} decoded, flow needs at least 2")
+        attrs = {
+            "video_id": row.video_id,
+            "label": row.label,
+            "split": row.split,
+            "source": row.path if row.path is not None else f"youtube:{row.youtube_id}",
+            "manifest_line": row.line,
+            "time_start": row.time_start,
+            "time_end": row.time_end,
+            "fps": cfg.decode.fps,
+            "height": int(writer.rgb.array.shape[1]),
+            "width": int(writer.rgb.array.shape[2]),
+            "rgb": {"dtype": "uint8", "to_float": "x / 127.5 - 1", "range": [-1, 1]},
+            "flow": {
+                "algorithm": "tv-l1",
+                "backend": backend,
+                "params": flowmod.resolve_params(cfg.flow.params),
+                "input": "BT.601 luma of the RGB frames, uint8",
+                "bound_px": cfg.flow.bound,
+                "quantization": {
+                    "dtype": "int8",
+                    "scale": flowmod.QUANT_LEVELS,
+                    "encode": "q = round(clip(px, -bound, bound) / bound * 127)",
+                    "decode": "q / 127 (in [-1, 1]); x bound for pixels",
+                },
+                "channels": ["u (right)", "v (down)"],
+                "pairing": "flow[t] maps frame t to frame t+1",
+            },
+            "decode": {"short_side": cfg.decode.short_side, "interpolation": "bilinear", "fps": cfg.decode.fps},
+            "format_version": FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        writer.commit(attrs, overwrite=cfg.overwrite)
+        record.update(status="done", n_frames=writer.n_frames, height=attrs["height"], width=attrs["width"])
+        writer = None
+    except SourceError as e:
+        record.update(status="failed", reason_class="source", reason=str(e))
+    except DecodeError as e:
+        record.update(status="failed", reason_class="decode", reason=str(e))
+    except TooFewFrames as e:
+        record.update(status="failed", reason_class="too_few_frames", reason=str(e))
+    except Exception as e:  # a bug or a resource problem: record it with the traceback, go on
+        record.update(
+            status="failed",
+            reason_class="internal",
+            reason=f"{type(e).__name__}: {e}",
+            traceback=traceback.format_exc(limit=8),
+        )
+    finally:
+        if writer is not None:
+            writer.abort()
+    record["seconds"] = round(time.time() - t0, 3)
+    return record
+
+
+def _worker(row: ManifestRow, cfg: RunConfig, backend: str, q: Any) -> dict[str, Any]:
+    _set_threads(cfg.jobs)
+    return process_video(row, cfg, backend, q.put if q is not None else None)
+
+
+def _row_error_record(e: RowError) -> dict[str, Any]:
+    return {"key": f"line:{e.line}", "line": e.line, "status": "failed", "reason_class": "manifest", "reason": str(e)}
+
+
+def run(cfg: RunConfig) -> RunSummary:
+    """Process every row of ``cfg.manifest`` into ``cfg.out``; see the module docstring."""
+    from joblib import Parallel, delayed
+    from tqdm import tqdm
+
+    t0 = time.time()
+    rows, row_errors = parse_manifest(cfg.manifest)
+    if cfg.limit is not None:
+        rows = rows[: cfg.limit]
+        row_errors = [e for e in row_errors if e.line <= (rows[-1].line if rows else 0)]
+    backend = flowmod.pick_backend(cfg.flow.backend, cfg.flow.device)
+    create_store(cfg.out, cfg.dataset)
+    rdir = run_dir(cfg.out)
+    rdir.mkdir(parents=True, exist_ok=True)
+    n_debris = clean_staging(cfg.out, cfg.task)
+    if n_debris:
+        log.info("removed %d partial video(s) left by an interrupted run", n_debris)
+
+    records: list[dict[str, Any]] = []
+    with LedgerWriter(rdir, cfg.task) as ledger:
+        for e in row_errors:
+            rec = _row_error_record(e)
+            ledger.write(rec)
+            records.append(rec)
+        todo: list[ManifestRow] = []
+        for row in rows:
+            if not cfg.overwrite and is_complete(cfg.out, row.video_id):
+                rec = {"key": row.video_id, "line": row.line, "status": "skipped", "reason": "already complete in the store"}
+                ledger.write(rec)
+                records.append(rec)
+            else:
+                todo.append(row)
+
+        log.info(
+            "%s: %d rows, %d to do, %d already complete, %d malformed; flow backend: %s; %d job(s)",
+            cfg.dataset, len(rows) + len(row_errors), len(todo), len(rows) - len(todo), len(row_errors), backend, cfg.jobs,
+        )
+        frames = 0
+        video_bar = tqdm(total=len(todo), unit="video", desc="videos", disable=not cfg.progress, position=0)
+        pair_bar = tqdm(unit="pair", desc="flow", disable=not cfg.progress, position=1, leave=False)
+        if cfg.jobs == 1:
+            _set_threads(1)
+            results = (process_video(row, cfg, backend, pair_bar.update) for row in todo)
+            stop = None
+        else:
+            import multiprocessing
+
+            manager = multiprocessing.Manager()
+            q = manager.Queue()
+            stop = threading.Event()
+
+            def drain() -> None:
+                while not stop.is_set():
+                    try:
+                        pair_bar.update(q.get(timeout=0.2))
+                    except queue.Empty:
+                        pass
+
+            drainer = threading.Thread(target=drain, daemon=True)
+            drainer.start()
+            results = Parallel(n_jobs=cfg.jobs, return_as="generator_unordered")(
+                delayed(_worker)(row, cfg, backend, q) for row in todo
+            )
+        try:
+            for rec in results:
+                ledger.write(rec)
+                records.append(rec)
+                frames += rec.get("n_frames", 0)
+                video_bar.update(1)
+                if rec["status"] == "failed":
+                    video_bar.write(f"failed {rec['key']}: {rec['reason']}")
+        finally:
+            if stop is not None:
+                stop.set()
+                drainer.join()
+                manager.shutdown()
+            pair_bar.close()
+            video_bar.close()
+
+    write_index(cfg, rows, row_errors)
+    s = summarize(records)
+    return RunSummary(
+        rows=s["rows"], done=s["done"], failed=s["failed"], skipped=s["skipped"], seconds=time.time() - t0,
+        frames=frames, failed_by_reason=s["failed_by_reason"], backend=backend,
+    )
+
+
+def write_index(cfg: RunConfig, rows: list[ManifestRow], row_errors: list[RowError]) -> dict[str, Any]:
+    """Rewrite ``index.json``: every manifest row with its status (done / failed / pending)."""
+    rdir = run_dir(cfg.out)
+    latest = read_latest(rdir)
+    videos = []
+    for row in rows:
+        rec = latest.get(row.video_id, {})
+        if is_complete(cfg.out, row.video_id):
+            status, reason = "done", None
+        elif rec.get("status") == "failed":
+            status, reason = "failed", rec.get("reason")
+        else:
+            status, reason = "pending", None
+        entry = {"id": row.video_id, "line": row.line, "label": row.label, "split": row.split, "status": status}
+        if reason:
+            entry["reason"] = reason
+            entry["reason_class"] = rec.get("reason_class", "other")
+        if rec.get("n_frames"):
+            entry["n_frames"] = rec["n_frames"]
+        videos.append(entry)
+    for e in row_errors:
+        videos.append({"id": None, "line": e.line, "status": "failed", "reason_class": "manifest", "reason": str(e)})
+    videos.sort(key=lambda v: v["line"])
+    index = {
+        "dataset": cfg.dataset,
+        "manifest": str(cfg.manifest),
+        "format_version": FORMAT_VERSION,
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "counts": {s: sum(v["status"] == s for v in videos) for s in ("done", "failed", "pending")},
+        "config": {"decode": asdict(cfg.decode), "flow": {
+                "backend": cfg.flow.backend, "device": cfg.flow.device, "batch": cfg.flow.batch,
+                "bound": cfg.flow.bound, "params": dict(cfg.flow.params),
+            }, "write": asdict(cfg.write)},
+        "videos": videos,
+    }
+    write_json_atomic(rdir / "index.json", index)
+    return index

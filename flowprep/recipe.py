@@ -1,0 +1,144 @@
+"""Recipes: one TOML file per dataset in pipelines/, read into a frozen, checked RunConfig.
+
+Config flows one way: command line -> recipe -> RunConfig -> each stage gets its own part.
+Unknown keys are errors that list the known ones; every value is checked before work starts.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from flowprep.decode import DecodeConfig
+from flowprep.flow import BACKENDS, resolve_params
+from flowprep.store import WriteConfig
+
+
+class RecipeError(ValueError):
+    """A recipe or option is invalid; the message names the field, the value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    backend: str = "auto"  # "auto" picks the fastest backend available here (see flow.pick_backend)
+    device: str | None = None  # None: CUDA when available, else CPU (torch backend)
+    batch: int = 0  # frame pairs per compute_flow call; 0 = backend's choice
+    bound: float = 20.0  # px; flow is clipped to [-bound, bound] and stored as round(f / bound * 127)
+    params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        allowed = ["auto", *sorted(BACKENDS)]
+        if self.backend not in allowed:
+            raise RecipeError(f"flow.backend={self.backend!r}: allowed: {', '.join(allowed)}")
+        if self.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device):
+            raise RecipeError(f"flow.device={self.device!r}: allowed: cpu, cuda, cuda:N, mps")
+        if not (isinstance(self.batch, int) and 0 <= self.batch <= 4096):
+            raise RecipeError(f"flow.batch={self.batch!r}: must be an integer in [0, 4096]")
+        if not (isinstance(self.bound, (int, float)) and 0 < self.bound <= 1000):
+            raise RecipeError(f"flow.bound={self.bound!r}: must be a number in (0, 1000]")
+        try:
+            resolve_params(self.params)
+        except ValueError as e:
+            raise RecipeError(f"flow.params: {e}") from None
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dataset: str
+    manifest: Path
+    out: Path
+    cache_dir: Path
+    decode: DecodeConfig = DecodeConfig()
+    flow: FlowConfig = FlowConfig()
+    write: WriteConfig = WriteConfig()
+    jobs: int = 1
+    overwrite: bool = False
+    limit: int | None = None
+    task: str = "local"  # tag of this run's ledger and staging entries (one per cluster task)
+    progress: bool = True
+    fetch: Mapping[str, Any] | None = None  # fetch stage options; None = rows must name local files
+
+
+_TOP_KEYS = {"dataset", "description", "manifest", "decode", "flow", "write", "fetch", "unsupported"}
+
+
+def _section(data: Mapping[str, Any], name: str, cls: type, src: Path) -> Any:
+    section = data.get(name, {})
+    if not isinstance(section, dict):
+        raise RecipeError(f"{src}: [{name}] must be a table")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise RecipeError(f"{src}: unknown key(s) in [{name}]: {unknown}; known: {sorted(known)}")
+    try:
+        return cls(**section)
+    except (TypeError, ValueError) as e:
+        raise RecipeError(f"{src}: [{name}] {e}") from None
+
+
+def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
+    """Read a recipe; ``overrides`` (from the command line) win over the file.
+
+    Recognised overrides: out, cache_dir, jobs, overwrite, limit, task, progress, backend, device.
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecipeError(f"recipe {path} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(f"{path}: not valid TOML: {e}") from None
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise RecipeError(f"{path}: unknown key(s) {unknown}; known: {sorted(_TOP_KEYS)}")
+    if "unsupported" in data:
+        raise RecipeError(f"{path}: {data['unsupported']}")
+    dataset = data.get("dataset", path.stem)
+    if not isinstance(dataset, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", dataset):
+        raise RecipeError(f"{path}: dataset={dataset!r}: 1-64 characters of letters, digits, '_', '-'")
+    if "manifest" not in data:
+        raise RecipeError(f"{path}: missing key 'manifest' (path of the manifest CSV, relative to the recipe)")
+    manifest = (path.parent / data["manifest"]).resolve()
+    decode = _section(data, "decode", DecodeConfig, path)
+    flow_section = dict(data.get("flow", {}))
+    for key in ("backend", "device"):
+        if overrides.get(key) is not None:
+            flow_section[key] = overrides[key]
+    flow = _section({"flow": flow_section}, "flow", FlowConfig, path)
+    write = _section(data, "write", WriteConfig, path)
+    if decode.block_frames != write.shard_frames:
+        decode = replace(decode, block_frames=write.shard_frames)  # one decoded block = one shard
+    out = Path(overrides.get("out") or f"out/{dataset}.zarr")
+    cache_dir = Path(overrides.get("cache_dir") or out.parent / "cache")
+    jobs = overrides.get("jobs") or 1
+    if not isinstance(jobs, int) or jobs < 1:
+        raise RecipeError(f"--jobs {jobs!r}: must be an integer >= 1")
+    limit = overrides.get("limit")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise RecipeError(f"--limit {limit!r}: must be an integer >= 1")
+    task = overrides.get("task") or "local"
+    if not re.fullmatch(r"[A-Za-z0-9_]{1,32}", task):
+        raise RecipeError(f"task tag {task!r}: 1-32 characters of letters, digits, '_'")
+    fetch = data.get("fetch")
+    if fetch is not None and not isinstance(fetch, dict):
+        raise RecipeError(f"{path}: [fetch] must be a table")
+    return RunConfig(
+        dataset=dataset,
+        manifest=manifest,
+        out=out,
+        cache_dir=cache_dir,
+        decode=decode,
+        flow=flow,
+        write=write,
+        jobs=jobs,
+        overwrite=bool(overrides.get("overwrite", False)),
+        limit=limit,
+        task=task,
+        progress=bool(overrides.get("progress", True)),
+        fetch=MappingProxyType(dict(fetch)) if fetch is not None else None,
+    )
