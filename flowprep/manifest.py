@@ -30,7 +30,8 @@ KNOWN_COLUMNS = ("id", "path", "youtube_id", "label", "split", "time_start", "ti
 SPLITS = ("train", "val", "test", "unused")
 _SPLIT_ALIASES = {"validate": "val", "validation": "val"}
 YOUTUBE_ID = re.compile(r"[A-Za-z0-9_-]{11}")
-VIDEO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+# YouTube ids may start with "-" or "_"; a leading "." (hidden, "..") is refused.
+VIDEO_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -67,7 +68,7 @@ def check_video_id(video_id: str) -> str | None:
     if not VIDEO_ID.fullmatch(video_id):
         return (
             f"bad video id {video_id!r}: must be 1-128 characters of letters, digits, '_', '-', '.',"
-            " starting with a letter or digit"
+            " not starting with '.'"
         )
     if ".." in video_id:
         return f"bad video id {video_id!r}: must not contain '..'"

@@ -52,7 +52,7 @@ def save_preview(store, video_id: str, path: str | Path, n_times: int = 4) -> Pa
     fig, axes = plt.subplots(len(times), 2, figsize=(8, 2.4 * len(times) + 0.6), squeeze=False)
     flows_px = [store.read_flow(video_id, t, t + 1)[0] * bound for t in times]
     scale = max(float(np.percentile(np.hypot(f[..., 0], f[..., 1]), 99)) for f in flows_px) or 1.0
-    for row, (t, f) in enumerate(zip(times, flows_px)):
+    for row, (t, f) in enumerate(zip(times, flows_px, strict=True)):
         rgb = store.read_rgb_uint8(video_id, t, t + 1)[0]
         axes[row, 0].imshow(rgb)
         axes[row, 0].set_title(f"frame {t}", fontsize=9)

@@ -1,0 +1,49 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import make_clip, write_recipe
+from PIL import Image
+
+from flowprep.cli import main
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "run" in out and "inspect" in out
+
+
+def test_unknown_dataset_lists_known(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run", "nosuchset"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown dataset 'nosuchset'" in err and "demo" in err
+
+
+def test_bad_recipe_key_is_a_clear_error(tmp_path, capsys):
+    r = tmp_path / "r.toml"
+    r.write_text('manifest = "m.csv"\n[flow]\nbackend = "opencv"\nwarps = 3\n')
+    assert main(["run", str(r)]) == 2
+    assert "unknown key(s) in [flow]: ['warps']" in capsys.readouterr().err
+
+
+def test_run_then_inspect_with_preview(tmp_path):
+    make_clip(tmp_path / "a.mkv", n=4)
+    (tmp_path / "m.csv").write_text("path,label\na.mkv,walk\nmissing.mkv,walk\n")
+    recipe = write_recipe(tmp_path, tmp_path / "m.csv")
+    out = tmp_path / "o.zarr"
+    proc = subprocess.run([sys.executable, "-m", "flowprep", "run", str(recipe), "--out", str(out), "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 1  # one row failed
+    assert "2 rows: 1 done, 1 failed" in proc.stdout and "source: 1" in proc.stdout
+    assert "Traceback" not in proc.stderr
+    png = tmp_path / "p.png"
+    proc = subprocess.run([sys.executable, "-m", "flowprep", "inspect", str(out), "--preview", str(png)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "a " in proc.stdout and "walk" in proc.stdout and "file not found" in proc.stdout
+    img = np.asarray(Image.open(png))
+    assert img.ndim == 3 and img.shape[0] > 100 and img.std() > 10
