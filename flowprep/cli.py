@@ -101,6 +101,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             f"{info['height']:>4}x{info['width']:<4} {a[:, 2].mean():>9.2f}px {a[:, 1].max():>6.2f} "
             f"{a[:, 3].max():>6.2f} {100 * clipped / max(n, 1):>6.2f}%"
         )
+        src = str(info.get("source") or "")
+        if src.startswith("synthetic:"):
+            print(f"{'':<28} known motion: end-point error {_synthetic_epe(store, vid, src):.3f} px (interior, all pairs)")
     failed = [v for v in index["videos"] if v["status"] != "done"]
     for v in failed:
         print(f"{v['status']:<8} {v.get('id') or 'line ' + str(v['line'])}: {v.get('reason', '')}")
@@ -112,6 +115,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             return _usage_error("no complete video to preview")
         print(f"preview of {vid}: {save_preview(store, vid, args.preview)}")
     return 0
+
+
+def _synthetic_epe(store, vid: str, source: str) -> float:
+    """Mean end-point error against the generated clip's true flow (stored, i.e. quantized, flow)."""
+    import numpy as np
+
+    from flowprep.demo import SYNTHETIC, true_flow
+
+    info = store.info(vid)
+    truth = true_flow(SYNTHETIC[source.split(":", 1)[1]], info["height"], info["width"])
+    flow = store.read_flow(vid) * float(info["flow"]["bound_px"])
+    m = 16  # borders: the texture enters and leaves the frame there
+    err = np.hypot(*(flow - truth)[:, m:-m, m:-m].transpose(3, 0, 1, 2))
+    return float(err.mean())
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:

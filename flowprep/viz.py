@@ -61,13 +61,13 @@ def save_preview(store, video_id: str, path: str | Path, n_times: int = 4) -> Pa
         axes[row, 1].set_title(f"flow {t}->{t + 1}: mean u={mean_u:+.2f} v={mean_v:+.2f} px", fontsize=9)
         for ax in axes[row]:
             ax.axis("off")
-    legend = fig.add_axes((0.88, 0.005, 0.1, 0.1 * 8 / (2.4 * len(times) + 0.6) * 2.4))
-    legend.imshow(color_wheel())
-    legend.set_title(f"{scale:.1f} px", fontsize=7)
-    legend.axis("off")
     fig.suptitle(f"{video_id} ({info.get('label') or 'no label'}): {info['n_frames']} frames "
                  f"{info['height']}x{info['width']} @ {info['fps']:g} fps, {info['flow']['backend']} TV-L1", fontsize=10)
-    fig.tight_layout(rect=(0, 0.02, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+    legend = fig.add_axes((0.45, 0.0, 0.1, 0.055))
+    legend.imshow(color_wheel())
+    legend.set_title(f"colour key: full = {scale:.1f} px", fontsize=7)
+    legend.axis("off")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
