@@ -87,14 +87,24 @@ class I3DConfig:
     bn_momentum: float = 0.001
 
     def __post_init__(self) -> None:
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
+        if (
+            isinstance(self.num_classes, bool)
+            or not isinstance(self.num_classes, int)
+            or self.num_classes < 1
+        ):
             raise ValueError(f"I3DConfig.num_classes={self.num_classes!r}: must be an integer >= 1")
-        if isinstance(self.in_channels, bool) or not isinstance(self.in_channels, int) or self.in_channels < 1:
+        if (
+            isinstance(self.in_channels, bool)
+            or not isinstance(self.in_channels, int)
+            or self.in_channels < 1
+        ):
             raise ValueError(
                 f"I3DConfig.in_channels={self.in_channels!r}: must be an integer >= 1 (3 RGB, 2 flow)"
             )
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"I3DConfig.dropout={self.dropout!r}: must be a drop probability in [0, 1)")
+            raise ValueError(
+                f"I3DConfig.dropout={self.dropout!r}: must be a drop probability in [0, 1)"
+            )
         if self.final_endpoint not in ENDPOINTS:
             raise ValueError(
                 f"I3DConfig.final_endpoint={self.final_endpoint!r}: must be one of {list(ENDPOINTS)}"
@@ -181,7 +191,9 @@ class Unit3D(nn.Module):
         super().__init__()
         self.kernel_thw = tuple(kernel_thw)
         self.stride_thw = tuple(stride_thw)
-        self.conv = nn.Conv3d(in_channels, out_channels, self.kernel_thw, self.stride_thw, bias=use_bias)
+        self.conv = nn.Conv3d(
+            in_channels, out_channels, self.kernel_thw, self.stride_thw, bias=use_bias
+        )
         self.bn = BatchNorm3dNoScale(out_channels, momentum=bn_momentum) if use_batch_norm else None
         self.use_relu = use_relu
 
