@@ -118,6 +118,15 @@ def test_batch_norm_has_offset_but_no_scale():
     assert torch.allclose(bn(x), torch.full_like(x, (6.0 - 2.0) / 2.0 + 0.5))
 
 
+def test_batch_norm_training_step_uses_deepminds_decay():
+    bn = I3D().blocks["Conv3d_2b_1x1"].bn.train()
+    x = torch.randn(2, 64, 3, 4, 4) + torch.arange(64.0).reshape(1, 64, 1, 1, 1)
+    bn(x).sum().backward()
+    # Running mean moves by 1 - 0.999 of the batch mean; the offset gets a gradient.
+    torch.testing.assert_close(bn.running_mean, 0.001 * x.mean(dim=(0, 2, 3, 4)))
+    assert bn.bias.grad is not None and torch.all(bn.bias.grad == 2 * 3 * 4 * 4)
+
+
 def test_final_endpoint_truncates_the_network():
     model = I3D(I3DConfig(final_endpoint="Mixed_4f")).eval()
     assert model.logits is None and "Mixed_5b" not in model.blocks

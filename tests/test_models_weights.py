@@ -138,6 +138,8 @@ def test_inflate_2d_state_dict():
         sd2[key] = value[:, :, 0] * 7 if value.ndim == 5 else value
     sd2["logits.conv.weight"] = torch.zeros(1001, 1024, 1, 1)  # an ImageNet head: not used
     sd2["logits.conv.bias"] = torch.zeros(1001)
+    for key in [k for k in sd2 if k.endswith("num_batches_tracked")]:
+        del sd2[key]  # a 2D net converted from TF has none
     inflated = W.inflate_2d_state_dict(sd2)
     model = I3D()
     model.load_state_dict(inflated, strict=True)

@@ -377,10 +377,14 @@ def inflate_2d_state_dict(
 
     Kernel lengths in time come from ``I3D(config)``; other tensors are copied.  The logits
     conv is taken only when its shape fits (an ImageNet head rarely does), else kept as
-    initialised.  Missing or unexpected keys are errors that list them.
+    initialised, and so are absent BatchNorm batch counters.  Other missing or unexpected keys
+    are errors that list them.
     """
     template = I3D(config or I3DConfig()).state_dict()
-    missing = sorted(k for k in template if k not in state_dict_2d and not k.startswith("logits."))
+    optional = ("logits.", "num_batches_tracked")  # a TF-converted 2D net has no batch counter
+    missing = sorted(
+        k for k in template if k not in state_dict_2d and not any(o in k for o in optional)
+    )
     unexpected = sorted(set(state_dict_2d) - set(template))
     if missing or unexpected:
         raise WeightsError(
