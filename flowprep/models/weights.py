@@ -353,8 +353,8 @@ def flow_state_dict_from_rgb(
     Every other tensor is shared with ``rgb_state_dict`` as is.
     """
     out = dict(rgb_state_dict)
-    w_oicthw = rgb_state_dict[FIRST_CONV]
-    out[FIRST_CONV] = w_oicthw.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1, 1)
+    w_oithw = rgb_state_dict[FIRST_CONV]
+    out[FIRST_CONV] = w_oithw.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1, 1)
     return out
 
 
