@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -149,10 +150,110 @@ def _add_inspect(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preview", metavar="PNG", help="write a picture of frames and colour-coded flow")
 
 
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """``flowprep train`` (also ``python -m flowprep.train``); see flowprep/train.py for the defaults' reasons."""
+    p.add_argument("--store", action="append", required=True, help="a store built by `flowprep run` (repeat for several)")
+    p.add_argument("--stream", choices=("rgb", "flow"), required=True, help="which stream to train")
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.jsonl, curves.png")
+    p.add_argument("--split", default="train", help="videos of this split (default: train; 'all' for every video)")
+    p.add_argument("--init", default="kinetics400-rgb", help="kinetics400-rgb (default; flow: first conv averaged over RGB), none, or a .pt file")
+    p.add_argument("--classes", help="file with one class name per line, in logit order (default: sorted labels)")
+    p.add_argument("--resume", nargs="?", const="auto", help="continue from a checkpoint (default: <out>/checkpoint.pt)")
+    p.add_argument("--clip-len", type=int, default=64, help="time steps per training clip (default: 64)")
+    p.add_argument("--crop", type=int, default=224, help="random square crop, px (default: 224)")
+    p.add_argument("--no-flip", action="store_true", help="no random horizontal flip (for direction-labelled classes)")
+    p.add_argument("--endpoint", default="Mixed_5c", help="last I3D block before the logits (default: Mixed_5c, the whole I3D)")
+    p.add_argument("--steps", type=int, default=5000, help="optimizer steps (default: 5000)")
+    p.add_argument("--stop-after", type=int, help="end this run after N steps (checkpoint written); the schedule still follows --steps")
+    p.add_argument("--batch-size", type=int, default=8, help="clips per step per process (default: 8)")
+    p.add_argument("--lr", type=float, default=0.01, help="initial learning rate (default: 0.01; DeepMind: 0.1 from scratch)")
+    p.add_argument("--lr-drops", type=float, nargs="*", default=[0.6, 0.9], help="fractions of --steps where lr is multiplied by --lr-gamma")
+    p.add_argument("--lr-gamma", type=float, default=0.1, help="step decay factor (default: 0.1)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
+    p.add_argument("--weight-decay", type=float, default=1e-7, help="default: 1e-7 (DeepMind)")
+    p.add_argument("--dropout", type=float, default=0.5, help="before the logits (default: 0.5)")
+    p.add_argument("--bn-momentum", type=float, default=0.01, help="BatchNorm running-statistics momentum (default: 0.01)")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers per process")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="bf16 autocast (auto: on CUDA)")
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto", help="channels-last 3D memory (auto: on CUDA)")
+    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (and at the end)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", help="pretrained weights cache (default: $FLOWPREP_CACHE/weights or ~/.cache/flowprep/weights)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    for name in ("steps", "batch_size", "save_every", "clip_len", "crop"):
+        if getattr(args, name) < 1:
+            return _usage_error(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 1")
+    if args.split == "all":
+        args.split = None
+    from flowprep.classifier import TRUNK_ENDPOINTS
+    from flowprep.store import StoreError
+    from flowprep.train import main
+
+    if args.endpoint not in TRUNK_ENDPOINTS:
+        return _usage_error(f"--endpoint={args.endpoint!r}: choose from {', '.join(TRUNK_ENDPOINTS)}")
+    try:
+        return main(args)
+    except (StoreError, ValueError, OSError) as e:
+        return _usage_error(str(e))
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", action="append", required=True, help="a store (repeat for several)")
+    p.add_argument("--rgb", metavar="CKPT", help="checkpoint of the RGB stream (flowprep train --stream rgb)")
+    p.add_argument("--flow", metavar="CKPT", help="checkpoint of the flow stream")
+    p.add_argument("--split", default="val", help="videos of this split (default: val; 'all' for every video)")
+    p.add_argument("--clip-len", type=int, default=0, help="0 (default): whole videos; N: average over consecutive N-step windows")
+    p.add_argument("--crop", type=int, help="centre crop, px (default: the training crop of the checkpoint)")
+    p.add_argument("--out", help="folder for report.json and confusion.png (default: beside the first checkpoint)")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="bf16 autocast (auto: on CUDA)")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    if not (args.rgb or args.flow):
+        return _usage_error("give --rgb CKPT, --flow CKPT or both")
+    if args.split == "all":
+        args.split = None
+    from flowprep.evaluate import main
+    from flowprep.store import StoreError
+
+    try:
+        return main(args)
+    except (StoreError, ValueError, OSError) as e:
+        return _usage_error(str(e))
+
+
+def add_predict_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("video", help="a video file (any format ffmpeg reads)")
+    p.add_argument("--weights", default="kinetics400-rgb", help="kinetics400-rgb (default) or an RGB checkpoint of flowprep train")
+    p.add_argument("--frames", type=int, default=250, help="use up to N frames (25 fps) from --start (default: 250)")
+    p.add_argument("--start", type=float, default=0.0, help="seconds into the video (default: 0)")
+    p.add_argument("--top", type=int, default=5, help="classes to print (default: 5)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--cache-dir", help="pretrained weights cache (default: $FLOWPREP_CACHE/weights or ~/.cache/flowprep/weights)")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from flowprep.decode import DecodeError
+    from flowprep.predict import main
+
+    try:
+        return main(args)
+    except (DecodeError, ValueError, OSError) as e:
+        return _usage_error(str(e))
+
+
 # name -> (help, add arguments, handler)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "run": ("build a store from a recipe: decode, TV-L1 flow, write (resumable)", _add_run, cmd_run),
     "inspect": ("summarize a store; --preview writes a flow picture", _add_inspect, cmd_inspect),
+    "train": ("train one I3D stream (rgb or flow) on stores; torchrun for several GPUs", add_train_arguments, cmd_train),
+    "evaluate": ("per-stream and fused top-1/top-5 of trained streams on whole videos", add_evaluate_arguments, cmd_evaluate),
+    "predict": ("top Kinetics-400 classes of a video with the RGB I3D", add_predict_arguments, cmd_predict),
 }
 
 

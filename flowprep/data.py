@@ -1,0 +1,292 @@
+"""Data: clips of RGB and flow from one or more stores, as PyTorch tensors (C, T, H, W).
+
+The room between the store and the trainer.  It reads stores (never writes) and holds no
+zarr handle across a fork: stores are opened lazily, once per process, so DataLoader workers
+each open their own.
+
+Sampling (pure functions first, ``VideoClips`` after):
+
+* **window**: ``clip_len`` consecutive time steps starting at ``start``; a video shorter than
+  that loops (indices modulo its length).  Training draws ``start`` uniformly; evaluation reads
+  the whole video (``clip_len=0``) or consecutive non-overlapping windows from frame 0.
+* **alignment of RGB and flow**: flow has one field fewer than frames, ``flow[t]`` moves frame t
+  to frame t+1.  A window of time steps ``t0 .. t0+L-1`` is RGB frames ``t0 .. t0+L-1`` and flow
+  fields ``t0 .. t0+L-1`` (the motion leaving each of those frames; the last one lands on frame
+  ``t0+L``).  When a sample reads flow, windows are drawn over its ``n_flow`` steps, so RGB never
+  uses the last frame; an RGB-only sample uses all ``n_frames``.
+* **crop and flip**: one random crop (training) or centre crop (evaluation) and one random
+  horizontal flip per sample, identical for RGB and flow; flipping flow mirrors it *and
+  negates u* (a motion to the right seen in a mirror goes to the left).
+* **values**: raw uint8 / int8 are cropped first and converted after (``x / 127.5 - 1`` for RGB,
+  ``q / 127`` for flow), as the store's reader does, on a fraction of the pixels.
+
+Each training index is a pair ``(video_index, seed)``: the augmentation of a sample depends on
+its seed only, not on the worker or the order, so a resumed run draws the same clips
+(``TrainSampler`` makes the pairs).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+from flowprep.store import Store, open_store
+
+STREAMS = ("rgb", "flow")
+CHANNELS = {"rgb": 3, "flow": 2}
+
+
+# --- pure functions ---------------------------------------------------------------------------
+
+
+def window_indices(length: int, clip_len: int, start: int) -> np.ndarray:
+    """Time indices ``start .. start+clip_len-1`` modulo ``length`` (short videos loop)."""
+    if length < 1:
+        raise ValueError(f"length={length}: a video needs at least one time step")
+    return (start + np.arange(clip_len)) % length
+
+
+def sample_start(length: int, clip_len: int, rng: np.random.Generator) -> int:
+    """Uniform start of a ``clip_len`` window inside ``length`` steps (0 when the video is shorter)."""
+    return int(rng.integers(0, max(length - clip_len, 0) + 1))
+
+
+def sample_crop(height: int, width: int, size: int, rng: np.random.Generator) -> tuple[int, int]:
+    """Uniform top-left corner (y, x) of a ``size`` x ``size`` crop."""
+    return int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
+
+
+def centre_crop(height: int, width: int, size: int) -> tuple[int, int]:
+    return (height - size) // 2, (width - size) // 2
+
+
+def rgb_thwc_to_cthw(raw_thwc: np.ndarray, y: int, x: int, size: int, flip: bool) -> torch.Tensor:
+    """uint8 frames (T, H, W, 3) -> float32 (3, T, size, size) in [-1, 1], cropped then flipped."""
+    crop = raw_thwc[:, y : y + size, x : x + size]
+    if flip:
+        crop = crop[:, :, ::-1]
+    out = torch.from_numpy(np.ascontiguousarray(crop)).permute(3, 0, 1, 2).float()
+    return out.mul_(1 / 127.5).sub_(1.0)
+
+
+def flow_thw2_to_cthw(raw_thw2: np.ndarray, y: int, x: int, size: int, flip: bool) -> torch.Tensor:
+    """int8 flow (T, H, W, 2) -> float32 (2, T, size, size) in [-1, 1]; a flip mirrors and negates u."""
+    crop = raw_thw2[:, y : y + size, x : x + size]
+    if flip:
+        crop = crop[:, :, ::-1]
+    out = torch.from_numpy(np.ascontiguousarray(crop)).permute(3, 0, 1, 2).float()
+    out.mul_(1 / 127)
+    if flip:
+        out[0].neg_()
+    return out
+
+
+# --- the dataset ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClipConfig:
+    """How clips are cut; checkpoints store it, evaluation reuses its ``crop``."""
+
+    clip_len: int = 64  # time steps per clip; 0 = the whole video (evaluation only)
+    crop: int = 224  # square crop side, px
+    train: bool = True  # random window / crop / flip; False: centre crop, windows from frame 0
+    flip: bool = True  # random horizontal flip when training (off for direction-labelled classes)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.clip_len, int) and self.clip_len >= 0):
+            raise ValueError(f"clip_len={self.clip_len!r}: must be an integer >= 0 (0 = whole video)")
+        if self.train and self.clip_len == 0:
+            raise ValueError("clip_len=0 (whole videos) is for evaluation; training needs a clip length >= 1")
+        if not (isinstance(self.crop, int) and self.crop >= 1):
+            raise ValueError(f"crop={self.crop!r}: must be an integer >= 1")
+
+
+@dataclass(frozen=True)
+class VideoRef:
+    store: int  # index into VideoClips.store_paths
+    video_id: str
+    label: int
+    n_frames: int
+    height: int
+    width: int
+
+
+def scan_stores(paths: Sequence[str | Path], split: str | None = None) -> list[tuple[int, str, dict[str, Any]]]:
+    """(store index, video id, attributes) of every complete video, optionally of one split."""
+    out = []
+    for i, path in enumerate(paths):
+        store = open_store(path)
+        for vid in store.video_ids:
+            info = store.info(vid)
+            if split is None or info.get("split") == split:
+                out.append((i, vid, info))
+    return out
+
+
+def class_list(videos: Sequence[tuple[int, str, dict[str, Any]]]) -> list[str]:
+    """Sorted label names: stable across runs and machines for the same videos."""
+    missing = [vid for _, vid, info in videos if not info.get("label")]
+    if missing:
+        raise ValueError(f"videos without a label: {', '.join(missing[:10])}; give every manifest row a label")
+    return sorted({str(info["label"]) for _, _, info in videos})
+
+
+class VideoClips(Dataset):
+    """Clips of one or more streams from the videos of one or more stores.
+
+    ``streams``: ``("rgb",)``, ``("flow",)`` or ``("rgb", "flow")`` (read with the same window,
+    crop and flip).  ``classes``: label names in logit order (default: sorted labels of the
+    selected videos); a video whose label is not among them is an error.
+
+    Item: a dict with one (C, T, H, W) float tensor per stream, ``label``, ``video`` (index into
+    ``videos``, to pool clip predictions per video), and the sampling (``start``, ``y``, ``x``,
+    ``flip``).  Training items are indexed by ``(video_index, seed)``, evaluation items by int.
+    """
+
+    def __init__(
+        self,
+        stores: Sequence[str | Path],
+        *,
+        streams: Sequence[str] = ("rgb",),
+        clip: ClipConfig = ClipConfig(),
+        split: str | None = None,
+        classes: Sequence[str] | None = None,
+    ) -> None:
+        if not stores:
+            raise ValueError("no store given")
+        bad = [s for s in streams if s not in STREAMS]
+        if bad or not streams:
+            raise ValueError(f"streams={list(streams)!r}: choose from {list(STREAMS)}")
+        self.store_paths = [str(p) for p in stores]
+        self.streams = tuple(streams)
+        self.clip = clip
+        found = scan_stores(self.store_paths, split)
+        if not found:
+            raise ValueError(f"no videos{' of split ' + repr(split) if split else ''} in {', '.join(self.store_paths)}")
+        self.classes = list(classes) if classes is not None else class_list(found)
+        index = {c: i for i, c in enumerate(self.classes)}
+        self.videos: list[VideoRef] = []
+        for s, vid, info in found:
+            label = str(info.get("label"))
+            if label not in index:
+                raise ValueError(f"video {vid} has label {label!r}, not among the {len(self.classes)} classes of the model")
+            ref = VideoRef(s, vid, index[label], int(info["n_frames"]), int(info["height"]), int(info["width"]))
+            if min(ref.height, ref.width) < clip.crop:
+                raise ValueError(
+                    f"crop {clip.crop} is larger than video {vid} ({ref.height}x{ref.width}); use a crop <= {min(ref.height, ref.width)}"
+                )
+            self.videos.append(ref)
+        # Evaluation with fixed windows: one item per (video, start), consecutive windows from 0.
+        self.items: list[tuple[int, int]] = []
+        for v, ref in enumerate(self.videos):
+            length = self.length(ref)
+            n = 1 if clip.clip_len == 0 else max(1, length // clip.clip_len)
+            self.items += [(v, k * clip.clip_len) for k in range(n)]
+        self._stores: list[Store] | None = None  # opened lazily, per process
+        self._pid = -1
+
+    def length(self, ref: VideoRef) -> int:
+        """Time steps a window is drawn from: flow fields when flow is read, else frames."""
+        return ref.n_frames - 1 if "flow" in self.streams else ref.n_frames
+
+    def __len__(self) -> int:
+        return len(self.videos) if self.clip.train else len(self.items)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_stores": None, "_pid": -1}
+
+    def _store(self, i: int) -> Store:
+        if self._stores is None or self._pid != os.getpid():
+            self._stores = [open_store(p) for p in self.store_paths]
+            self._pid = os.getpid()
+        return self._stores[i]
+
+    def read_raw(self, stream: str, ref: VideoRef, start: int, stop: int) -> np.ndarray:
+        """Raw time steps ``start:stop`` of a stream: uint8 (T, H, W, 3) RGB or int8 (T, H, W, 2) flow."""
+        store = self._store(ref.store)
+        read = store.read_rgb_uint8 if stream == "rgb" else store.read_flow_int8
+        return read(ref.video_id, start, stop)
+
+    def convert(self, stream: str, raw: np.ndarray, y: int, x: int, flip: bool) -> torch.Tensor:
+        """Raw time steps -> float32 (C, T, crop, crop): crop, flip, then scale to [-1, 1]."""
+        convert = rgb_thwc_to_cthw if stream == "rgb" else flow_thw2_to_cthw
+        return convert(raw, y, x, self.clip.crop, flip)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        if self.clip.train:
+            if not isinstance(key, (tuple, list)):
+                raise TypeError("training items are indexed by (video_index, seed); use TrainSampler")
+            v, seed = int(key[0]), int(key[1])
+            ref = self.videos[v]
+            rng = np.random.default_rng(seed)
+            length = self.length(ref)
+            start = sample_start(length, self.clip.clip_len, rng)
+            y, x = sample_crop(ref.height, ref.width, self.clip.crop, rng)
+            flip = bool(self.clip.flip and rng.random() < 0.5)
+            clip_len = self.clip.clip_len
+        else:
+            v, start = self.items[int(key)]
+            ref = self.videos[v]
+            y, x = centre_crop(ref.height, ref.width, self.clip.crop)
+            flip = False
+            clip_len = self.clip.clip_len
+        out: dict[str, Any] = {"label": ref.label, "video": v, "start": start, "y": y, "x": x, "flip": flip}
+        for stream in self.streams:
+            n = ref.n_frames if stream == "rgb" else ref.n_frames - 1
+            if clip_len == 0:  # whole video: each stream all of its own time steps
+                t = np.arange(n)
+            else:
+                t = window_indices(self.length(ref), clip_len, start)
+            lo, hi = int(t.min()), int(t.max()) + 1
+            raw = self.read_raw(stream, ref, lo, hi)
+            if len(t) != hi - lo or t[0] != lo:  # looped: pick the steps out of the span read
+                raw = raw[t - lo]
+            out[stream] = self.convert(stream, raw, y, x, flip)
+        return out
+
+
+# --- sampling for training --------------------------------------------------------------------
+
+
+def sample_seed(seed: int, epoch: int, rank: int, position: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, rank, position]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class TrainSampler(Sampler):
+    """An endless stream of ``(video_index, seed)`` for one rank, starting at ``start_step``.
+
+    Epoch after epoch, each rank takes ``DistributedSampler``'s shard of a fresh permutation
+    (seeded by ``seed`` and the epoch); batches are cut from that stream every ``batch_size``
+    items and may straddle two epochs.  Position ``p`` of epoch ``e`` always gets the same seed,
+    so resuming at step ``s`` continues with exactly the clips an uninterrupted run would draw.
+    """
+
+    def __init__(self, n_videos: int, *, batch_size: int, seed: int = 0, start_step: int = 0, rank: int = 0, world_size: int = 1):
+        self.n = n_videos
+        self.batch_size = batch_size
+        self.seed = seed
+        self.start_step = start_step
+        self.rank = rank
+        self.world_size = world_size
+
+    def _epoch(self, epoch: int) -> list[int]:
+        ds = DistributedSampler(range(self.n), num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=self.seed)
+        ds.set_epoch(epoch)
+        return list(ds)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = self._epoch(0)
+        epoch, pos = divmod(self.start_step * self.batch_size, len(order))
+        while True:
+            order = self._epoch(epoch)
+            for p in range(pos, len(order)):
+                yield order[p], sample_seed(self.seed, epoch, self.rank, p)
+            epoch, pos = epoch + 1, 0

@@ -1,0 +1,155 @@
+"""Evaluate trained streams on whole videos: per stream and fused (sum of logits), as DeepMind did.
+
+    flowprep evaluate --store out/ucf101.zarr --rgb runs/rgb/checkpoint.pt --flow runs/flow/checkpoint.pt
+
+Each video is read once for both streams (same centre crop).  A stream's video logits are its
+logits on the whole video (``--clip-len 0``, the default: I3D is fully convolutional in time),
+or the mean over consecutive windows of ``--clip-len`` steps.  Fused logits are the sum of the
+streams' video logits.  Writes ``report.json`` (top-1, top-5, per-class accuracy, confusion
+matrix, per-video predictions) and ``confusion.png``; prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from flowprep.classifier import Classifier, classifier_from_checkpoint, load_checkpoint
+from flowprep.data import ClipConfig, VideoClips
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    from flowprep.cli import add_evaluate_arguments
+
+    parser = argparse.ArgumentParser(prog="flowprep evaluate", description=__doc__.splitlines()[0], add_help=add_help)
+    add_evaluate_arguments(parser)
+    return parser
+
+
+@torch.inference_mode()
+def evaluate(
+    models: dict[str, Classifier], loader: DataLoader, n_videos: int, n_classes: int, *, device: torch.device, amp: bool
+) -> dict[str, torch.Tensor]:
+    """Video logits per stream: (n_videos, n_classes), the mean over each video's clips."""
+    sums = {s: torch.zeros(n_videos, n_classes, dtype=torch.float64) for s in models}
+    counts = torch.zeros(n_videos, dtype=torch.float64)
+    for batch in loader:
+        for stream, model in models.items():
+            x = batch[stream].to(device, non_blocking=True)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(x).float().cpu().double()
+            sums[stream].index_add_(0, batch["video"], logits)
+        counts.index_add_(0, batch["video"], torch.ones(len(batch["video"]), dtype=torch.float64))
+    return {s: v / counts.clamp(min=1)[:, None] for s, v in sums.items()}
+
+
+def metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """Top-1, top-k (k = min(5, classes)), per-class accuracy and the confusion matrix (rows: truth)."""
+    k = min(5, len(classes))
+    top = logits.topk(k, dim=1).indices
+    pred = top[:, 0]
+    n = len(classes)
+    confusion = torch.zeros(n, n, dtype=torch.int64)
+    confusion.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
+    per_class = {
+        c: (confusion[i, i].item() / confusion[i].sum().item() if confusion[i].sum() else None) for i, c in enumerate(classes)
+    }
+    return {
+        "top1": (pred == labels).double().mean().item(),
+        f"top{k}": (top == labels[:, None]).any(1).double().mean().item(),
+        "per_class": per_class,
+        "confusion": confusion.tolist(),
+    }
+
+
+def plot_confusion(confusion: list[list[int]], classes: list[str], title: str, path: Path) -> None:
+    """Row-normalised confusion matrix (rows: true class), PNG, written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    m = torch.tensor(confusion, dtype=torch.float64)
+    m = m / m.sum(1, keepdim=True).clamp(min=1)
+    n = len(classes)
+    side = min(4 + 0.25 * n, 30)
+    fig = Figure(figsize=(side + 1.5, side), dpi=90)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(m.numpy(), vmin=0, vmax=1, cmap="Blues")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    if n <= 60:
+        ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
+        ax.set_yticks(range(n), classes, fontsize=7)
+        if n <= 20:
+            for i in range(n):
+                for j in range(n):
+                    if confusion[i][j]:
+                        ax.text(j, i, str(confusion[i][j]), ha="center", va="center", fontsize=7,
+                                color="white" if m[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    os.replace(tmp, path)
+
+
+def main(args: argparse.Namespace) -> int:
+    ckpts = {s: load_checkpoint(p) for s, p in (("rgb", args.rgb), ("flow", args.flow)) if p}
+    for stream, blob in ckpts.items():
+        if blob["stream"] != stream:
+            raise ValueError(f"--{stream} {getattr(args, stream)} is a checkpoint of the {blob['stream']} stream")
+    class_lists = {s: blob["classes"] for s, blob in ckpts.items()}
+    classes = next(iter(class_lists.values()))
+    if any(c != classes for c in class_lists.values()):
+        raise ValueError("the RGB and flow checkpoints were trained on different class lists")
+    crop = args.crop or next(iter(ckpts.values()))["clip"]["crop"]
+    clip = ClipConfig(clip_len=args.clip_len, crop=crop, train=False)
+    dataset = VideoClips(args.store, streams=tuple(ckpts), clip=clip, split=args.split, classes=classes)
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    amp = device.type == "cuda" if args.amp == "auto" else args.amp == "on"
+    models = {s: classifier_from_checkpoint(blob).to(device) for s, blob in ckpts.items()}
+    # whole videos differ in length: one per batch
+    loader = DataLoader(dataset, batch_size=1 if clip.clip_len == 0 else 4, num_workers=args.workers, pin_memory=device.type == "cuda")
+    logits = evaluate(models, loader, len(dataset.videos), len(classes), device=device, amp=amp)
+    if len(logits) == 2:
+        logits["fused"] = logits["rgb"] + logits["flow"]
+    labels = torch.tensor([v.label for v in dataset.videos])
+    report: dict[str, Any] = {
+        "stores": dataset.store_paths, "split": args.split, "videos": len(dataset.videos), "classes": classes,
+        "chance": 1 / len(classes), "clip_len": clip.clip_len, "crop": crop,
+        "checkpoints": {s: {"path": str(getattr(args, s)), "step": blob["step"]} for s, blob in ckpts.items()},
+        "streams": {s: metrics(v, labels, classes) for s, v in logits.items()},
+        "predictions": [
+            {"video": v.video_id, "label": classes[v.label], **{s: classes[int(lg[i].argmax())] for s, lg in logits.items()}}
+            for i, v in enumerate(dataset.videos)
+        ],
+    }
+    out = Path(args.out) if args.out else Path(getattr(args, next(iter(ckpts)))).parent
+    out.mkdir(parents=True, exist_ok=True)
+    best = "fused" if "fused" in logits else next(iter(logits))
+    plot_confusion(report["streams"][best]["confusion"], classes, f"{best}: top-1 {report['streams'][best]['top1']:.3f}", out / "confusion.png")
+    tmp = out / ".report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
+    os.replace(tmp, out / "report.json")
+    k = min(5, len(classes))
+    print(f"{len(dataset.videos)} videos, {len(classes)} classes (chance {1 / len(classes):.3f}), "
+          f"{'whole videos' if clip.clip_len == 0 else f'{clip.clip_len}-step windows'}, centre crop {crop}")
+    print(f"{'stream':<8} {'top-1':>7} {f'top-{k}':>7}")
+    for s, m in report["streams"].items():
+        print(f"{s:<8} {m['top1']:>7.3f} {m[f'top{k}']:>7.3f}")
+    print(f"report: {out / 'report.json'}   confusion matrix ({best}): {out / 'confusion.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    from flowprep.cli import main as cli_main
+
+    sys.exit(cli_main(["evaluate", *sys.argv[1:]]))
