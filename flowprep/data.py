@@ -17,8 +17,10 @@ Sampling (pure functions first, ``VideoClips`` after):
 * **crop and flip**: one random crop (training) or centre crop (evaluation) and one random
   horizontal flip per sample, identical for RGB and flow; flipping flow mirrors it *and
   negates u* (a motion to the right seen in a mirror goes to the left).
-* **values**: raw uint8 / int8 are cropped first and converted after (``x / 127.5 - 1`` for RGB,
-  ``q / 127`` for flow), as the store's reader does, on a fraction of the pixels.
+* **values**: raw uint8 / int8 are cropped (and flipped) first and converted after
+  (``x / 127.5 - 1`` for RGB, ``q / 127`` for flow, as the store's reader does), on a fraction of
+  the pixels.  Tensors are (C, T, H, W) with channels-last memory (see ``thwc_to_cthw_float``);
+  use ``collate_clips`` in the DataLoader to keep that layout in batches.
 
 Each training index is a pair ``(video_index, seed)``: the augmentation of a sample depends on
 its seed only, not on the worker or the order, so a resumed run draws the same clips
@@ -35,7 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler, Sampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler, default_collate
 
 from flowprep.store import Store, open_store
 
@@ -67,22 +69,31 @@ def centre_crop(height: int, width: int, size: int) -> tuple[int, int]:
     return (height - size) // 2, (width - size) // 2
 
 
+def crop_flip_thwc(raw_thwc: np.ndarray, y: int, x: int, size: int, flip: bool) -> np.ndarray:
+    """A view: the crop, mirrored left-right when ``flip`` (no copy yet)."""
+    crop = raw_thwc[:, y : y + size, x : x + size]
+    return crop[:, :, ::-1] if flip else crop
+
+
+def thwc_to_cthw_float(crop_thwc: np.ndarray) -> torch.Tensor:
+    """float32 copy of (T, H, W, C) values, returned as a (C, T, H, W) view: channels-last memory.
+
+    Keeping channels last makes the conversion one contiguous pass (moving channels first in
+    the same copy doubled the time of a whole RGB sample); ``collate_clips`` keeps the layout,
+    and cuDNN's 3D convolutions prefer it under bf16.  ``.contiguous()`` gives the classic layout.
+    """
+    return torch.from_numpy(crop_thwc.astype(np.float32)).permute(3, 0, 1, 2)
+
+
 def rgb_thwc_to_cthw(raw_thwc: np.ndarray, y: int, x: int, size: int, flip: bool) -> torch.Tensor:
     """uint8 frames (T, H, W, 3) -> float32 (3, T, size, size) in [-1, 1], cropped then flipped."""
-    crop = raw_thwc[:, y : y + size, x : x + size]
-    if flip:
-        crop = crop[:, :, ::-1]
-    out = torch.from_numpy(np.ascontiguousarray(crop)).permute(3, 0, 1, 2).float()
+    out = thwc_to_cthw_float(crop_flip_thwc(raw_thwc, y, x, size, flip))
     return out.mul_(1 / 127.5).sub_(1.0)
 
 
 def flow_thw2_to_cthw(raw_thw2: np.ndarray, y: int, x: int, size: int, flip: bool) -> torch.Tensor:
     """int8 flow (T, H, W, 2) -> float32 (2, T, size, size) in [-1, 1]; a flip mirrors and negates u."""
-    crop = raw_thw2[:, y : y + size, x : x + size]
-    if flip:
-        crop = crop[:, :, ::-1]
-    out = torch.from_numpy(np.ascontiguousarray(crop)).permute(3, 0, 1, 2).float()
-    out.mul_(1 / 127)
+    out = thwc_to_cthw_float(crop_flip_thwc(raw_thw2, y, x, size, flip)).mul_(1 / 127)
     if flip:
         out[0].neg_()
     return out
@@ -251,6 +262,17 @@ class VideoClips(Dataset):
                 raw = raw[t - lo]
             out[stream] = self.convert(stream, raw, y, x, flip)
         return out
+
+
+def collate_clips(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """``default_collate``, except that clips keep their channels-last memory (no transposition):
+    (B, C, T, H, W) tensors with the strides of (B, T, H, W, C)."""
+    out = default_collate([{k: v for k, v in item.items() if k not in STREAMS} for item in batch])
+    for stream in STREAMS:
+        if stream in batch[0]:
+            # stacking the contiguous (T, H, W, C) views is a plain copy (into shared memory in a worker)
+            out[stream] = default_collate([item[stream].permute(1, 2, 3, 0) for item in batch]).permute(0, 4, 1, 2, 3)
+    return out
 
 
 # --- sampling for training --------------------------------------------------------------------

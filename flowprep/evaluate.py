@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from flowprep.classifier import Classifier, classifier_from_checkpoint, load_checkpoint
-from flowprep.data import ClipConfig, VideoClips
+from flowprep.data import ClipConfig, VideoClips, collate_clips
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -35,14 +35,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 @torch.inference_mode()
 def evaluate(
-    models: dict[str, Classifier], loader: DataLoader, n_videos: int, n_classes: int, *, device: torch.device, amp: bool
+    models: dict[str, Classifier], loader: DataLoader, n_videos: int, n_classes: int, *, device: torch.device, amp: bool,
+    channels_last: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Video logits per stream: (n_videos, n_classes), the mean over each video's clips."""
     sums = {s: torch.zeros(n_videos, n_classes, dtype=torch.float64) for s in models}
     counts = torch.zeros(n_videos, dtype=torch.float64)
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     for batch in loader:
         for stream, model in models.items():
-            x = batch[stream].to(device, non_blocking=True)
+            x = batch[stream].to(device, non_blocking=True, memory_format=fmt)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(x).float().cpu().double()
             sums[stream].index_add_(0, batch["video"], logits)
@@ -111,20 +113,29 @@ def main(args: argparse.Namespace) -> int:
     if any(c != classes for c in class_lists.values()):
         raise ValueError("the RGB and flow checkpoints were trained on different class lists")
     crop = args.crop or next(iter(ckpts.values()))["clip"]["crop"]
-    clip = ClipConfig(clip_len=args.clip_len, crop=crop, train=False)
-    dataset = VideoClips(args.store, streams=tuple(ckpts), clip=clip, split=args.split, classes=classes)
+    clip_lens = {s: getattr(args, f"{s}_clip_len") if getattr(args, f"{s}_clip_len") is not None else args.clip_len for s in ckpts}
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     amp = device.type == "cuda" if args.amp == "auto" else args.amp == "on"
-    models = {s: classifier_from_checkpoint(blob).to(device) for s, blob in ckpts.items()}
-    # whole videos differ in length: one per batch
-    loader = DataLoader(dataset, batch_size=1 if clip.clip_len == 0 else 4, num_workers=args.workers, pin_memory=device.type == "cuda")
-    logits = evaluate(models, loader, len(dataset.videos), len(classes), device=device, amp=amp)
+    channels_last = device.type == "cuda"  # as the trainer's auto setting
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    models = {s: classifier_from_checkpoint(blob).to(device, memory_format=fmt) for s, blob in ckpts.items()}
+    logits: dict[str, torch.Tensor] = {}
+    for clip_len in sorted(set(clip_lens.values())):  # streams with the same clip length share their reads
+        streams = tuple(s for s in ckpts if clip_lens[s] == clip_len)
+        clip = ClipConfig(clip_len=clip_len, crop=crop, train=False)
+        dataset = VideoClips(args.store, streams=streams, clip=clip, split=args.split, classes=classes)
+        # whole videos differ in length: one per batch
+        loader = DataLoader(dataset, batch_size=1 if clip_len == 0 else 4, num_workers=args.workers,
+                            pin_memory=device.type == "cuda", collate_fn=collate_clips)
+        logits |= evaluate({s: models[s] for s in streams}, loader, len(dataset.videos), len(classes), device=device, amp=amp,
+                            channels_last=channels_last)
+    logits = {s: logits[s] for s in ckpts}
     if len(logits) == 2:
         logits["fused"] = logits["rgb"] + logits["flow"]
     labels = torch.tensor([v.label for v in dataset.videos])
     report: dict[str, Any] = {
         "stores": dataset.store_paths, "split": args.split, "videos": len(dataset.videos), "classes": classes,
-        "chance": 1 / len(classes), "clip_len": clip.clip_len, "crop": crop,
+        "chance": 1 / len(classes), "clip_len": clip_lens, "crop": crop,
         "checkpoints": {s: {"path": str(getattr(args, s)), "step": blob["step"]} for s, blob in ckpts.items()},
         "streams": {s: metrics(v, labels, classes) for s, v in logits.items()},
         "predictions": [
@@ -140,8 +151,9 @@ def main(args: argparse.Namespace) -> int:
     tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
     os.replace(tmp, out / "report.json")
     k = min(5, len(classes))
-    print(f"{len(dataset.videos)} videos, {len(classes)} classes (chance {1 / len(classes):.3f}), "
-          f"{'whole videos' if clip.clip_len == 0 else f'{clip.clip_len}-step windows'}, centre crop {crop}")
+    print(f"{len(dataset.videos)} videos, {len(classes)} classes (chance {1 / len(classes):.3f}); "
+          + ", ".join(f"{s}: {'whole videos' if n == 0 else f'{n}-step windows'}" for s, n in clip_lens.items())
+          + f", centre crop {crop}")
     print(f"{'stream':<8} {'top-1':>7} {f'top-{k}':>7}")
     for s, m in report["streams"].items():
         print(f"{s:<8} {m['top1']:>7.3f} {m[f'top{k}']:>7.3f}")

@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from flowprep.classifier import Classifier, initialise, load_checkpoint, save_checkpoint
-from flowprep.data import CHANNELS, ClipConfig, TrainSampler, VideoClips
+from flowprep.data import CHANNELS, ClipConfig, TrainSampler, VideoClips, collate_clips
 from flowprep.models.i3d import I3DConfig
 
 
@@ -135,6 +135,7 @@ def train_one_epoch(
             "loss": round(stats[0].item() / n, 6),
             "acc": round(stats[1].item() / n, 6),
             "lr": lr,
+            "clips": int(n),
             "clips_per_s": round(n / (now - t_last), 3),
             "time": round(time.time(), 3),
         }
@@ -208,8 +209,9 @@ def _cache_dir(args: argparse.Namespace) -> Path | None:
 def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     ckpt_path = out / "checkpoint.pt"
-    resume = str(ckpt_path) if args.resume == "auto" else args.resume
-    if resume is None and ckpt_path.exists():
+    # bare --resume: continue <out>/checkpoint.pt when there is one, else start (a requeued job reruns one command)
+    resume = (str(ckpt_path) if ckpt_path.exists() else None) if args.resume == "auto" else args.resume
+    if resume is None and ckpt_path.exists() and args.resume != "auto":
         print(f"flowprep train: error: {ckpt_path} exists; continue it with --resume, or choose another --out", file=sys.stderr)
         return 2
     d, device = init_distributed(args.device)
@@ -262,7 +264,7 @@ def _train(args: argparse.Namespace, out: Path, ckpt_path: Path, resume: str | N
 
     sampler = TrainSampler(len(dataset.videos), batch_size=args.batch_size, seed=args.seed, start_step=step, rank=d.rank, world_size=d.world_size)
     loader = DataLoader(
-        dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+        dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers, collate_fn=collate_clips,
         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(args.seed),
         persistent_workers=False, prefetch_factor=4 if args.workers else None,
     )
