@@ -6,7 +6,6 @@ Exit status: 0 success, 1 some rows failed (see the ledger), 2 bad usage or conf
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable
@@ -48,9 +47,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = load_recipe(
             recipe, out=args.out, cache_dir=args.cache_dir, jobs=args.jobs, overwrite=args.overwrite,
             limit=args.limit, backend=args.backend, device=args.device, progress=not args.no_progress,
+            **_cluster_overrides(args),
         )
+        _record_run(recipe, cfg)
         summary = run(cfg)
-    except (RecipeError, ManifestError, StoreError, ValueError) as e:
+    except (RecipeError, ManifestError, StoreError, ValueError, OSError) as e:
         return _usage_error(str(e))
     fps = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
     print(
@@ -75,8 +76,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         store = open_store(args.store)
     except StoreError as e:
         return _usage_error(str(e))
-    index_path = run_dir(args.store) / "index.json"
-    index = json.loads(index_path.read_text()) if index_path.exists() else {"videos": []}
+    from flowprep.distribute import read_index
+
+    index = read_index(run_dir(args.store)) or {"videos": []}  # index.json + cluster tasks' parts
     ids = [args.video] if args.video else store.video_ids
     if args.video and args.video not in store:
         return _usage_error(f"video {args.video!r} is not in {args.store}; videos: {', '.join(store.video_ids[:20])}")
@@ -141,6 +143,13 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="device for the torch backend: cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--cache-dir", help="downloads and generated clips (default: <out folder>/cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g = p.add_argument_group("cluster", "split the manifest over tasks (see `flowprep slurm submit`), or run on dask")
+    g.add_argument("--num-tasks", type=int, help="the manifest is split into N shards (default: $SLURM_ARRAY_TASK_COUNT, else 1)")
+    g.add_argument("--task-index", type=int, help="do shard I: rows i with i %% N == I (default: $SLURM_ARRAY_TASK_ID, else 0)")
+    g.add_argument("--ids-from", metavar="FILE", help="do only the video ids listed in FILE, one per line (a retry's list)")
+    g.add_argument("--executor", choices=("local", "dask"), default="local",
+                   help="where videos run in parallel: local processes (default) or a dask cluster (joblib's dask backend)")
+    g.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler address for --executor dask, e.g. tcp://head:8786")
 
 
 def _add_inspect(p: argparse.ArgumentParser) -> None:
@@ -149,10 +158,44 @@ def _add_inspect(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preview", metavar="PNG", help="write a picture of frames and colour-coded flow")
 
 
+def _cluster_overrides(args: argparse.Namespace) -> dict:
+    """load_recipe overrides for the cluster options; SLURM's array variables are read here only."""
+    import os
+
+    from flowprep.distribute import read_keys_file, task_from_env
+
+    num_tasks, task_index = task_from_env(args.num_tasks, args.task_index, os.environ)
+    if num_tasks is None and task_index is not None:
+        raise ValueError("--task-index needs --num-tasks")
+    return {
+        "num_tasks": num_tasks, "task_index": task_index, "executor": args.executor, "scheduler": args.scheduler,
+        "only_keys": read_keys_file(args.ids_from) if args.ids_from else None,
+    }
+
+
+def _record_run(recipe: Path, cfg) -> None:
+    from flowprep.distribute import record_run
+    from flowprep.store import run_dir
+
+    record_run(run_dir(cfg.out), recipe, cfg)
+
+
+from flowprep.cluster_cli import (
+    _add_finalize,
+    _add_slurm,
+    _add_status,
+    cmd_finalize,
+    cmd_slurm,
+    cmd_status,
+)
+
 # name -> (help, add arguments, handler)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "run": ("build a store from a recipe: decode, TV-L1 flow, write (resumable)", _add_run, cmd_run),
     "inspect": ("summarize a store; --preview writes a flow picture", _add_inspect, cmd_inspect),
+    "status": ("done / failed / pending over all tasks, throughput, time left", _add_status, cmd_status),
+    "finalize": ("write the store's index.json from all tasks' ledgers (after a cluster run)", _add_finalize, cmd_finalize),
+    "slurm": ("run a recipe as a SLURM job array: `flowprep slurm submit RECIPE --tasks N`", _add_slurm, cmd_slurm),
 }
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from flowprep import flow as flowmod
 from flowprep.decode import DecodeError, decode_blocks
+from flowprep.distribute import index_part_path, keep_only, parallel_results, shard_manifest
 from flowprep.ledger import LedgerWriter, read_latest, summarize, write_json_atomic
 from flowprep.manifest import ManifestRow, RowError, parse_manifest
 from flowprep.recipe import RunConfig
@@ -182,6 +183,9 @@ def run(cfg: RunConfig) -> RunSummary:
     if cfg.limit is not None:
         rows = rows[: cfg.limit]
         row_errors = [e for e in row_errors if e.line <= (rows[-1].line if rows else 0)]
+    # A cluster task does its share; the index covers the share, the work may be a retry's subset.
+    index_rows, index_errors = shard_manifest(rows, row_errors, cfg.num_tasks, cfg.task_index)
+    rows, row_errors = keep_only(index_rows, index_errors, cfg.only_keys)
     backend = flowmod.pick_backend(cfg.flow.backend, cfg.flow.device)
     create_store(cfg.out, cfg.dataset)
     rdir = run_dir(cfg.out)
@@ -212,7 +216,10 @@ def run(cfg: RunConfig) -> RunSummary:
         frames = 0
         video_bar = tqdm(total=len(todo), unit="video", desc="videos", disable=not cfg.progress, position=0)
         pair_bar = tqdm(unit="pair", desc="flow", disable=not cfg.progress, position=1, leave=False)
-        if cfg.jobs == 1:
+        if cfg.executor != "local":
+            results = parallel_results(cfg, _worker, [(row, cfg, backend, None) for row in todo])
+            stop = None
+        elif cfg.jobs == 1:
             _set_threads(1)
             results = (process_video(row, cfg, backend, pair_bar.update) for row in todo)
             stop = None
@@ -251,7 +258,8 @@ def run(cfg: RunConfig) -> RunSummary:
             pair_bar.close()
             video_bar.close()
 
-    write_index(cfg, rows, row_errors)
+    # Many tasks never write one file: each writes its part, `flowprep finalize` the whole index.
+    write_index(cfg, index_rows, index_errors, index_part_path(rdir, cfg.task) if cfg.num_tasks > 1 else None)
     s = summarize(records)
     return RunSummary(
         rows=s["rows"], done=s["done"], failed=s["failed"], skipped=s["skipped"], seconds=time.time() - t0,
@@ -259,8 +267,10 @@ def run(cfg: RunConfig) -> RunSummary:
     )
 
 
-def write_index(cfg: RunConfig, rows: list[ManifestRow], row_errors: list[RowError]) -> dict[str, Any]:
-    """Rewrite ``index.json``: every manifest row with its status (done / failed / pending)."""
+def write_index(
+    cfg: RunConfig, rows: list[ManifestRow], row_errors: list[RowError], dest: Path | None = None
+) -> dict[str, Any]:
+    """Rewrite ``index.json`` (or ``dest``, a task's part): every row with its status (done / failed / pending)."""
     rdir = run_dir(cfg.out)
     latest = read_latest(rdir)
     videos = []
@@ -294,5 +304,7 @@ def write_index(cfg: RunConfig, rows: list[ManifestRow], row_errors: list[RowErr
             }, "write": asdict(cfg.write)},
         "videos": videos,
     }
-    write_json_atomic(rdir / "index.json", index)
+    if dest is not None:
+        index.update(task=cfg.task, task_index=cfg.task_index, num_tasks=cfg.num_tasks)
+    write_json_atomic(dest or rdir / "index.json", index)
     return index
