@@ -11,6 +11,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from flowprep.cluster_cli import (
+    _add_finalize,
+    _add_slurm,
+    _add_status,
+    cmd_finalize,
+    cmd_slurm,
+    cmd_status,
+)
+
 PIPELINES_DIRS = (Path.cwd() / "pipelines", Path(__file__).resolve().parent.parent / "pipelines")
 ALIASES = {"kinetics": "kinetics400"}
 
@@ -61,7 +70,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if summary.failed:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.failed_by_reason.items()))
-        print(f"failed by reason: {reasons}; details: {run_dir(cfg.out) / 'index.json'}")
+        index = run_dir(cfg.out) / ("index.json" if cfg.num_tasks == 1 else f"index/{cfg.task}.json")
+        print(f"failed by reason: {reasons}; details: {index}")
     print(f"store: {cfg.out}   inspect it: flowprep inspect {cfg.out}")
     return 0 if summary.ok else 1
 
@@ -180,14 +190,6 @@ def _record_run(recipe: Path, cfg) -> None:
     record_run(run_dir(cfg.out), recipe, cfg)
 
 
-from flowprep.cluster_cli import (
-    _add_finalize,
-    _add_slurm,
-    _add_status,
-    cmd_finalize,
-    cmd_slurm,
-    cmd_status,
-)
 
 # name -> (help, add arguments, handler)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {

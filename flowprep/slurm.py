@@ -105,8 +105,12 @@ def render_script(
     python: str | None = None,
     workdir: Path | None = None,
     ids_file: Path | None = None,
+    backend: str | None = None,
+    device: str | None = None,
 ) -> str:
-    """The sbatch script of a job array over ``task_indices`` (of ``num_tasks`` shards)."""
+    """The sbatch script of a job array over ``task_indices`` (of ``num_tasks`` shards).
+    ``backend`` / ``device``: command-line overrides to pass on (the recipe's own are read by
+    each task, so the script stays right when only the recipe changes)."""
     python = python or sys.executable
     workdir = (workdir or Path.cwd()).resolve()
     rdir = run_dir(Path(cfg.out).resolve())
@@ -120,10 +124,10 @@ def render_script(
         "--jobs", str(1 if gpus else opts.cpus),
         "--no-progress",
     ]
-    if cfg.flow.backend != "auto":
-        cmd += ["--backend", cfg.flow.backend]
-    if cfg.flow.device is not None:
-        cmd += ["--device", cfg.flow.device]
+    if backend is not None:
+        cmd += ["--backend", backend]
+    if device is not None:
+        cmd += ["--device", device]
     if cfg.limit is not None:
         cmd += ["--limit", str(cfg.limit)]
     if ids_file is not None:

@@ -178,6 +178,8 @@ def _duration(s: float) -> str:
     s = int(round(s))
     if s < 120:
         return f"{s} s"
+    if s % 60 == 0 and s < 7200:
+        return f"{s // 60} min"
     if s < 7200:
         return f"{s // 60} min {s % 60:02d} s"
     return f"{s // 3600} h {s % 3600 // 60:02d} min"
@@ -199,7 +201,7 @@ def format_status(st: Status, now: float | None = None) -> str:
     if st.videos_per_s:
         lines.append(
             f"  rate     {st.videos_per_s * 3600:,.0f} videos/h, {st.frames_per_s or 0:,.0f} frames/s "
-            f"(last {_duration(THROUGHPUT_WINDOW_S)} of finished videos)"
+            f"(videos finished in the last {_duration(THROUGHPUT_WINDOW_S)})"
         )
     if st.last_done is not None:
         lines.append(f"  last     video finished {_duration(max(0.0, now - st.last_done))} ago")
@@ -219,5 +221,8 @@ def format_status(st: Status, now: float | None = None) -> str:
             + (f"; pending in {shown}{more}" if open_tasks else "")
         )
     if st.retry_keys:
-        lines.append(f"  retry    {len(st.retry_keys)} row(s) in {len(st.retry_tasks)} task(s): flowprep slurm submit ... --retry-failed")
+        lines.append(
+            f"  retry    {len(st.retry_keys)} row(s) in {len(st.retry_tasks)} task(s) once no task runs: "
+            "flowprep run again, or flowprep slurm submit RECIPE --retry-failed"
+        )
     return "\n".join(lines)
