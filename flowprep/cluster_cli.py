@@ -24,6 +24,8 @@ def _load_target(target: str, out: str | None, **overrides: Any) -> tuple[Any, P
     from flowprep.store import run_dir
 
     p = Path(target)
+    if p.suffix == ".zarr" and not p.is_dir():
+        raise FileNotFoundError(f"{p}: no store here; build one with `flowprep run` or `flowprep slurm submit`")
     if p.is_dir() and ((p / "zarr.json").exists() or p.suffix == ".zarr"):
         info = read_run(run_dir(p))
         recipe = Path(info["recipe"])

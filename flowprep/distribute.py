@@ -40,8 +40,8 @@ def check_cluster_overrides(overrides: Mapping[str, Any]) -> tuple[int, int, str
     """Checked (num_tasks, task_index, executor, scheduler) from load_recipe's overrides."""
     from flowprep.recipe import RecipeError
 
-    num_tasks = overrides.get("num_tasks") or 1
-    task_index = overrides.get("task_index") or 0
+    num_tasks = 1 if overrides.get("num_tasks") is None else overrides["num_tasks"]
+    task_index = 0 if overrides.get("task_index") is None else overrides["task_index"]
     if not isinstance(num_tasks, int) or not 1 <= num_tasks <= 100_000:
         raise RecipeError(f"--num-tasks {num_tasks!r}: must be an integer in [1, 100000]")
     if not isinstance(task_index, int) or not 0 <= task_index < num_tasks:
