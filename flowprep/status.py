@@ -63,7 +63,7 @@ class Status:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["per_task"] = {task_tag(i): asdict(c) for i, c in enumerate(self.per_task)}
-        return d
+        return json.loads(json.dumps(d))  # tuples -> lists: the same as what --json prints
 
 
 def complete_ids(store: str | Path) -> set[str]:
