@@ -6,7 +6,7 @@ DATASET ?= demo
 OUT ?= out/$(DATASET).zarr
 JOBS ?= 2
 
-.PHONY: install flow test lint clean
+.PHONY: install flow test lint clean bench-scale
 
 $(BIN)/flowprep: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,10 @@ flow: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# open_store / status / finalize over a synthetic store of 100k videos; Kinetics-400 file count
+bench-scale: install
+	$(BIN)/python benchmarks/bench_scale.py $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check flowprep tests benchmarks
