@@ -22,7 +22,7 @@ flow: install
 	$(BIN)/flowprep run pipelines/$(DATASET).toml --out $(OUT) --jobs $(JOBS)
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
 
 # open_store / status / finalize over a synthetic store of 100k videos; Kinetics-400 file count
 bench-scale: install

@@ -5,6 +5,7 @@ one-node cluster in a container (root); without one these tests are skipped, say
 Jobs run ``sys.executable -m flowprep``, i.e. this test run's virtualenv.
 """
 
+import functools
 import json
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ from flowprep.store import run_dir
 JOB_TIMEOUT_S = 120  # a whole array here takes ~15 s; this only bounds a hung cluster
 
 
+@functools.cache  # one sinfo per session: with no controller it takes seconds to give up
 def _slurm_reason() -> str | None:
     """None when SLURM answers and has a usable node, else why the tests are skipped."""
     if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
