@@ -18,8 +18,10 @@ $(BIN)/flowprep: setup.cfg pyproject.toml
 
 install: $(BIN)/flowprep
 
+# DATASET is a recipe name in pipelines/ (demo, kinetics = kinetics400, ucf101, ...)
 flow: install
-	$(BIN)/flowprep run pipelines/$(DATASET).toml --out $(OUT) --jobs $(JOBS)
+	$(BIN)/flowprep run $(DATASET) --out $(OUT) --jobs $(JOBS)
+	$(BIN)/flowprep inspect $(OUT) --preview $(basename $(OUT))_preview.png
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -84,6 +84,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     header = f"{'video':<28} {'label':<14} {'frames':>6} {'size':>9} {'|flow| mean':>11} {'p95':>6} {'max':>6} {'clipped':>7}"
     print(header)
     print("-" * len(header))
+    motion: dict[str, float] = {}
     for vid in ids:
         info = store.info(vid)
         bound = float(info["flow"]["bound_px"])
@@ -96,6 +97,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             clipped += int((np.abs(q) == 127).any(-1).sum())
             n += m.size
         a = np.array(mags)
+        motion[vid] = float(a[:, 2].mean())
         print(
             f"{vid:<28} {str(info.get('label'))[:14]:<14} {info['n_frames']:>6} "
             f"{info['height']:>4}x{info['width']:<4} {a[:, 2].mean():>9.2f}px {a[:, 1].max():>6.2f} "
@@ -110,7 +112,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.preview:
         from flowprep.viz import save_preview
 
-        vid = args.video or (ids[0] if ids else None)
+        # without --video, show the video with the most motion: the most telling picture
+        vid = args.video or (max(motion, key=motion.__getitem__) if motion else None)
         if vid is None:
             return _usage_error("no complete video to preview")
         print(f"preview of {vid}: {save_preview(store, vid, args.preview)}")
