@@ -83,7 +83,7 @@ _RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     )),
     ("unavailable", (
         "video unavailable", "has been removed", "no longer available", "does not exist", "isn't available anymore",
-        "is not available", "has been terminated", "http error 404", "http error 410",
+        "video is not available", "has been terminated", "http error 404", "http error 410",
     )),
     ("network", (
         "timed out", "timeout", "connection refused", "connection reset", "connection aborted",
