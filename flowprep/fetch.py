@@ -269,7 +269,7 @@ class Gate:
         held = None
         while held is None:
             for i in range(self.cfg.concurrency):
-                f = open(self.folder / f"slot-{i}.lock", "a+")
+                f = open(self.folder / f"slot-{i}.lock", "a+")  # noqa: SIM115 (held past the loop, closed in finally)
                 try:
                     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
@@ -328,7 +328,7 @@ def is_readable_video(path: Path) -> bool:
         return False
     cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", "file:" + str(path.resolve()),
            "-map", "0:v:0", "-frames:v", "1", "-f", "null", "-"]
-    return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=120).returncode == 0
+    return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=120, check=False).returncode == 0
 
 
 def ydl_options(cfg: FetchConfig, outtmpl: str, start: float, end: float) -> dict[str, Any]:

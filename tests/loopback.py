@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Self
 
 
 class Loopback:
@@ -78,7 +79,7 @@ class Loopback:
         self.url_template = f"http://127.0.0.1:{self.port}/{{youtube_id}}.mp4"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> Loopback:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from loopback import Loopback
@@ -30,7 +29,7 @@ from flowprep.store import run_dir
 GOOD = "abcdefghijk"
 GOOD2 = "Zyxwvut_-12"
 # Short timeouts and no waits: tests check plumbing, not patience.
-FAST = dict(retries=0, delay=0.0, backoff=0.0, rate_limited_pause=0.0, socket_timeout=1.0)
+FAST = {"retries": 0, "delay": 0.0, "backoff": 0.0, "rate_limited_pause": 0.0, "socket_timeout": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +118,7 @@ def test_gate_spaces_starts_and_limits_concurrency(tmp_path):
         "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); print('got')\nexcept BlockingIOError:\n    print('busy')"
     )
     with gate.slot():
-        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "slot-0.lock")], capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "slot-0.lock")], capture_output=True, text=True, check=False)
     assert out.stdout.strip() == "busy"
 
 
