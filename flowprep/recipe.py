@@ -63,6 +63,7 @@ class RunConfig:
     task: str = "local"  # tag of this run's ledger and staging entries (one per cluster task)
     progress: bool = True
     fetch: Mapping[str, Any] | None = None  # fetch stage options; None = rows must name local files
+    retry_failed: bool = False  # redo only failures of a retryable class (fetch.RETRYABLE), keep the others
 
 
 _TOP_KEYS = {"dataset", "description", "manifest", "decode", "flow", "write", "fetch", "unsupported"}
@@ -85,7 +86,8 @@ def _section(data: Mapping[str, Any], name: str, cls: type, src: Path) -> Any:
 def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
     """Read a recipe; ``overrides`` (from the command line) win over the file.
 
-    Recognised overrides: out, cache_dir, jobs, overwrite, limit, task, progress, backend, device.
+    Recognised overrides: out, cache_dir, jobs, overwrite, limit, task, progress, backend, device,
+    retry_failed, fetch (a dict of [fetch] keys; None values are ignored).
     """
     path = Path(path)
     try:
@@ -128,6 +130,13 @@ def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
     fetch = data.get("fetch")
     if fetch is not None and not isinstance(fetch, dict):
         raise RecipeError(f"{path}: [fetch] must be a table")
+    fetch_overrides = {k: v for k, v in (overrides.get("fetch") or {}).items() if v is not None}
+    if fetch_overrides:  # e.g. --url-template: also turns the fetch stage on
+        fetch = {**(fetch or {}), **fetch_overrides}
+    if fetch is not None:
+        from flowprep.fetch import FetchConfig
+
+        _section({"fetch": fetch}, "fetch", FetchConfig, path)  # check every key now, not per row
     return RunConfig(
         dataset=dataset,
         manifest=manifest,
@@ -142,4 +151,5 @@ def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
         task=task,
         progress=bool(overrides.get("progress", True)),
         fetch=MappingProxyType(dict(fetch)) if fetch is not None else None,
+        retry_failed=bool(overrides.get("retry_failed", False)),
     )
