@@ -18,8 +18,24 @@ $(BIN)/flowprep: setup.cfg pyproject.toml
 
 install: $(BIN)/flowprep
 
+# DATASET is a recipe name in pipelines/ (demo, kinetics = kinetics400, ucf101, ...).
+# Datasets whose official annotation files are fetched (and checked) before the run.
+# MANIFEST_FROM: a hand-downloaded archive or folder instead of the network; ROOT: the unpacked
+# UCF-101 / HMDB-51 videos (builds their manifest); FLOW_ARGS: more `flowprep run` options.
+FETCHED_MANIFESTS := kinetics kinetics400 kinetics600 kinetics700 kinetics700-2020 ucf101 hmdb51
+MANIFEST_FROM ?=
+ROOT ?=
+FLOW_ARGS ?=
+
 flow: install
-	$(BIN)/flowprep run pipelines/$(DATASET).toml --out $(OUT) --jobs $(JOBS)
+ifneq ($(filter $(DATASET),$(FETCHED_MANIFESTS)),)
+	$(BIN)/flowprep manifests fetch $(DATASET) $(if $(MANIFEST_FROM),--from $(MANIFEST_FROM))
+endif
+ifneq ($(ROOT),)
+	$(BIN)/flowprep manifests build $(DATASET) --root $(ROOT)
+endif
+	$(BIN)/flowprep run $(DATASET) --out $(OUT) --jobs $(JOBS) $(FLOW_ARGS)
+	$(BIN)/flowprep inspect $(OUT) --preview $(basename $(OUT))_preview.png
 
 test: install
 	$(BIN)/python -m pytest -q -rs

@@ -30,7 +30,7 @@ from flowprep.distribute import index_part_path, keep_only, parallel_results, sh
 from flowprep.ledger import LedgerWriter, read_latest, summarize, write_json_atomic
 from flowprep.manifest import ManifestRow, RowError, parse_manifest
 from flowprep.recipe import RunConfig
-from flowprep.source import SourceError, resolve
+from flowprep.source import SourceError, resolve_clip
 from flowprep.store import FORMAT_VERSION, VideoWriter, clean_staging, create_store, is_complete, run_dir
 
 log = logging.getLogger("flowprep")
@@ -87,11 +87,11 @@ def process_video(
     record: dict[str, Any] = {"key": row.video_id, "line": row.line, "label": row.label, "split": row.split}
     writer: VideoWriter | None = None
     try:
-        path = resolve(row, cfg.manifest.parent, cfg.cache_dir)
+        path, start, end = resolve_clip(row, cfg.manifest.parent, cfg.cache_dir, cfg.fetch)
         record["source"] = str(path)
         batch = _flow_batch(cfg, backend)
         prev_gray: np.ndarray | None = None
-        for block in decode_blocks(str(path), cfg.decode, row.time_start, row.time_end):
+        for block in decode_blocks(str(path), cfg.decode, start, end):
             if writer is None:
                 writer = VideoWriter(cfg.out, row.video_id, block.shape[1], block.shape[2], cfg.write, cfg.task)
             gray = flowmod.rgb_to_gray(block)
@@ -146,7 +146,8 @@ def process_video(
         record.update(status="done", n_frames=writer.n_frames, height=attrs["height"], width=attrs["width"])
         writer = None
     except SourceError as e:
-        record.update(status="failed", reason_class="source", reason=str(e))
+        # a fetch.FetchError carries its class (unavailable, private, rate_limited, ...)
+        record.update(status="failed", reason_class=getattr(e, "reason_class", "source"), reason=str(e))
     except DecodeError as e:
         record.update(status="failed", reason_class="decode", reason=str(e))
     except TooFewFrames as e:
@@ -202,11 +203,16 @@ def run(cfg: RunConfig) -> RunSummary:
             ledger.write(rec)
             records.append(rec)
         todo: list[ManifestRow] = []
+        previous = read_latest(rdir) if cfg.retry_failed else {}
         for row in rows:
+            kept = kept_failure(row, previous.get(row.video_id))
             if not cfg.overwrite and is_complete(cfg.out, row.video_id):
                 rec = {"key": row.video_id, "line": row.line, "status": "skipped", "reason": "already complete in the store"}
                 ledger.write(rec)
                 records.append(rec)
+            elif kept is not None:
+                ledger.write(kept)
+                records.append(kept)
             else:
                 todo.append(row)
 
@@ -266,6 +272,22 @@ def run(cfg: RunConfig) -> RunSummary:
         rows=s["rows"], done=s["done"], failed=s["failed"], skipped=s["skipped"], seconds=time.time() - t0,
         frames=frames, failed_by_reason=s["failed_by_reason"], backend=backend,
     )
+
+
+def kept_failure(row: ManifestRow, previous: dict[str, Any] | None) -> dict[str, Any] | None:
+    """For ``--retry-failed``: the record that keeps a row's earlier non-retryable failure.
+
+    None (redo the row) unless its latest record failed with a class outside fetch.RETRYABLE
+    (a removed or private video stays failed; a 429 or a timeout is tried again).
+    """
+    from flowprep.fetch import RETRYABLE
+
+    if previous is None or previous.get("status") != "failed" or previous.get("reason_class", "other") in RETRYABLE:
+        return None
+    return {
+        "key": row.video_id, "line": row.line, "label": row.label, "split": row.split, "status": "failed",
+        "reason_class": previous["reason_class"], "reason": previous.get("reason"), "kept": True,
+    }
 
 
 def write_index(

@@ -63,6 +63,7 @@ class RunConfig:
     task: str = "local"  # tag of this run's ledger and staging entries (one per cluster task)
     progress: bool = True
     fetch: Mapping[str, Any] | None = None  # fetch stage options; None = rows must name local files
+    retry_failed: bool = False  # redo only failures of a retryable class (fetch.RETRYABLE), keep the others
     # Cluster: this run does manifest items i with i % num_tasks == task_index (flowprep.distribute).
     num_tasks: int = 1
     task_index: int = 0
@@ -92,6 +93,7 @@ def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
     """Read a recipe; ``overrides`` (from the command line) win over the file.
 
     Recognised overrides: out, cache_dir, jobs, overwrite, limit, task, progress, backend, device,
+    retry_failed, fetch (a dict of [fetch] keys; None values are ignored),
     num_tasks, task_index, only_keys, executor, scheduler.
     """
     path = Path(path)
@@ -138,6 +140,13 @@ def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
     fetch = data.get("fetch")
     if fetch is not None and not isinstance(fetch, dict):
         raise RecipeError(f"{path}: [fetch] must be a table")
+    fetch_overrides = {k: v for k, v in (overrides.get("fetch") or {}).items() if v is not None}
+    if fetch_overrides:  # e.g. --url-template: also turns the fetch stage on
+        fetch = {**(fetch or {}), **fetch_overrides}
+    if fetch is not None:
+        from flowprep.fetch import FetchConfig
+
+        _section({"fetch": fetch}, "fetch", FetchConfig, path)  # check every key now, not per row
     return RunConfig(
         dataset=dataset,
         manifest=manifest,
@@ -152,6 +161,7 @@ def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
         task=task,
         progress=bool(overrides.get("progress", True)),
         fetch=MappingProxyType(dict(fetch)) if fetch is not None else None,
+        retry_failed=bool(overrides.get("retry_failed", False)),
         num_tasks=num_tasks,
         task_index=task_index,
         only_keys=frozenset(overrides["only_keys"]) if overrides.get("only_keys") is not None else None,
