@@ -72,6 +72,17 @@ def task_from_env(num_tasks: int | None, task_index: int | None, environ: Mappin
         ) from None
 
 
+def read_manifest(cfg: Any) -> tuple[list[Any], list[Any]]:
+    """The rows and malformed rows a run of ``cfg`` covers (the manifest after ``--limit``), as ``run`` reads them."""
+    from flowprep.manifest import parse_manifest
+
+    rows, row_errors = parse_manifest(cfg.manifest)
+    if cfg.limit is not None:
+        rows = rows[: cfg.limit]
+        row_errors = [e for e in row_errors if e.line <= (rows[-1].line if rows else 0)]
+    return rows, row_errors
+
+
 def item_key(item: Any) -> str:
     """Ledger key of a manifest item: the video id, or ``line:<n>`` for a malformed row."""
     video_id = getattr(item, "video_id", None)
@@ -187,14 +198,9 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 def finalize(cfg: Any) -> dict[str, Any]:
     """Write the complete ``index.json`` from the manifest, all tasks' ledgers and the store;
     run it once after every task has ended (`flowprep slurm submit` queues it as a dependent job)."""
-    from flowprep.manifest import parse_manifest
     from flowprep.pipeline import write_index
 
-    rows, row_errors = parse_manifest(cfg.manifest)
-    if cfg.limit is not None:
-        rows = rows[: cfg.limit]
-        row_errors = [e for e in row_errors if e.line <= (rows[-1].line if rows else 0)]
-    return write_index(cfg, rows, row_errors)
+    return write_index(cfg, *read_manifest(cfg))
 
 
 # -- other executors --------------------------------------------------------------------------------

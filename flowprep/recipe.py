@@ -131,10 +131,10 @@ def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
     limit = overrides.get("limit")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise RecipeError(f"--limit {limit!r}: must be an integer >= 1")
-    from flowprep.distribute import check_cluster_overrides
+    from flowprep.distribute import check_cluster_overrides, task_tag
 
     num_tasks, task_index, executor, scheduler = check_cluster_overrides(overrides)
-    task = overrides.get("task") or (f"t{task_index:04d}" if num_tasks > 1 else "local")
+    task = overrides.get("task") or (task_tag(task_index) if num_tasks > 1 else "local")
     if not re.fullmatch(r"[A-Za-z0-9_]{1,32}", task):
         raise RecipeError(f"task tag {task!r}: 1-32 characters of letters, digits, '_'")
     fetch = data.get("fetch")

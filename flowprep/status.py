@@ -17,9 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from flowprep.distribute import item_key, task_of_keys, task_tag
-from flowprep.ledger import ledger_dir
-from flowprep.manifest import parse_manifest
+from flowprep.distribute import item_key, read_manifest, task_of_keys, task_tag
+from flowprep.ledger import read_latest
 from flowprep.store import run_dir
 
 # Failures that a rerun cannot fix: the row, the file or the video itself is the problem.
@@ -75,32 +74,6 @@ def complete_ids(store: str | Path) -> set[str]:
         return {e.name for e in it if e.is_dir() and os.path.exists(os.path.join(e.path, "zarr.json"))}
 
 
-def _scan_ledgers(rdir: Path) -> tuple[dict[str, dict[str, Any]], list[tuple[float, int]]]:
-    """(latest record per key over all tasks, (time, n_frames) of every "done" record)."""
-    latest: dict[str, dict[str, Any]] = {}
-    done: list[tuple[float, int]] = []
-    folder = ledger_dir(rdir)
-    if not folder.is_dir():
-        return latest, done
-    for path in sorted(folder.glob("*.jsonl")):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue  # a line cut by a kill
-                key = rec.get("key")
-                if key is None:
-                    continue
-                t = rec.get("time", 0)
-                if rec.get("status") == "done":
-                    done.append((t, rec.get("n_frames", 0)))
-                old = latest.get(key)
-                if old is None or t >= old.get("time", 0):
-                    latest[key] = rec
-    return latest, done
-
-
 def _throughput(done: list[tuple[float, int]]) -> tuple[float | None, float | None, float | None]:
     if not done:
         return None, None, None
@@ -116,13 +89,16 @@ def _throughput(done: list[tuple[float, int]]) -> tuple[float | None, float | No
 
 def store_status(cfg: Any, num_tasks: int = 1) -> Status:
     """The status of ``cfg.out`` against ``cfg.manifest`` (after ``cfg.limit``)."""
-    rows, row_errors = parse_manifest(cfg.manifest)
-    if cfg.limit is not None:
-        rows = rows[: cfg.limit]
-        row_errors = [e for e in row_errors if e.line <= (rows[-1].line if rows else 0)]
+    rows, row_errors = read_manifest(cfg)
     owner = task_of_keys(rows, row_errors, num_tasks)
     complete = complete_ids(cfg.out)
-    latest, done_events = _scan_ledgers(run_dir(cfg.out))
+    done_events: list[tuple[float, int]] = []
+
+    def count_done(rec: dict[str, Any]) -> None:
+        if rec.get("status") == "done":
+            done_events.append((rec.get("time", 0), rec.get("n_frames", 0)))
+
+    latest = read_latest(run_dir(cfg.out), count_done)
 
     per_task = [Counter() for _ in range(num_tasks)]
     reasons: Counter[str] = Counter()
