@@ -88,6 +88,9 @@ def cmd_finalize(args: argparse.Namespace) -> int:
 
 
 def cmd_slurm(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from flowprep.distribute import record_run
     from flowprep.manifest import ManifestError
     from flowprep.recipe import RecipeError
     from flowprep.slurm import (
@@ -101,6 +104,7 @@ def cmd_slurm(args: argparse.Namespace) -> int:
         write_script,
     )
     from flowprep.status import store_status
+    from flowprep.store import run_dir
 
     try:
         opts = SlurmOptions(
@@ -116,7 +120,7 @@ def cmd_slurm(args: argparse.Namespace) -> int:
         ids_file = None
         indices = list(range(num_tasks))
         if args.retry_failed:
-            busy = {j: s for j, s in queued(store).items()} if jobs else {}
+            busy = queued(store) if jobs else {}
             if busy:
                 return _usage_error(
                     f"job(s) {', '.join(busy)} of this store are still queued or running; wait for them "
@@ -131,6 +135,8 @@ def cmd_slurm(args: argparse.Namespace) -> int:
             ids_file = write_ids_file(store, st.retry_keys)
             print(f"retrying {len(st.retry_keys)} row(s) ({st.pending} pending, {st.retryable_failed} retryable failures) "
                   f"in {len(indices)} task(s); ids: {ids_file}")
+        # so `flowprep status STORE` works from the moment the array is queued
+        record_run(run_dir(store), recipe, replace(cfg, num_tasks=num_tasks))
         text = render_script(
             cfg, recipe, num_tasks, indices, opts, ids_file=ids_file, backend=args.backend, device=args.device
         )
@@ -145,7 +151,6 @@ def cmd_slurm(args: argparse.Namespace) -> int:
     except SlurmError as e:
         print(f"flowprep: error: {e}", file=sys.stderr)
         return 1
-    from flowprep.store import run_dir
 
     print(f"submitted array job {rec['job_id']} (tasks {rec['array']} of {num_tasks}): {script}")
     if rec.get("finalize_job_id"):
