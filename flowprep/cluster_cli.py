@@ -24,9 +24,9 @@ def _load_target(target: str, out: str | None, **overrides: Any) -> tuple[Any, P
     from flowprep.store import run_dir
 
     p = Path(target)
-    if p.suffix == ".zarr" and not p.is_dir():
-        raise FileNotFoundError(f"{p}: no store here; build one with `flowprep run` or `flowprep slurm submit`")
-    if p.is_dir() and ((p / "zarr.json").exists() or p.suffix == ".zarr"):
+    if p.suffix == ".zarr" or (p / "zarr.json").exists():
+        if not p.is_dir() and not (run_dir(p) / "run.json").exists():  # submitted arrays have run.json first
+            raise FileNotFoundError(f"{p}: no store here; build one with `flowprep run` or `flowprep slurm submit`")
         info = read_run(run_dir(p))
         recipe = Path(info["recipe"])
         cfg = load_recipe(recipe, out=str(p), cache_dir=info.get("cache_dir"), limit=info.get("limit"), **overrides)
