@@ -168,6 +168,9 @@ class VideoWriter:
                 compressors=codec,
                 fill_value=0,
                 dimension_names=("t", "y", "x", "c"),
+                # shard files sit directly in the array folder (c.0.0.0.0) instead of 4 nested
+                # folders each: 3 folders per video instead of 29 (~8M fewer inodes for Kinetics-400)
+                chunk_key_encoding={"name": "default", "separator": "."},
             )
 
         self.group = group
