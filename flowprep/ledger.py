@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +52,9 @@ class LedgerWriter:
         self.close()
 
 
-def read_latest(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """The latest record of each key over all tasks' ledgers (a torn last line is ignored)."""
+def read_latest(run_dir: Path, each: Callable[[dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
+    """The latest record of each key over all tasks' ledgers (a torn last line is ignored).
+    ``each``, if given, also sees every record on the way (``status`` counts finished videos)."""
     latest: dict[str, dict[str, Any]] = {}
     folder = ledger_dir(run_dir)
     if not folder.is_dir():
@@ -66,6 +69,8 @@ def read_latest(run_dir: Path) -> dict[str, dict[str, Any]]:
                 key = rec.get("key")
                 if key is None:
                     continue
+                if each is not None:
+                    each(rec)
                 old = latest.get(key)
                 if old is None or rec.get("time", 0) >= old.get("time", 0):
                     latest[key] = rec
@@ -73,7 +78,8 @@ def read_latest(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # pid alone is not unique on a shared file system (two hosts, same pid): add a random part
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1, sort_keys=True)
         f.flush()

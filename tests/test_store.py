@@ -57,6 +57,8 @@ def test_files_per_video_are_a_handful(tmp_path):
     files = [p for p in (store / "videos" / "v").rglob("*") if p.is_file()]
     # group zarr.json + per array (zarr.json + 4 shards of 64 frames)
     assert len(files) == 1 + 2 * (1 + 4)
+    folders = [p for p in (store / "videos" / "v").rglob("*") if p.is_dir()]
+    assert sorted(p.name for p in folders) == ["flow", "rgb"]
 
 
 def test_unknown_format_version_is_refused(tmp_path):

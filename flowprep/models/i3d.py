@@ -220,7 +220,8 @@ class InceptionBlock(nn.Module):
     ) -> None:
         super().__init__()
         c0, c1a, c1b, c2a, c2b, c3b = channels
-        unit = lambda cin, cout, k: Unit3D(cin, cout, k, bn_momentum=bn_momentum)
+        def unit(cin, cout, k):
+            return Unit3D(cin, cout, k, bn_momentum=bn_momentum)
         self.branch_0 = unit(in_channels, c0, (1, 1, 1))
         self.branch_1a = unit(in_channels, c1a, (1, 1, 1))
         self.branch_1b = unit(c1a, c1b, (3, 3, 3))

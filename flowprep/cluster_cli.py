@@ -1,0 +1,196 @@
+"""Command line of the cluster commands: ``flowprep status``, ``flowprep finalize``,
+``flowprep slurm submit``.  Registered in ``flowprep.cli.COMMANDS``; the work is in
+flowprep.status, flowprep.distribute and flowprep.slurm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _usage_error(msg: str) -> int:
+    print(f"flowprep: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _load_target(target: str, out: str | None, **overrides: Any) -> tuple[Any, Path, int]:
+    """A store (its run.json names the recipe) or a recipe with --out: (cfg, recipe path, num_tasks)."""
+    from flowprep.distribute import read_run
+    from flowprep.recipe import load_recipe
+    from flowprep.store import run_dir
+
+    p = Path(target)
+    if p.suffix == ".zarr" or (p / "zarr.json").exists():
+        if not p.is_dir() and not (run_dir(p) / "run.json").exists():  # submitted arrays have run.json first
+            raise FileNotFoundError(f"{p}: no store here; build one with `flowprep run` or `flowprep slurm submit`")
+        info = read_run(run_dir(p))
+        recipe = Path(info["recipe"])
+        cfg = load_recipe(recipe, out=str(p), cache_dir=info.get("cache_dir"), limit=info.get("limit"), **overrides)
+        return cfg, recipe, int(info.get("num_tasks") or 1)
+    from flowprep.cli import find_recipe
+
+    recipe = find_recipe(target)
+    cfg = load_recipe(recipe, out=out, **overrides)
+    num_tasks = 1
+    try:
+        num_tasks = int(read_run(run_dir(cfg.out)).get("num_tasks") or 1)
+    except FileNotFoundError:
+        pass
+    return cfg, recipe, num_tasks
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from flowprep.manifest import ManifestError
+    from flowprep.recipe import RecipeError
+    from flowprep.status import format_status, store_status
+
+    try:
+        cfg, _, num_tasks = _load_target(args.target, args.out)
+        st = store_status(cfg, args.num_tasks or num_tasks)
+    except (RecipeError, ManifestError, FileNotFoundError, ValueError) as e:
+        return _usage_error(str(e))
+    queue: dict = {}
+    if args.slurm != "no":
+        from flowprep.slurm import SlurmError, queued, read_jobs
+
+        if read_jobs(Path(cfg.out)):
+            try:
+                queue = queued(Path(cfg.out), include_finalize=True)
+            except SlurmError as e:
+                queue = {"error": str(e)}
+    if args.json:
+        print(json.dumps({**st.to_json(), "slurm_queue": queue}, indent=1, sort_keys=True))
+        return 0
+    print(format_status(st))
+    for job, states in queue.items():
+        print(f"  slurm    job {job}: " + (", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) if isinstance(states, dict) else states))
+    return 0
+
+
+def cmd_finalize(args: argparse.Namespace) -> int:
+    from flowprep.distribute import finalize
+    from flowprep.manifest import ManifestError
+    from flowprep.recipe import RecipeError
+    from flowprep.store import run_dir
+
+    try:
+        cfg, _, _ = _load_target(args.target, args.out)
+        index = finalize(cfg)
+    except (RecipeError, ManifestError, FileNotFoundError, ValueError) as e:
+        return _usage_error(str(e))
+    c = index["counts"]
+    print(f"{cfg.dataset}: {run_dir(cfg.out) / 'index.json'}: {c['done']} done, {c['failed']} failed, {c['pending']} pending")
+    return 0
+
+
+def cmd_slurm(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from flowprep.distribute import record_run
+    from flowprep.manifest import ManifestError
+    from flowprep.recipe import RecipeError
+    from flowprep.slurm import (
+        SlurmError,
+        SlurmOptions,
+        queued,
+        read_jobs,
+        render_script,
+        submit,
+        write_ids_file,
+        write_script,
+    )
+    from flowprep.status import store_status
+    from flowprep.store import run_dir
+
+    try:
+        opts = SlurmOptions(
+            partition=args.partition, gpus_per_task=args.gpus_per_task, cpus=args.cpus, mem=args.mem, time=args.time,
+            account=args.account, max_running=args.max_running, extra=tuple(args.extra or ()), finalize=not args.no_finalize,
+        )
+        cfg, recipe, recorded_tasks = _load_target(args.recipe, args.out, backend=args.backend, device=args.device)
+        store = Path(cfg.out).resolve()
+        jobs = read_jobs(store)
+        num_tasks = args.tasks or (jobs[-1]["num_tasks"] if jobs else None) or (recorded_tasks if args.retry_failed else None)
+        if not num_tasks or num_tasks < 1:
+            return _usage_error("--tasks N is needed (number of array tasks, each does 1/N of the manifest)")
+        ids_file = None
+        indices = list(range(num_tasks))
+        if args.retry_failed:
+            busy = queued(store) if jobs else {}
+            if busy:
+                return _usage_error(
+                    f"job(s) {', '.join(busy)} of this store are still queued or running; wait for them "
+                    "(or scancel them) before --retry-failed, so no task runs twice at once"
+                )
+            st = store_status(cfg, num_tasks)
+            if not st.retry_keys:
+                print(f"{cfg.dataset}: nothing to retry: {st.done} done, {st.failed} failed for good "
+                      f"({', '.join(f'{k}: {v}' for k, v in st.failed_by_reason.items()) or 'none'})")
+                return 0
+            indices = list(st.retry_tasks)
+            ids_file = write_ids_file(store, st.retry_keys)
+            print(f"retrying {len(st.retry_keys)} row(s) ({st.pending} pending, {st.retryable_failed} retryable failures) "
+                  f"in {len(indices)} task(s); ids: {ids_file}")
+        # so `flowprep status STORE` works from the moment the array is queued
+        record_run(run_dir(store), recipe, replace(cfg, num_tasks=num_tasks))
+        text = render_script(
+            cfg, recipe, num_tasks, indices, opts, ids_file=ids_file, backend=args.backend, device=args.device
+        )
+        script = write_script(store, text, "retry" if args.retry_failed else "array")
+        if args.dry_run:
+            print(text, end="")
+            print(f"# dry run: written to {script}, not submitted (submit it with: sbatch {script})")
+            return 0
+        rec = submit(cfg, script, num_tasks, indices, opts, ids_file=ids_file)
+    except (RecipeError, ManifestError, FileNotFoundError, ValueError) as e:
+        return _usage_error(str(e))
+    except SlurmError as e:
+        print(f"flowprep: error: {e}", file=sys.stderr)
+        return 1
+
+    print(f"submitted array job {rec['job_id']} (tasks {rec['array']} of {num_tasks}): {script}")
+    if rec.get("finalize_job_id"):
+        print(f"finalize job {rec['finalize_job_id']} runs after it")
+    print(f"logs: {run_dir(store) / 'logs'}/{rec['job_id']}_<task>.out   progress: flowprep status {store}")
+    return 0
+
+
+def _add_status(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", help="a store (out/kinetics400.zarr) or a recipe (with --out when not the default)")
+    p.add_argument("--out", help="store path, when target is a recipe (default: out/<dataset>.zarr)")
+    p.add_argument("--num-tasks", type=int, help="per-task counts for N shards (default: the last run's)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--slurm", choices=("auto", "no"), default="auto", help="show this store's SLURM jobs (auto: if any)")
+
+
+def _add_finalize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", help="a store (out/kinetics400.zarr) or a recipe (with --out when not the default)")
+    p.add_argument("--out", help="store path, when target is a recipe (default: out/<dataset>.zarr)")
+
+
+def _add_slurm(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="slurm_command", required=True, metavar="SLURM_COMMAND")
+    s = sub.add_parser("submit", help="write an sbatch job array script for a recipe and submit it",
+                       description="Write <store>.run/slurm/array-NNN.sbatch (a job array; each task runs "
+                       "`flowprep run` on 1/N of the manifest) and submit it with sbatch.")
+    s.add_argument("recipe", help="recipe file or dataset name (as for `flowprep run`), or an existing store")
+    s.add_argument("--tasks", type=int, help="number of array tasks N (with --retry-failed: default the last submission's)")
+    s.add_argument("--out", help="store path (default: out/<dataset>.zarr); must be on a file system all nodes share")
+    s.add_argument("--partition", help="SLURM partition")
+    s.add_argument("--gpus-per-task", type=int, help="GPUs per task (default: 1 if the recipe's flow backend uses a GPU, else 0)")
+    s.add_argument("--cpus", type=int, default=1, help="CPUs per task (default: 1); a CPU-only task runs that many videos at once")
+    s.add_argument("--mem", help="memory per task, e.g. 16G")
+    s.add_argument("--time", help="time limit per task, e.g. 4:00:00")
+    s.add_argument("--account", help="SLURM account to charge")
+    s.add_argument("--max-running", type=int, help="at most K tasks at once (--array=...%%K)")
+    s.add_argument("--extra", action="append", metavar='"#SBATCH ..."', help="an extra sbatch line, verbatim (repeatable)")
+    s.add_argument("--backend", help="flow backend override, as for `flowprep run`")
+    s.add_argument("--device", help="torch device override, as for `flowprep run`")
+    s.add_argument("--retry-failed", action="store_true",
+                   help="resubmit only the tasks owning pending or retryably failed rows, and only those rows")
+    s.add_argument("--no-finalize", action="store_true", help="do not queue `flowprep finalize` after the array")
+    s.add_argument("--dry-run", action="store_true", help="write and print the script; do not submit")

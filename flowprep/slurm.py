@@ -1,0 +1,270 @@
+"""SLURM: a job array whose tasks each run ``flowprep run`` on their share of the manifest.
+
+``submit`` writes a plain sbatch script into ``<store>.run/slurm/`` (readable, and reusable by
+hand with ``sbatch``), submits it with ``sbatch --parsable``, queues a dependent ``flowprep
+finalize`` job, and appends the job ids to ``<store>.run/slurm/jobs.jsonl``.  Task logs go to
+``<store>.run/logs/<array job id>_<task index>.out``.
+
+Tasks run the same command as a local run (``--num-tasks N --task-index $SLURM_ARRAY_TASK_ID``),
+so a killed, preempted or requeued task just reruns it: complete videos are skipped, its own
+staging debris is removed, nothing is written twice.  Everything here talks to SLURM through
+its commands (sbatch, squeue), with list arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flowprep.store import run_dir
+
+
+class SlurmError(RuntimeError):
+    """sbatch / squeue failed or are missing; the message carries their stderr."""
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.,+-]{1,128}")
+_MEM = re.compile(r"\d+[KMGT]?")
+_TIME = re.compile(r"(\d+-)?\d+(:\d+){0,2}|\d+-\d+")
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """What each array task asks SLURM for.  ``gpus_per_task`` None: 1 when the recipe's flow
+    backend runs on a GPU, else 0 (CPU-only partitions need nothing else)."""
+
+    partition: str | None = None
+    gpus_per_task: int | None = None
+    cpus: int = 1  # per task; also the task's --jobs when it has no GPU
+    mem: str | None = None  # per task, sbatch syntax: 16G
+    time: str | None = None  # per task, sbatch syntax: 4:00:00, 1-00:00:00
+    account: str | None = None
+    max_running: int | None = None  # at most this many tasks at once (--array=...%K)
+    extra: tuple[str, ...] = ()  # verbatim "#SBATCH ..." lines
+    finalize: bool = True  # queue `flowprep finalize` after the array
+
+    def __post_init__(self) -> None:
+        for name in ("partition", "account"):
+            v = getattr(self, name)
+            if v is not None and not _NAME.fullmatch(v):
+                raise ValueError(f"--{name} {v!r}: letters, digits and _ . , + - only")
+        if self.gpus_per_task is not None and not (isinstance(self.gpus_per_task, int) and 0 <= self.gpus_per_task <= 16):
+            raise ValueError(f"--gpus-per-task {self.gpus_per_task!r}: must be an integer in [0, 16]")
+        if not (isinstance(self.cpus, int) and 1 <= self.cpus <= 512):
+            raise ValueError(f"--cpus {self.cpus!r}: must be an integer in [1, 512]")
+        if self.mem is not None and not _MEM.fullmatch(self.mem):
+            raise ValueError(f"--mem {self.mem!r}: a number with an optional K/M/G/T suffix, e.g. 16G")
+        if self.time is not None and not _TIME.fullmatch(self.time):
+            raise ValueError(f"--time {self.time!r}: sbatch syntax, e.g. 30:00, 4:00:00 or 1-00:00:00")
+        if self.max_running is not None and not (isinstance(self.max_running, int) and self.max_running >= 1):
+            raise ValueError(f"--max-running {self.max_running!r}: must be an integer >= 1")
+        for line in self.extra:
+            if not line.startswith("#SBATCH ") or "\n" in line or "\r" in line:
+                raise ValueError(f"--extra {line!r}: must be one line starting with '#SBATCH '")
+
+
+def uses_gpu(cfg: Any) -> bool:
+    """Whether the recipe's flow runs on a GPU (the torch backend on CUDA)."""
+    from flowprep.flow import pick_backend
+
+    device = cfg.flow.device
+    return pick_backend(cfg.flow.backend, device) == "torch" and (device is None or device.startswith("cuda"))
+
+
+def array_spec(task_indices: list[int], max_running: int | None = None) -> str:
+    """``--array`` value: ``0-99`` for a full range, else ``1,4,7-9``; ``%K`` throttles."""
+    idx = sorted(set(task_indices))
+    parts: list[str] = []
+    start = prev = idx[0]
+    for i in [*idx[1:], None]:
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if i is not None:
+            start = prev = i
+    return ",".join(parts) + (f"%{max_running}" if max_running else "")
+
+
+def render_script(
+    cfg: Any,
+    recipe: Path,
+    num_tasks: int,
+    task_indices: list[int],
+    opts: SlurmOptions,
+    *,
+    python: str | None = None,
+    workdir: Path | None = None,
+    ids_file: Path | None = None,
+    backend: str | None = None,
+    device: str | None = None,
+) -> str:
+    """The sbatch script of a job array over ``task_indices`` (of ``num_tasks`` shards).
+    ``backend`` / ``device``: command-line overrides to pass on (the recipe's own are read by
+    each task, so the script stays right when only the recipe changes)."""
+    python = python or sys.executable
+    workdir = (workdir or Path.cwd()).resolve()
+    rdir = run_dir(Path(cfg.out).resolve())
+    gpus = opts.gpus_per_task if opts.gpus_per_task is not None else int(uses_gpu(cfg))
+    cmd = [
+        python, "-m", "flowprep", "run", str(recipe.resolve()),
+        "--out", str(Path(cfg.out).resolve()),
+        "--cache-dir", str(Path(cfg.cache_dir).resolve()),
+        "--num-tasks", str(num_tasks),
+        # a GPU task feeds one GPU from one process; a CPU task uses all its cores
+        "--jobs", str(1 if gpus else opts.cpus),
+        "--no-progress",
+    ]
+    if backend is not None:
+        cmd += ["--backend", backend]
+    if device is not None:
+        cmd += ["--device", device]
+    if cfg.limit is not None:
+        cmd += ["--limit", str(cfg.limit)]
+    if ids_file is not None:
+        cmd += ["--ids-from", str(ids_file.resolve())]
+    sb = [
+        f"--job-name=flowprep-{cfg.dataset}",
+        f"--array={array_spec(task_indices, opts.max_running)}",
+        "--ntasks=1",
+        f"--cpus-per-task={opts.cpus}",
+        f"--output={rdir / 'logs' / '%A_%a.out'}",
+        "--open-mode=append",  # a requeued task appends to its log
+        f"--chdir={workdir}",
+        "--requeue",  # preempted or failed nodes: SLURM reruns the task, which resumes
+    ]
+    if gpus:
+        sb.append(f"--gpus-per-task={gpus}")
+    for flag in ("partition", "account", "mem", "time"):
+        value = getattr(opts, flag)
+        if value is not None:
+            sb.append(f"--{flag}={value}")
+    lines = [
+        "#!/bin/bash",
+        f"# flowprep: {cfg.dataset} -> {Path(cfg.out).resolve()}, task(s) {array_spec(task_indices)} of {num_tasks}",
+        f"# written by `flowprep slurm submit` on {time.strftime('%Y-%m-%d %H:%M:%S')}; resubmit as is: sbatch <this file>",
+        *(f"#SBATCH {s}" for s in sb),
+        *opts.extra,
+        "set -euo pipefail",
+        f"cd {shlex.quote(str(workdir))}",
+        'echo "flowprep task ${SLURM_ARRAY_TASK_ID} of ' + str(num_tasks) + ' on $(hostname), job ${SLURM_JOB_ID}"',
+        f"exec {shlex.join(cmd)} --task-index \"$SLURM_ARRAY_TASK_ID\"",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def slurm_dir(store: Path) -> Path:
+    return run_dir(store) / "slurm"
+
+
+def write_script(store: Path, text: str, kind: str = "array") -> Path:
+    """``<store>.run/slurm/<kind>-NNN.sbatch``, numbered in submission order, never overwritten."""
+    folder = slurm_dir(store)
+    folder.mkdir(parents=True, exist_ok=True)
+    (run_dir(store) / "logs").mkdir(parents=True, exist_ok=True)  # SLURM does not create it
+    n = len(list(folder.glob("*.sbatch"))) + 1
+    while True:
+        path = folder / f"{kind}-{n:03d}.sbatch"
+        try:
+            with open(path, "x", encoding="utf-8") as f:
+                f.write(text)
+            return path
+        except FileExistsError:
+            n += 1
+
+
+def _sbatch(args: list[str]) -> str:
+    exe = shutil.which("sbatch")
+    if exe is None:
+        raise SlurmError("sbatch not found: run this on a SLURM login node (or --dry-run to only write the script)")
+    proc = subprocess.run([exe, "--parsable", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SlurmError(f"sbatch {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
+    return proc.stdout.strip().split(";")[0]  # "<job id>[;<cluster>]"
+
+
+def submit(
+    cfg: Any, script: Path, num_tasks: int, task_indices: list[int], opts: SlurmOptions, *,
+    python: str | None = None, workdir: Path | None = None, ids_file: Path | None = None,
+) -> dict[str, Any]:
+    """Submit ``script``, queue ``flowprep finalize`` after it, and record both ids."""
+    store = Path(cfg.out).resolve()
+    job_id = _sbatch([str(script)])
+    record: dict[str, Any] = {
+        "time": time.time(), "job_id": job_id, "array": array_spec(task_indices, opts.max_running),
+        "num_tasks": num_tasks, "script": str(script), "retry": ids_file is not None,
+        "ids_file": str(ids_file) if ids_file else None,
+    }
+    if opts.finalize:
+        cmd = [python or sys.executable, "-m", "flowprep", "finalize", str(store)]
+        fin = [
+            f"--dependency=afterany:{job_id}", f"--job-name=flowprep-{cfg.dataset}-finalize",
+            f"--output={run_dir(store) / 'logs' / 'finalize-%j.out'}", "--ntasks=1", "--cpus-per-task=1",
+            f"--chdir={(workdir or Path.cwd()).resolve()}",
+        ]
+        fin += [f"--{k}={getattr(opts, k)}" for k in ("partition", "account") if getattr(opts, k)]
+        record["finalize_job_id"] = _sbatch([*fin, f"--wrap={shlex.join(cmd)}"])
+    with open(slurm_dir(store) / "jobs.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+    return record
+
+
+def read_jobs(store: Path) -> list[dict[str, Any]]:
+    path = slurm_dir(store) / "jobs.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def queued(store: Path, include_finalize: bool = False) -> dict[str, dict[str, int]]:
+    """This store's jobs still in SLURM's queue: array job id -> {state: number of tasks}."""
+    ids = set()
+    for j in read_jobs(store):
+        ids.add(j["job_id"])
+        if include_finalize and j.get("finalize_job_id"):
+            ids.add(j["finalize_job_id"])
+    if not ids:
+        return {}
+    exe = shutil.which("squeue")
+    if exe is None:
+        raise SlurmError("squeue not found: cannot tell whether this store's jobs are still queued")
+    # %F: the array job id (the job id itself for a plain job); --array: one line per task
+    proc = subprocess.run([exe, "-h", "--array", "-o", "%F|%T"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SlurmError(f"squeue failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
+    out: dict[str, dict[str, int]] = {}
+    for line in proc.stdout.splitlines():
+        job, _, state = line.strip().partition("|")
+        if job in ids:
+            out.setdefault(job, {})
+            out[job][state] = out[job].get(state, 0) + 1
+    return out
+
+
+def write_ids_file(store: Path, keys: tuple[str, ...] | list[str]) -> Path:
+    folder = slurm_dir(store)
+    folder.mkdir(parents=True, exist_ok=True)
+    n = len(list(folder.glob("retry-*.ids"))) + 1
+    while (folder / f"retry-{n:03d}.ids").exists():
+        n += 1
+    path = folder / f"retry-{n:03d}.ids"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(f"{k}\n" for k in keys), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
