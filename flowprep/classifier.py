@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flowprep.models.i3d import ENDPOINTS, I3D, I3DConfig
-from flowprep.models.weights import FIRST_CONV, fetch_kinetics400_rgb, flow_state_dict_from_rgb
+from flowprep.models.weights import FIRST_CONV, fetch_kinetics400_rgb, flow_state_dict_from_rgb, read_state_dict_file
 
 CHECKPOINT_FORMAT = "flowprep-i3d-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -70,17 +70,6 @@ class Classifier(I3D):
 TRUNK_ENDPOINTS = tuple(e for e in ENDPOINTS if e != "Logits")
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(blob, dict):
-        for key in ("model", "state_dict"):
-            if isinstance(blob.get(key), dict):
-                return blob[key]
-        if blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
-            return blob
-    raise ValueError(f"{path}: neither a state dict nor a checkpoint holding one under 'model' or 'state_dict'")
-
-
 def initialise(model: Classifier, init: str, cache_dir: Path | None = None) -> str:
     """Load ``init`` (``kinetics400-rgb``, ``none`` or a file) into ``model``; returns what it did.
 
@@ -93,7 +82,7 @@ def initialise(model: Classifier, init: str, cache_dir: Path | None = None) -> s
     if init == "kinetics400-rgb":
         state = fetch_kinetics400_rgb(cache_dir)
     elif Path(init).is_file():
-        state = _read_state_dict(Path(init))
+        state = read_state_dict_file(Path(init))
     else:
         raise ValueError(f"--init {init!r}: must be one of {list(INITS)} or an existing file")
     own = model.state_dict()

@@ -275,6 +275,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.split == "all":
         args.split = None
     from flowprep.classifier import TRUNK_ENDPOINTS
+    from flowprep.models.weights import WeightsError
     from flowprep.store import StoreError
     from flowprep.train import main
 
@@ -282,7 +283,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _usage_error(f"--endpoint={args.endpoint!r}: choose from {', '.join(TRUNK_ENDPOINTS)}")
     try:
         return main(args)
-    except (StoreError, ValueError, OSError) as e:
+    except (StoreError, ValueError, OSError, WeightsError) as e:
         return _usage_error(str(e))
 
 

