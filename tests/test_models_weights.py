@@ -336,3 +336,26 @@ def test_bikes_clip_gets_road_vehicle_classes(kinetics_rgb):
     )
     assert top5[0] in ROAD_VEHICLE_CLASSES
     assert len(ROAD_VEHICLE_CLASSES.intersection(top5)) >= 3
+
+
+def test_weight_files_that_are_not_plain_tensors_are_refused_without_running_them(tmp_path):
+    import pickle
+
+    from flowprep.models.weights import WeightsError, read_state_dict_file
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = {"text": b"not a checkpoint\n", "evil": pickle.dumps({"w": Evil()})}
+    for name, data in bad.items():
+        p = tmp_path / f"{name}.pt"
+        p.write_bytes(data)
+        with pytest.raises(WeightsError, match="cannot|not a PyTorch weights file"):
+            read_state_dict_file(p)
+    assert not marker.exists()
+    good = tmp_path / "good.pt"
+    torch.save({"model": {"a": torch.ones(2)}}, good)
+    assert read_state_dict_file(good)["a"].tolist() == [1.0, 1.0]

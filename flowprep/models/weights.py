@@ -410,7 +410,14 @@ PRETRAINED = ("kinetics400-rgb", "none")
 
 def read_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """A bare state dict, or a checkpoint dict holding one under ``"state_dict"`` or ``"model"``."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        # weights_only=True refuses anything but tensors and plain containers: never retry without it
+        raise WeightsError(
+            f"{path}: not a PyTorch weights file that can be read safely ({type(e).__name__}); "
+            "expected a state dict saved with torch.save, or a flowprep checkpoint"
+        ) from None
     if isinstance(blob, dict):
         for key in ("state_dict", "model"):
             if isinstance(blob.get(key), dict):
