@@ -10,7 +10,9 @@ Pure functions over arrays; no I/O.  Conventions (I3D, Carreira & Zisserman 2017
   ``bound / 127`` (0.157 px) and -128 is never used.  ``dequantize_flow`` gives ``q / 127``.
 
 Backends are picked by name from ``BACKENDS``; ``opencv`` (``cv2.optflow.DualTVL1OpticalFlow``,
-CPU) is the reference.
+CPU) is the reference; ``torch`` (``flowprep.tvl1_torch``, batched, CPU or CUDA) follows it step
+for step.  Options that only one backend understands (``BACKEND_OPTIONS``) pass through
+``compute_flow`` like TV-L1 parameters and are errors for the other backends.
 """
 
 from __future__ import annotations
@@ -78,6 +80,42 @@ def resolve_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Backend-only options: name -> (check, what is allowed, default).  Checked in compute_flow.
+BACKEND_OPTIONS: Mapping[str, Mapping[str, tuple[Callable[[Any], bool], str, Any]]] = {
+    "torch": {
+        # frame pairs per call; None = as many as fit in a share of the free memory
+        "batch_size": (
+            lambda x: x is None or (isinstance(x, int) and not isinstance(x, bool) and x >= 1),
+            "None (automatic) or an integer >= 1",
+            None,
+        ),
+        # fuse the solver's inner loop with torch.compile: "auto" = when it compiles, else eager
+        "compile": (lambda x: x in ("auto", True, False), '"auto", True or False', "auto"),
+    },
+}
+
+
+def _split_backend_options(backend: str, params: Mapping[str, Any]) -> tuple[dict, dict]:
+    """(TV-L1 params, checked options of ``backend`` with defaults filled in)."""
+    mine = BACKEND_OPTIONS.get(backend, {})
+    options = {name: default for name, (_, _, default) in mine.items()}
+    rest = {}
+    for name, value in params.items():
+        if name in mine:
+            ok, allowed, _ = mine[name]
+            if not ok(value):
+                raise ValueError(f"flow option {name}={value!r}: must be {allowed}")
+            options[name] = value
+        elif name not in DEFAULT_TVL1_PARAMS and any(name in o for o in BACKEND_OPTIONS.values()):
+            owners = sorted(b for b, o in BACKEND_OPTIONS.items() if name in o)
+            raise ValueError(
+                f"flow option {name!r} is only accepted by backend(s) {owners}, not {backend!r}"
+            )
+        else:
+            rest[name] = value
+    return rest, options
+
+
 def _opencv_tvl1(gray_thw: np.ndarray, device: str | None, params: Mapping[str, Any]) -> np.ndarray:
     import cv2
 
@@ -104,9 +142,21 @@ def _opencv_tvl1(gray_thw: np.ndarray, device: str | None, params: Mapping[str, 
     return out
 
 
-# name -> fn(gray_thw uint8 (T,H,W), device, resolved params) -> float32 (T-1,H,W,2) pixels
+def _torch_tvl1(gray_thw: np.ndarray, device: str | None, params: Mapping[str, Any]) -> np.ndarray:
+    from flowprep import tvl1_torch
+
+    p = dict(params)
+    batch_size, compile_mode = p.pop("batch_size"), p.pop("compile")
+    return tvl1_torch.flow_video(
+        gray_thw, device=device, batch_size=batch_size, compile=compile_mode, **p
+    )
+
+
+# name -> fn(gray_thw uint8 (T,H,W), device, resolved params and backend options)
+#      -> float32 (T-1,H,W,2) pixels
 BACKENDS: dict[str, Callable[[np.ndarray, str | None, Mapping[str, Any]], np.ndarray]] = {
     "opencv": _opencv_tvl1,
+    "torch": _torch_tvl1,
 }
 
 
@@ -116,11 +166,13 @@ def compute_flow(
     """TV-L1 flow between consecutive frames of ``gray_thw`` (uint8, T >= 2).
 
     Returns float32 (T-1, H, W, 2) in pixels, before clipping: ``[..., 0]`` = u (right),
-    ``[..., 1]`` = v (down), ``flow[t]`` maps frame t to frame t+1.
+    ``[..., 1]`` = v (down), ``flow[t]`` maps frame t to frame t+1.  ``params`` are TV-L1
+    parameters (``DEFAULT_TVL1_PARAMS``) and options of the chosen backend (``BACKEND_OPTIONS``).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown flow backend {backend!r}; allowed: {sorted(BACKENDS)}")
-    resolved = resolve_params(params)
+    tvl1_params, options = _split_backend_options(backend, params)
+    resolved = {**resolve_params(tvl1_params), **options}
     gray_thw = np.asarray(gray_thw)
     if gray_thw.ndim != 3 or gray_thw.dtype != np.uint8:
         raise ValueError(

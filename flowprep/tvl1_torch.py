@@ -1,0 +1,562 @@
+"""Batched TV-L1 optical flow in PyTorch: many frame pairs per call, on whatever device they sit.
+
+Pure functions over tensors, no I/O.  ``tvl1_flow(i0_bhw, i1_bhw, ...)`` returns ``(B, H, W, 2)``
+float32 flow in pixels (u right, v down) mapping ``i0`` to ``i1``: ``i1[y + v, x + u] ~ i0[y, x]``.
+
+The scheme is the duality-based TV-L1 of Zach, Pock & Bischof (2007) as detailed by Sánchez,
+Meinhardt-Llopis & Facciolo (IPOL 2013), step for step as OpenCV's CPU
+``cv::optflow::DualTVL1OpticalFlow`` (modules/optflow/src/tvl1flow.cpp in opencv_contrib) runs it,
+so the same parameters mean the same thing and the results agree up to float rounding:
+
+* intensities are on the 0..255 scale (``lambda_`` is tuned for it); the pyramid is built by
+  resizing each level from the previous one with bilinear interpolation, no pre-smoothing, to
+  ``round(size * scale_step)`` (round half to even, as ``cvRound``), and it stops before the
+  first level with a side under 16 pixels;
+* at each level: centred image gradient of ``I1`` (half one-sided differences at the border);
+  per warp, ``I1`` and its gradient are warped with bicubic interpolation (Keys, a = -0.75) and
+  zero outside the frame; dual variables are reset to zero per level, not per warp;
+* per warp, up to ``outer_iterations * inner_iterations`` iterations of: threshold step for v,
+  ``u = v + theta * div p`` (backward differences), ``p = (p + tau/theta grad u) /
+  (1 + tau/theta |grad u|)`` (forward differences, zero on the last row/column); a median filter
+  of size ``median_filtering`` (edge pixels replicated) is applied to u at the start of every outer
+  iteration; a pair stops iterating in a warp once ``sum |u_new - u|^2 <= epsilon^2 * H * W``;
+* between levels, flow is upsampled bilinearly and multiplied by ``1 / scale_step``.
+
+Where this implementation necessarily differs from OpenCV:
+
+* **Warping positions are exact.**  OpenCV's ``remap`` quantizes sampling positions to 1/32 pixel
+  (fixed-point tables); ``grid_sample`` uses the float positions.  Same cubic kernel and zero
+  border, otherwise.
+* **Pyramid sampling positions.**  OpenCV samples level s+1 at ``x / scale_step`` exactly; here
+  ``F.interpolate`` uses the ratio of the actual sizes.  These are identical when the sizes divide
+  exactly (e.g. 256x340 with ``scale_step`` 0.5 down to 32x43 -> 16x21 differs by one column's
+  worth at the coarsest levels) and differ by under a pixel otherwise.  For ``scale_step == 0.5``
+  and an odd side, OpenCV takes the 2x2 box average of the first ``2*n`` pixels; interpolate does
+  the same when ``n == floor(side / 2)``.
+* **Stopping rule, summed in a different order.**  OpenCV accumulates ``sum |u_new - u|^2`` in
+  float32 in row order; here it is a float32 tree reduction per pair, so a pair that sits at the
+  threshold may stop one iteration earlier or later.  The rule itself (checked after every
+  iteration, per pair, per warp) is OpenCV's CPU one (its OpenCL path checks every other
+  iteration).
+* **Median filter.**  Same window and border (replicate); computed exactly here (``median`` of the
+  unfolded window for size 3, a 25-input selection network for size 5); OpenCV's float path uses a
+  sorting network too, so the values agree exactly.
+* **Float rounding.**  All arithmetic is float32 as in OpenCV, but operation order differs (and on
+  CUDA, fused multiply-adds), so results agree to ~1e-3 px on typical pairs, not bit for bit.
+
+Batching: pairs in a batch are independent (a pair alone gives the same flow as inside a batch,
+up to reduction order); a pair that has converged in a warp is dropped from the working set, so
+a batch costs about what its pairs cost one by one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Smallest pyramid side OpenCV keeps (a level with a side under this ends the pyramid).
+MIN_PYRAMID_SIDE = 16
+# std::numeric_limits<float>::epsilon(): below this |grad I1|^2 the data term gives no step.
+_FLT_EPS = 1.1920928955078125e-07
+
+
+def pyramid_sizes(h: int, w: int, nscales: int, scale_step: float) -> list[tuple[int, int]]:
+    """Level sizes (finest first) as OpenCV builds them: ``round`` per level, stop below 16."""
+    sizes = [(h, w)]
+    for _ in range(1, nscales):
+        ph, pw = sizes[-1]
+        nh, nw = round(ph * scale_step), round(pw * scale_step)
+        if nh < MIN_PYRAMID_SIDE or nw < MIN_PYRAMID_SIDE:
+            break
+        sizes.append((nh, nw))
+    return sizes
+
+
+def _linear_weights(n_in: int, n_out: int, inv_scale: float, like: torch.Tensor) -> torch.Tensor:
+    """(n_out, n_in) matrix of cv::resize INTER_LINEAR: source ``(d + 0.5) * inv_scale - 0.5``,
+    edge pixels replicated."""
+    f = (torch.arange(n_out, dtype=torch.float64, device=like.device) + 0.5) * inv_scale - 0.5
+    f = f.clamp_min(0.0)  # OpenCV: a position left of pixel 0 takes pixel 0
+    i0 = f.floor().long().clamp_max(n_in - 1)
+    frac = (f - i0).clamp(0.0, 1.0)
+    i1 = (i0 + 1).clamp_max(n_in - 1)
+    m = torch.zeros((n_out, n_in), dtype=torch.float64, device=like.device)
+    rows = torch.arange(n_out, device=like.device)
+    m.index_put_((rows, i0), 1.0 - frac, accumulate=True)
+    m.index_put_((rows, i1), frac, accumulate=True)
+    return m.to(like.dtype)
+
+
+def resize_bhw(x_bhw: torch.Tensor, size: tuple[int, int], inv_scale: tuple[float, float]) -> torch.Tensor:
+    """Bilinear resize of (B, H, W) to ``size`` as cv::resize INTER_LINEAR with source step
+    ``inv_scale`` (y, x) per output pixel; no antialiasing (OpenCV's 2x "area" fast path is the
+    same 2x2 average).  Separable: two small matrix products."""
+    _, h, w = x_bhw.shape
+    wy = _linear_weights(h, size[0], inv_scale[0], x_bhw)
+    wx = _linear_weights(w, size[1], inv_scale[1], x_bhw)
+    return torch.matmul(wy, torch.matmul(x_bhw, wx.T))
+
+
+def centered_gradient(x_bhw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """OpenCV's centredGradient: ``(x[i+1] - x[i-1]) / 2``, edges replicated (half one-sided)."""
+    xp = _pad_replicate(x_bhw, 1)
+    dx = 0.5 * (xp[:, 1:-1, 2:] - xp[:, 1:-1, :-2])
+    dy = 0.5 * (xp[:, 2:, 1:-1] - xp[:, :-2, 1:-1])
+    return dx, dy
+
+
+def _forward_gradient(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # u[i+1] - u[i], zero on the last column (x) / last row (y)
+    ux = torch.diff(u, dim=2, append=u[:, :, -1:])
+    uy = torch.diff(u, dim=1, append=u[:, -1:, :])
+    return ux, uy
+
+
+def _divergence(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
+    # backward differences with p = 0 before the first row/column (adjoint of _forward_gradient)
+    return torch.diff(F.pad(p1, (1, 0)), dim=2) + torch.diff(F.pad(p2, (0, 0, 1, 0)), dim=1)
+
+
+def _norm(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    # sqrt(x^2 + y^2), floored at 1e-12: sqrt of subnormal floats (flat flow decays into them)
+    # is ~100x slower on x86, and 1 + tau/theta * 1e-12 rounds to 1 in float32 anyway
+    return torch.sqrt((x * x + y * y).clamp_min(1e-24))
+
+
+def tvl1_iteration(
+    u1: torch.Tensor,
+    u2: torch.Tensor,
+    p11: torch.Tensor,
+    p12: torch.Tensor,
+    p21: torch.Tensor,
+    p22: torch.Tensor,
+    i1wx: torch.Tensor,
+    i1wy: torch.Tensor,
+    grad: torch.Tensor,
+    rho_c: torch.Tensor,
+    l_t: float,
+    theta: float,
+    taut: float,
+) -> tuple[torch.Tensor, ...]:
+    """One primal-dual iteration (gamma = 0) on (B, H, W) tensors.
+
+    Returns ``(u1, u2, p11, p12, p21, p22, err_b)`` with ``err_b`` the per-pair sum of squared
+    updates of u.
+    """
+    rho = rho_c + i1wx * u1 + i1wy * u2
+    lg = l_t * grad
+    step = torch.where(
+        rho < -lg,
+        l_t,
+        torch.where(rho > lg, -l_t, torch.where(grad > _FLT_EPS, -rho / grad.clamp_min(_FLT_EPS), 0.0)),
+    )
+    n1 = u1 + step * i1wx + theta * _divergence(p11, p12)
+    n2 = u2 + step * i1wy + theta * _divergence(p21, p22)
+    err = ((n1 - u1).square() + (n2 - u2).square()).sum(dim=(1, 2))
+    u1x, u1y = _forward_gradient(n1)
+    u2x, u2y = _forward_gradient(n2)
+    ng1 = 1.0 + taut * _norm(u1x, u1y)
+    ng2 = 1.0 + taut * _norm(u2x, u2y)
+    p11 = (p11 + taut * u1x) / ng1
+    p12 = (p12 + taut * u1y) / ng1
+    p21 = (p21 + taut * u2x) / ng2
+    p22 = (p22 + taut * u2y) / ng2
+    return n1, n2, p11, p12, p21, p22, err
+
+
+def tvl1_iteration_gamma(
+    u1: torch.Tensor,
+    u2: torch.Tensor,
+    u3: torch.Tensor,
+    p11: torch.Tensor,
+    p12: torch.Tensor,
+    p21: torch.Tensor,
+    p22: torch.Tensor,
+    p31: torch.Tensor,
+    p32: torch.Tensor,
+    i1wx: torch.Tensor,
+    i1wy: torch.Tensor,
+    grad: torch.Tensor,
+    rho_c: torch.Tensor,
+    l_t: float,
+    theta: float,
+    taut: float,
+    gamma: float,
+) -> tuple[torch.Tensor, ...]:
+    """As ``tvl1_iteration`` with OpenCV's illumination term u3 (weight ``gamma``).
+
+    Like OpenCV, ``grad`` stays ``|grad I1|^2`` (without ``gamma^2``) in the threshold step.
+    """
+    rho = rho_c + i1wx * u1 + i1wy * u2 + gamma * u3
+    lg = l_t * grad
+    step = torch.where(
+        rho < -lg,
+        l_t,
+        torch.where(rho > lg, -l_t, torch.where(grad > _FLT_EPS, -rho / grad.clamp_min(_FLT_EPS), 0.0)),
+    )
+    n1 = u1 + step * i1wx + theta * _divergence(p11, p12)
+    n2 = u2 + step * i1wy + theta * _divergence(p21, p22)
+    n3 = u3 + step * gamma + theta * _divergence(p31, p32)
+    err = ((n1 - u1).square() + (n2 - u2).square() + (n3 - u3).square()).sum(dim=(1, 2))
+    out = [n1, n2, n3]
+    ps = []
+    for n, (pa, pb) in zip(out, ((p11, p12), (p21, p22), (p31, p32)), strict=True):
+        nx, ny = _forward_gradient(n)
+        ng = 1.0 + taut * _norm(nx, ny)
+        ps += [(pa + taut * nx) / ng, (pb + taut * ny) / ng]
+    return n1, n2, n3, *ps, err
+
+
+def _merge_exchange(n: int) -> list[tuple[int, int]]:
+    """Comparators (i, j), i < j, of Batcher's merge-exchange sorting network for n inputs
+    (Knuth, TAOCP vol. 3, 5.2.2 Algorithm M); after them wire k holds the k-th smallest."""
+    t = max(1, math.ceil(math.log2(n)))
+    pairs = []
+    p = 1 << (t - 1)
+    while p > 0:
+        q, r, d = 1 << (t - 1), 0, p
+        while True:
+            pairs += [(i, i + d) for i in range(n - d) if i & p == r]
+            if q == p:
+                break
+            d, q, r = q - p, q // 2, p
+        p //= 2
+    return pairs
+
+
+def _selection_network(n: int, k: int) -> list[tuple[int, int, bool, bool]]:
+    """The comparators of ``_merge_exchange(n)`` that wire k's final value depends on, each with
+    which of its two outputs (min to i, max to j) is used later."""
+    needed, kept = {k}, []
+    for i, j in reversed(_merge_exchange(n)):
+        if i in needed or j in needed:
+            kept.append((i, j, i in needed, j in needed))
+            needed |= {i, j}
+    return kept[::-1]
+
+
+_MEDIAN_NETWORKS = {size: _selection_network(size * size, size * size // 2) for size in (3, 5)}
+
+
+def _pad_replicate(x_bhw: torch.Tensor, r: int) -> torch.Tensor:
+    # index-based: F.pad(mode="replicate") is several times slower on CPU
+    _, h, w = x_bhw.shape
+    iy = torch.arange(-r, h + r, device=x_bhw.device).clamp_(0, h - 1)
+    ix = torch.arange(-r, w + r, device=x_bhw.device).clamp_(0, w - 1)
+    return x_bhw.index_select(1, iy).index_select(2, ix)
+
+
+def median_filter(x_bhw: torch.Tensor, size: int) -> torch.Tensor:
+    """Exact ``size`` x ``size`` median (3 or 5) of each (H, W) image, edges replicated, as
+    cv::medianBlur: a min/max selection network over the shifted images (113 comparators for
+    5x5), which is much faster than ``Tensor.median`` over unfolded windows and fuses into one
+    loop under torch.compile."""
+    r = size // 2
+    _, h, w = x_bhw.shape
+    xp = _pad_replicate(x_bhw, r)
+    wires: list[torch.Tensor | None] = [xp[:, dy : dy + h, dx : dx + w] for dy in range(size) for dx in range(size)]
+    for i, j, keep_min, keep_max in _MEDIAN_NETWORKS[size]:
+        a, b = wires[i], wires[j]
+        wires[i] = torch.minimum(a, b) if keep_min else None
+        wires[j] = torch.maximum(a, b) if keep_max else None
+    out = wires[size * size // 2]
+    assert out is not None
+    return out.contiguous()
+
+
+def _warp_bhw(
+    i1_stack: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample (B, C, H, W) at ``(x + u1, y + u2)``: bicubic, zero outside the frame."""
+    h, w = i1_stack.shape[-2:]
+    xs = torch.arange(w, device=u1.device, dtype=u1.dtype)
+    ys = torch.arange(h, device=u1.device, dtype=u1.dtype)
+    # align_corners=False: pixel centre i sits at (2 i + 1) / size - 1
+    gx = (2.0 * (xs + u1) + 1.0) / w - 1.0
+    gy = (2.0 * (ys[:, None] + u2) + 1.0) / h - 1.0
+    out = F.grid_sample(
+        i1_stack, torch.stack((gx, gy), dim=-1), mode="bicubic", padding_mode="zeros", align_corners=False
+    )
+    return out[:, 0], out[:, 1], out[:, 2]
+
+
+def tvl1_flow(
+    i0_bhw: torch.Tensor,
+    i1_bhw: torch.Tensor,
+    *,
+    tau: float = 0.25,
+    lambda_: float = 0.15,
+    theta: float = 0.3,
+    nscales: int = 5,
+    scale_step: float = 0.5,
+    warps: int = 5,
+    epsilon: float = 0.01,
+    inner_iterations: int = 30,
+    outer_iterations: int = 10,
+    gamma: float = 0.0,
+    median_filtering: int = 5,
+    compile: bool = False,
+) -> torch.Tensor:
+    """TV-L1 flow from each ``i0_bhw[b]`` to ``i1_bhw[b]``: float32 ``(B, H, W, 2)`` in pixels.
+
+    Inputs are (B, H, W) intensities on the 0..255 scale (uint8 or float), on any device; the
+    computation runs there in float32.  ``compile=True`` runs the inner iteration and the median
+    filter through ``torch.compile`` (falling back to eager, with a warning, if that fails); the
+    result is the same up to float rounding.
+    """
+    if i0_bhw.ndim != 3 or i0_bhw.shape != i1_bhw.shape:
+        raise ValueError(
+            f"i0_bhw and i1_bhw must both be (B, H, W), got {tuple(i0_bhw.shape)} and {tuple(i1_bhw.shape)}"
+        )
+    if i0_bhw.device != i1_bhw.device:
+        raise ValueError(f"i0_bhw on {i0_bhw.device} but i1_bhw on {i1_bhw.device}")
+    if median_filtering not in (1, 3, 5):
+        raise ValueError(f"median_filtering={median_filtering!r}: must be 1 (off), 3 or 5")
+    if not 0 < scale_step < 1:
+        raise ValueError(f"scale_step={scale_step!r}: must be in (0, 1)")
+    b, h, w = i0_bhw.shape
+    if b == 0:
+        return torch.zeros((0, h, w, 2), dtype=torch.float32, device=i0_bhw.device)
+    i0 = i0_bhw.to(torch.float32)
+    i1 = i1_bhw.to(torch.float32)
+    if not (torch.isfinite(i0).all() and torch.isfinite(i1).all()):
+        raise ValueError("i0_bhw and i1_bhw must be finite")
+
+    sizes = pyramid_sizes(h, w, nscales, scale_step)
+    i0s, i1s = [i0], [i1]
+    for size in sizes[1:]:
+        # OpenCV resizes by scale_step exactly (Size() + fx, fy), not by the size ratio
+        inv = (1.0 / scale_step, 1.0 / scale_step)
+        i0s.append(resize_bhw(i0s[-1], size, inv))
+        i1s.append(resize_bhw(i1s[-1], size, inv))
+
+    use_gamma = gamma != 0.0
+    kernels = _Kernels(compile)
+    ch, cw = sizes[-1]
+    u = [i0.new_zeros((b, ch, cw)) for _ in range(3 if use_gamma else 2)]
+    for s in range(len(sizes) - 1, -1, -1):
+        u = _one_scale(
+            i0s[s],
+            i1s[s],
+            u,
+            tau=tau,
+            lambda_=lambda_,
+            theta=theta,
+            warps=warps,
+            epsilon=epsilon,
+            inner_iterations=inner_iterations,
+            outer_iterations=outer_iterations,
+            gamma=gamma,
+            median_filtering=median_filtering,
+            kernels=kernels,
+        )
+        del i0s[s], i1s[s]
+        if s > 0:
+            # upsampling to a given size: OpenCV's step is the size ratio
+            (fh, fw), (ch, cw) = sizes[s - 1], sizes[s]
+            up = [resize_bhw(x, (fh, fw), (ch / fh, cw / fw)) for x in u]
+            # flow is rescaled by 1/scale_step as in OpenCV (not by the exact size ratio); the
+            # illumination term u3 is not a displacement and is not rescaled
+            u = [up[0] / scale_step, up[1] / scale_step, *up[2:]]
+    return torch.stack((u[0], u[1]), dim=-1)
+
+
+def _one_scale(
+    i0: torch.Tensor,
+    i1: torch.Tensor,
+    u: list[torch.Tensor],
+    *,
+    tau: float,
+    lambda_: float,
+    theta: float,
+    warps: int,
+    epsilon: float,
+    inner_iterations: int,
+    outer_iterations: int,
+    gamma: float,
+    median_filtering: int,
+    kernels: _Kernels,
+) -> list[torch.Tensor]:
+    """All warps at one pyramid level; ``u`` = [u1, u2] or [u1, u2, u3], each (B, h, w)."""
+    b, h, w = i0.shape
+    use_gamma = len(u) == 3
+    thresh = epsilon * epsilon * h * w
+    l_t = lambda_ * theta
+    taut = tau / theta
+    i1x, i1y = centered_gradient(i1)
+    i1_stack = torch.stack((i1, i1x, i1y), dim=1)
+    del i1x, i1y
+    p = [torch.zeros_like(i0) for _ in range(2 * len(u))]
+    u = [x.contiguous() for x in u]
+    n_iter = outer_iterations * inner_iterations
+    for _ in range(warps):
+        i1w, i1wx, i1wy = _warp_bhw(i1_stack, u[0], u[1])
+        grad = i1wx * i1wx + i1wy * i1wy
+        rho_c = i1w - i1wx * u[0] - i1wy * u[1] - i0
+        del i1w
+        # working set: rows of the state for the pairs still iterating in this warp
+        idx = None  # None: all pairs, in order
+        wu, wp = list(u), list(p)
+        consts = (i1wx, i1wy, grad, rho_c)
+        for k in range(n_iter):
+            if median_filtering > 1 and k % inner_iterations == 0:
+                wu[0] = kernels.median(wu[0], median_filtering)
+                wu[1] = kernels.median(wu[1], median_filtering)
+            if use_gamma:
+                out = kernels.iteration_gamma(*wu, *wp, *consts, l_t, theta, taut, gamma)
+            else:
+                out = kernels.iteration(*wu, *wp, *consts, l_t, theta, taut)
+            nu = len(wu)
+            wu, wp, err = list(out[:nu]), list(out[nu:-1]), out[-1]
+            done = err <= thresh
+            n_done = int(done.sum())
+            if n_done == 0:
+                continue
+            if idx is None:
+                idx = torch.arange(b, device=i0.device)
+                u, p = [x.clone() for x in wu], [x.clone() for x in wp]
+            else:
+                fin = idx[done]
+                for full, part in zip(u + p, wu + wp, strict=True):
+                    full[fin] = part[done]
+            if n_done == len(done):
+                wu = []
+                break
+            keep = ~done
+            idx = idx[keep]
+            wu = [x[keep] for x in wu]
+            wp = [x[keep] for x in wp]
+            consts = tuple(x[keep] for x in consts)
+        if idx is None:
+            u, p = wu, wp
+        elif wu:
+            for full, part in zip(u + p, wu + wp, strict=True):
+                full[idx] = part
+    return u
+
+
+class _CompiledOrEager:
+    """``torch.compile(fn)`` that falls back to ``fn`` for good, with a warning, the first time
+    compiling or running the compiled code raises (no compiler, unsupported platform...)."""
+
+    def __init__(self, fn: Callable[..., Any]):
+        self.fn = fn
+        self.compiled: Callable[..., Any] | None = None
+        self.error: BaseException | None = None
+
+    def __call__(self, *args: Any) -> Any:
+        if self.error is None:
+            try:
+                if self.compiled is None:
+                    self.compiled = torch.compile(self.fn, dynamic=True)
+                return self.compiled(*args)
+            except Exception as e:  # noqa: BLE001 - any failure to compile means: run eagerly
+                self.error = e
+                warnings.warn(
+                    f"torch.compile of {self.fn.__name__} failed, running eagerly: {type(e).__name__}: {str(e)[:300]}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return self.fn(*args)
+
+
+_COMPILED = {fn.__name__: _CompiledOrEager(fn) for fn in (tvl1_iteration, tvl1_iteration_gamma, median_filter)}
+
+
+class _Kernels:
+    """The three hot functions, compiled or not."""
+
+    def __init__(self, compile: bool):
+        pick = (lambda fn: _COMPILED[fn.__name__]) if compile else (lambda fn: fn)
+        self.iteration = pick(tvl1_iteration)
+        self.iteration_gamma = pick(tvl1_iteration_gamma)
+        self.median = pick(median_filter)
+
+
+def compile_works() -> bool:
+    """Whether the compiled kernels have not failed so far in this process."""
+    return all(k.error is None for k in _COMPILED.values())
+
+
+# ---- video adapter: the only part that looks at the system (free memory) ----
+
+# Peak float32 values alive per pixel of a pair while solving (pyramids, warped images and
+# gradients, u, p, the iteration's temporaries, the median's 25 shifted copies), measured
+# (benchmarks/bench_flow.py --mem) and rounded up.
+FLOATS_PER_PIXEL = 64
+# On the CPU a bigger batch stops paying off once a level's working set leaves the caches.
+CPU_MAX_BATCH = 8
+CUDA_MAX_BATCH = 256
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None -> CUDA when available, else CPU; a device CUDA-less torch cannot use is an error."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r}: not a torch device ({e})") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r}: backend 'torch' runs on 'cpu' or 'cuda'")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: CUDA is not available to this torch")
+    return dev
+
+
+def available_memory_bytes(device: torch.device) -> int:
+    """Free device memory (CUDA) or the kernel's estimate of available RAM (CPU)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+
+
+def auto_batch_size(h: int, w: int, device: torch.device, free_bytes: int | None = None) -> int:
+    """Pairs per call: what fits in half the free memory, at most CPU_/CUDA_MAX_BATCH, at least 1."""
+    if free_bytes is None:
+        free_bytes = available_memory_bytes(device)
+    per_pair = FLOATS_PER_PIXEL * 4 * h * w
+    cap = CUDA_MAX_BATCH if device.type == "cuda" else CPU_MAX_BATCH
+    return max(1, min(cap, free_bytes // 2 // per_pair))
+
+
+def flow_video(
+    gray_thw: np.ndarray,
+    *,
+    device: str | torch.device | None = None,
+    batch_size: int | None = None,
+    compile: bool | str = "auto",
+    **params: Any,
+) -> np.ndarray:
+    """TV-L1 flow between consecutive uint8 frames: float32 numpy (T-1, H, W, 2), pixels.
+
+    Frames go to ``device`` ``batch_size`` + 1 at a time as uint8 (never the whole video as
+    float); ``compile="auto"`` compiles when torch.compile works here and falls back otherwise.
+    """
+    dev = resolve_device(device)
+    t, h, w = gray_thw.shape
+    n = t - 1
+    bs = batch_size or auto_batch_size(h, w, dev)
+    use_compile = compile_works() if compile == "auto" else bool(compile)
+    out = np.empty((n, h, w, 2), np.float32)
+    for s in range(0, n, bs):
+        e = min(n, s + bs)
+        frames = torch.from_numpy(np.array(gray_thw[s : e + 1])).to(dev)
+        flow = tvl1_flow(frames[:-1], frames[1:], compile=use_compile, **params)
+        out[s:e] = flow.cpu().numpy()
+    return out
