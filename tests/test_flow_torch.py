@@ -184,6 +184,29 @@ def test_median_filter_equals_opencv(shape, size):
         np.testing.assert_array_equal(median_filter(torch.from_numpy(x), size).numpy(), ref)
 
 
+def test_eager_in_place_iteration_equals_the_functional_one():
+    gen = torch.Generator().manual_seed(3)
+    b, h, w = 3, 37, 53
+    state = [torch.randn(b, h, w, generator=gen) for _ in range(6)]
+    i1wx, i1wy = (10 * torch.randn(b, h, w, generator=gen) for _ in range(2))
+    i1wx[0, :5], i1wy[0, :5] = 0.0, 0.0  # flat region: no data step
+    consts = (i1wx, i1wy, tvl1_torch.neg_inv_grad2(i1wx, i1wy), 20 * torch.randn(b, h, w, generator=gen))
+    ref = tvl1_torch.tvl1_iteration(*state, *consts, 0.045, 0.3, 0.83)
+    eager = tvl1_torch.EagerIteration()
+    out = eager(*[x.clone() for x in state], *consts, 0.045, 0.3, 0.83)
+    for a, e in zip(ref[:-1], out[:-1], strict=True):
+        torch.testing.assert_close(e, a, atol=2e-6, rtol=0)
+    torch.testing.assert_close(out[-1], ref[-1], rtol=1e-5, atol=0)
+    assert (ref[0] - state[0]).abs().max() > 0.1  # the step did something
+
+
+def test_blocked_median_equals_whole_median(monkeypatch):
+    monkeypatch.setattr(tvl1_torch, "_MEDIAN_BLOCK", 100)  # many blocks on a small image
+    x = torch.randn(2, 31, 45, generator=torch.Generator().manual_seed(4))
+    for size in (3, 5):
+        torch.testing.assert_close(tvl1_torch.median_filter_blocked(x, size), median_filter(x, size), atol=0, rtol=0)
+
+
 def test_gamma_term_runs_and_stays_close():
     gray = rgb_to_gray(render(Motion(dx=2, dy=1), 2, 48, 64))
     cv = compute_flow(gray, backend="opencv", gamma=0.1)
