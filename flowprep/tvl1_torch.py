@@ -125,12 +125,6 @@ def _divergence(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
     return torch.diff(F.pad(p1, (1, 0)), dim=2) + torch.diff(F.pad(p2, (0, 0, 1, 0)), dim=1)
 
 
-def _norm(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    # sqrt(x^2 + y^2), floored at 1e-12: sqrt of subnormal floats (flat flow decays into them)
-    # is ~100x slower on x86, and 1 + tau/theta * 1e-12 rounds to 1 in float32 anyway
-    return torch.sqrt((x * x + y * y).clamp_min(1e-24))
-
-
 def neg_inv_grad2(i1wx: torch.Tensor, i1wy: torch.Tensor) -> torch.Tensor:
     """``-1 / |grad I1w|^2``, and 0 where that is under FLT_EPSILON (no data step there).
 
@@ -169,8 +163,8 @@ def tvl1_iteration(
     err = (d1 * d1 + d2 * d2).sum(dim=(1, 2))
     u1x, u1y = _forward_gradient(n1)
     u2x, u2y = _forward_gradient(n2)
-    ng1 = 1.0 + taut * _norm(u1x, u1y)
-    ng2 = 1.0 + taut * _norm(u2x, u2y)
+    ng1 = 1.0 + taut * torch.hypot(u1x, u1y)
+    ng2 = 1.0 + taut * torch.hypot(u2x, u2y)
     p11 = (p11 + taut * u1x) / ng1
     p12 = (p12 + taut * u1y) / ng1
     p21 = (p21 + taut * u2x) / ng2
@@ -178,22 +172,58 @@ def tvl1_iteration(
     return n1, n2, p11, p12, p21, p22, err
 
 
+# Elements per block of the eager CPU iteration: under ATen's 32768-element grain size, so each
+# operation runs on the calling thread without an OpenMP fork/join (which, on a small or busy
+# machine, costs more than the operation), and a block's ~15 arrays stay in the caches.
+_BLOCK_ELEMS = 32000
+
+
+def _blocks(b: int, h: int, w: int, device: torch.device) -> list[tuple[int, int, int, int]]:
+    """(pair start, pair end, row start, row end) blocks covering (b, h, w), rows in order."""
+    if device.type != "cpu":
+        return [(0, b, 0, h)]
+    if h * w > _BLOCK_ELEMS // 2:
+        rows = max(1, _BLOCK_ELEMS // w)
+        return [(i, i + 1, y0, min(h, y0 + rows)) for i in range(b) for y0 in range(0, h, rows)]
+    group = max(1, _BLOCK_ELEMS // (h * w))
+    return [(i, min(b, i + group), 0, h) for i in range(0, b, group)]
+
+
+def _active_blocks(active: list[int], h: int, w: int, device: torch.device) -> list[tuple[int, int, int, int]]:
+    """``_blocks`` over each run of consecutive pair indices in ``active``."""
+    out: list[tuple[int, int, int, int]] = []
+    start = 0
+    for j in range(1, len(active) + 1):
+        if j == len(active) or active[j] != active[j - 1] + 1:
+            s0 = active[start]
+            out += [(b0 + s0, b1 + s0, y0, y1) for b0, b1, y0, y1 in _blocks(j - start, h, w, device)]
+            start = j
+    return out
+
+
 class EagerIteration:
-    """``tvl1_iteration`` for eager mode: updates u and p in place and keeps its temporaries.
+    """``tvl1_iteration`` for eager mode: updates u and p in place, block by block, and keeps its
+    temporaries (same arithmetic; tested against ``tvl1_iteration``).
 
     Eager PyTorch on the CPU spends most of its time allocating and first-touching the outputs
-    of each of the ~40 elementwise operations per iteration; writing into buffers that live as
-    long as the working set is 3-10x faster.  Same arithmetic as ``tvl1_iteration`` (tested).
+    of the ~40 elementwise operations per iteration, and in OpenMP fork/joins; here every
+    output goes into kept buffers, and on the CPU the frame is cut into blocks of rows small
+    enough to stay in cache and run each operation inline.  The two stencils are skewed: the
+    u-update of block k (which reads the old p of block k-1's last row) runs before the p-update
+    of block k-1 (which reads the new u of block k's first row).
     """
 
     def __init__(self) -> None:
-        self.buffers: tuple[torch.Tensor, ...] = ()
+        self.buffers: dict[tuple[int, ...], tuple[torch.Tensor, ...]] = {}
 
-    def _buffers(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if not self.buffers or self.buffers[0].shape != like.shape or self.buffers[0].device != like.device:
-            # gx's last column and gy's last row stay 0: forward differences there are 0
-            self.buffers = tuple(torch.zeros_like(like) for _ in range(5))
-        return self.buffers
+    def _buffers(self, nb: int, nr: int, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        key = (nb, nr, like.shape[2])
+        if key not in self.buffers:
+            if len(self.buffers) > 8:
+                self.buffers.clear()
+            # gx's last column stays 0: the forward difference there is 0
+            self.buffers[key] = tuple(like.new_zeros((nb, nr, like.shape[2])) for _ in range(5))
+        return self.buffers[key]
 
     def __call__(
         self,
@@ -210,28 +240,57 @@ class EagerIteration:
         l_t: float,
         theta: float,
         taut: float,
+        active: list[int] | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        step, d, gx, gy, ng = self._buffers(u1)
-        b = u1.shape[0]
-        torch.mul(i1wx, u1, out=step)
-        step.addcmul_(i1wy, u2).add_(rho_c).mul_(nig).clamp_(-l_t, l_t)
+        """As ``tvl1_iteration``, for the pairs in ``active`` only (all when None); the other
+        pairs' state is left alone and their ``err`` is 0."""
+        b, h, w = u1.shape
         err = u1.new_zeros(b)
-        for u, pa, pb, iw in ((u1, p11, p12, i1wx), (u2, p21, p22, i1wy)):
-            # d = theta * div(pa, pb) + step * iw
-            d[:, :, :1].copy_(pa[:, :, :1])
-            torch.sub(pa[:, :, 1:], pa[:, :, :-1], out=d[:, :, 1:])
-            d.add_(pb)
-            d[:, 1:, :].sub_(pb[:, :-1, :])
-            d.mul_(theta).addcmul_(step, iw)
-            flat = d.view(b, 1, -1)
-            err += torch.bmm(flat, flat.transpose(1, 2)).view(b)
-            u.add_(d)
-            torch.sub(u[:, :, 1:], u[:, :, :-1], out=gx[:, :, :-1])
-            torch.sub(u[:, 1:, :], u[:, :-1, :], out=gy[:, :-1, :])
-            torch.mul(gx, gx, out=ng)
-            ng.addcmul_(gy, gy).clamp_min_(1e-24).sqrt_().mul_(taut).add_(1.0)
-            pa.add_(gx, alpha=taut).div_(ng)
-            pb.add_(gy, alpha=taut).div_(ng)
+        blocks = _active_blocks(list(range(b)) if active is None else active, h, w, u1.device)
+        if not blocks:
+            return u1, u2, p11, p12, p21, p22, err
+        comps = ((u1, p11, p12, i1wx), (u2, p21, p22, i1wy))
+
+        def update_u(b0: int, b1: int, y0: int, y1: int) -> None:
+            step, d, _, _, sq = self._buffers(b1 - b0, y1 - y0, u1)
+            sl = (slice(b0, b1), slice(y0, y1))
+            torch.mul(i1wx[sl], u1[sl], out=step)
+            step.addcmul_(i1wy[sl], u2[sl]).add_(rho_c[sl]).mul_(nig[sl]).clamp_(-l_t, l_t)
+            for u, pa, pb, iw in comps:
+                # d = theta * div(pa, pb) + step * iw, div by backward differences (0 outside)
+                pa_ = pa[sl]
+                d[:, :, :1].copy_(pa_[:, :, :1])
+                torch.sub(pa_[:, :, 1:], pa_[:, :, :-1], out=d[:, :, 1:])
+                d.add_(pb[sl])
+                if y0 == 0:
+                    d[:, 1:].sub_(pb[b0:b1, : y1 - 1])
+                else:
+                    d.sub_(pb[b0:b1, y0 - 1 : y1 - 1])
+                d.mul_(theta).addcmul_(step, iw[sl])
+                torch.mul(d, d, out=sq)  # (not bmm: MKL's threads would fork/join per block)
+                err[b0:b1] += sq.view(b1 - b0, -1).sum(1)
+                u[sl].add_(d)
+
+        def update_p(b0: int, b1: int, y0: int, y1: int) -> None:
+            gx, gy, ng = self._buffers(b1 - b0, y1 - y0, u1)[2:]
+            for u, pa, pb, _ in comps:
+                u_ = u[b0:b1, y0:y1]
+                torch.sub(u_[:, :, 1:], u_[:, :, :-1], out=gx[:, :, :-1])
+                if y1 < h:
+                    torch.sub(u[b0:b1, y0 + 1 : y1 + 1], u_, out=gy)
+                else:
+                    torch.sub(u[b0:b1, y0 + 1 : y1], u_[:, :-1], out=gy[:, :-1])
+                    gy[:, -1:].zero_()
+                # hypot, as OpenCV; (torch.sqrt would fork OpenMP threads for every 2048 elements)
+                torch.hypot(gx, gy, out=ng).mul_(taut).add_(1.0)
+                pa[b0:b1, y0:y1].add_(gx, alpha=taut).div_(ng)
+                pb[b0:b1, y0:y1].add_(gy, alpha=taut).div_(ng)
+
+        for k, blk in enumerate(blocks):
+            update_u(*blk)
+            if k:
+                update_p(*blocks[k - 1])
+        update_p(*blocks[-1])
         return u1, u2, p11, p12, p21, p22, err
 
 
@@ -269,7 +328,7 @@ def tvl1_iteration_gamma(
     ps = []
     for n, (pa, pb) in zip(new_u, ((p11, p12), (p21, p22), (p31, p32)), strict=True):
         nx, ny = _forward_gradient(n)
-        ng = 1.0 + taut * _norm(nx, ny)
+        ng = 1.0 + taut * torch.hypot(nx, ny)
         ps += [(pa + taut * nx) / ng, (pb + taut * ny) / ng]
     return *new_u, *ps, err
 
@@ -336,17 +395,23 @@ def median_filter(x_bhw: torch.Tensor, size: int) -> torch.Tensor:
 _MEDIAN_BLOCK = 8192
 
 
-def median_filter_blocked(x_bhw: torch.Tensor, size: int) -> torch.Tensor:
-    """``median_filter`` by blocks of rows, for eager mode on the CPU (same values)."""
+def median_filter_blocked(
+    x_bhw: torch.Tensor, size: int, pairs: list[int] | None = None, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``median_filter`` by blocks of rows, for eager mode on the CPU (same values).  With
+    ``pairs``, only those images are filtered, into ``out`` (which may be ``x_bhw`` itself)."""
     b, h, w = x_bhw.shape
     r = size // 2
-    xp = _pad_replicate(x_bhw, r)
-    out = torch.empty_like(x_bhw)
+    if out is None:
+        if pairs is not None:
+            raise ValueError("median_filter_blocked: pairs needs out")
+        out = torch.empty_like(x_bhw)
     rows = max(1, _MEDIAN_BLOCK // (w + 2 * r))
-    for i in range(b):
+    for i in range(b) if pairs is None else pairs:
+        xp = _pad_replicate(x_bhw[i : i + 1], r)  # a copy: out may be x_bhw
         for y0 in range(0, h, rows):
             y1 = min(h, y0 + rows)
-            out[i : i + 1, y0:y1] = _median_of_padded(xp[i : i + 1, y0 : y1 + 2 * r], size)
+            out[i : i + 1, y0:y1] = _median_of_padded(xp[:, y0 : y1 + 2 * r], size)
     return out
 
 
@@ -481,45 +546,93 @@ def _one_scale(
         nig = neg_inv_grad2(i1wx, i1wy)
         rho_c = i1w - i1wx * u[0] - i1wy * u[1] - i0
         del i1w
-        # working set: rows of the state for the pairs still iterating in this warp
-        idx = None  # None: all pairs, in order
-        wu, wp = list(u), list(p)
         consts = (i1wx, i1wy, nig, rho_c)
-        for k in range(n_iter):
-            if median_filtering > 1 and k % inner_iterations == 0:
-                wu[0] = kernels.median(wu[0], median_filtering)
-                wu[1] = kernels.median(wu[1], median_filtering)
-            if use_gamma:
-                out = kernels.iteration_gamma(*wu, *wp, *consts, l_t, theta, taut, gamma)
-            else:
-                out = kernels.iteration(*wu, *wp, *consts, l_t, theta, taut)
-            nu = len(wu)
-            wu, wp, err = list(out[:nu]), list(out[nu:-1]), out[-1]
-            done = err <= thresh
-            n_done = int(done.sum())
-            if n_done == 0:
-                continue
-            if idx is None:
-                idx = torch.arange(b, device=i0.device)
-                u, p = [x.clone() for x in wu], [x.clone() for x in wp]
-            else:
-                fin = idx[done]
-                for full, part in zip(u + p, wu + wp, strict=True):
-                    full[fin] = part[done]
-            if n_done == len(done):
-                wu = []
-                break
-            keep = ~done
-            idx = idx[keep]
-            wu = [x[keep] for x in wu]
-            wp = [x[keep] for x in wp]
-            consts = tuple(x[keep] for x in consts)
-        if idx is None:
-            u, p = wu, wp
-        elif wu:
-            for full, part in zip(u + p, wu + wp, strict=True):
-                full[idx] = part
+        args = (n_iter, inner_iterations, median_filtering, thresh, l_t, theta, taut, gamma)
+        if kernels.in_place and not use_gamma:
+            _iterate_in_place(u, p, consts, kernels, *args)
+        else:
+            u, p = _iterate_compacting(u, p, consts, kernels, *args)
     return u
+
+
+def _iterate_in_place(
+    u: list[torch.Tensor],
+    p: list[torch.Tensor],
+    consts: tuple[torch.Tensor, ...],
+    kernels: _Kernels,
+    n_iter: int,
+    inner_iterations: int,
+    median_filtering: int,
+    thresh: float,
+    l_t: float,
+    theta: float,
+    taut: float,
+    gamma: float,
+) -> None:
+    """One warp's iterations with the in-place eager kernels: a converged pair is just skipped."""
+    active = list(range(u[0].shape[0]))
+    for k in range(n_iter):
+        if median_filtering > 1 and k % inner_iterations == 0:
+            for comp in u:
+                median_filter_blocked(comp, median_filtering, pairs=active, out=comp)
+        err = kernels.iteration(*u, *p, *consts, l_t, theta, taut, active=active)[-1].tolist()
+        active = [i for i in active if err[i] > thresh]
+        if not active:
+            return
+
+
+def _iterate_compacting(
+    u: list[torch.Tensor],
+    p: list[torch.Tensor],
+    consts: tuple[torch.Tensor, ...],
+    kernels: _Kernels,
+    n_iter: int,
+    inner_iterations: int,
+    median_filtering: int,
+    thresh: float,
+    l_t: float,
+    theta: float,
+    taut: float,
+    gamma: float,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """One warp's iterations with functional kernels (compiled, or for gamma != 0); converged
+    pairs are written back and dropped from the working set, which shrinks."""
+    b = u[0].shape[0]
+    idx = None  # rows of the working set -> pairs; None: all pairs, in order
+    wu, wp = list(u), list(p)
+    for k in range(n_iter):
+        if median_filtering > 1 and k % inner_iterations == 0:
+            wu[0] = kernels.median(wu[0], median_filtering)
+            wu[1] = kernels.median(wu[1], median_filtering)
+        if len(wu) == 3:
+            out = kernels.iteration_gamma(*wu, *wp, *consts, l_t, theta, taut, gamma)
+        else:
+            out = kernels.iteration(*wu, *wp, *consts, l_t, theta, taut)
+        nu = len(wu)
+        wu, wp, err = list(out[:nu]), list(out[nu:-1]), out[-1]
+        done = err <= thresh
+        n_done = int(done.sum())
+        if n_done == 0:
+            continue
+        if idx is None:
+            idx = torch.arange(b, device=u[0].device)
+            u, p = [x.clone() for x in wu], [x.clone() for x in wp]
+        else:
+            fin = idx[done]
+            for full, part in zip(u + p, wu + wp, strict=True):
+                full[fin] = part[done]
+        if n_done == len(done):
+            return u, p
+        keep = done.logical_not().nonzero().squeeze(1)
+        idx = idx[keep]
+        wu = [x.index_select(0, keep) for x in wu]
+        wp = [x.index_select(0, keep) for x in wp]
+        consts = tuple(x.index_select(0, keep) for x in consts)
+    if idx is None:
+        return wu, wp
+    for full, part in zip(u + p, wu + wp, strict=True):
+        full[idx] = part
+    return u, p
 
 
 class _CompiledOrEager:
@@ -554,6 +667,7 @@ class _Kernels:
     """The three hot functions for one call: compiled (falling back to eager) or eager."""
 
     def __init__(self, compile: bool):
+        self.in_place = not compile
         eager_iteration = EagerIteration()
         if compile:
             self.iteration = functools.partial(_COMPILED["tvl1_iteration"], eager_iteration)

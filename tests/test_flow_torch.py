@@ -184,7 +184,9 @@ def test_median_filter_equals_opencv(shape, size):
         np.testing.assert_array_equal(median_filter(torch.from_numpy(x), size).numpy(), ref)
 
 
-def test_eager_in_place_iteration_equals_the_functional_one():
+@pytest.mark.parametrize("block", [32000, 500, 60])  # whole pairs, groups of rows, single rows
+def test_eager_in_place_iteration_equals_the_functional_one(monkeypatch, block):
+    monkeypatch.setattr(tvl1_torch, "_BLOCK_ELEMS", block)
     gen = torch.Generator().manual_seed(3)
     b, h, w = 3, 37, 53
     state = [torch.randn(b, h, w, generator=gen) for _ in range(6)]
