@@ -191,16 +191,19 @@ def _blocks(b: int, h: int, w: int, device: torch.device) -> list[tuple[int, int
     return [(i, min(b, i + group), 0, h) for i in range(0, b, group)]
 
 
-def _active_blocks(active: list[int], h: int, w: int, device: torch.device) -> list[tuple[int, int, int, int]]:
-    """``_blocks`` over each run of consecutive pair indices in ``active``."""
-    out: list[tuple[int, int, int, int]] = []
-    start = 0
+def _runs(active: list[int]) -> list[tuple[int, int]]:
+    """Maximal runs [start, end) of consecutive integers in sorted ``active``."""
+    runs, start = [], 0
     for j in range(1, len(active) + 1):
         if j == len(active) or active[j] != active[j - 1] + 1:
-            s0 = active[start]
-            out += [(b0 + s0, b1 + s0, y0, y1) for b0, b1, y0, y1 in _blocks(j - start, h, w, device)]
+            runs.append((active[start], active[j - 1] + 1))
             start = j
-    return out
+    return runs
+
+
+def _active_blocks(active: list[int], h: int, w: int, device: torch.device) -> list[tuple[int, int, int, int]]:
+    """``_blocks`` over each run of consecutive pair indices in ``active``."""
+    return [(b0 + s0, b1 + s0, y0, y1) for s0, s1 in _runs(active) for b0, b1, y0, y1 in _blocks(s1 - s0, h, w, device)]
 
 
 class EagerIteration:
@@ -217,6 +220,9 @@ class EagerIteration:
 
     def __init__(self) -> None:
         self.buffers: dict[tuple[int, ...], tuple[torch.Tensor, ...]] = {}
+        # views of the state and buffers per block, rebuilt when the tensors or pairs change
+        self._plan_key: tuple[tuple[torch.Tensor, ...], tuple[int, ...]] | None = None
+        self._plan: tuple[torch.Tensor, list[tuple[Any, ...]]] | None = None
 
     def _buffers(self, nb: int, nr: int, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
         key = (nb, nr, like.shape[2])
@@ -226,6 +232,33 @@ class EagerIteration:
             # gx's last column stays 0: the forward difference there is 0
             self.buffers[key] = tuple(like.new_zeros((nb, nr, like.shape[2])) for _ in range(5))
         return self.buffers[key]
+
+    def _make_plan(self, state: tuple[torch.Tensor, ...], active: tuple[int, ...]) -> tuple[Any, ...]:
+        u1, u2, p11, p12, p21, p22, i1wx, i1wy, nig, rho_c = state
+        b, h, w = u1.shape
+        err = u1.new_zeros(b)
+        blocks = []
+        for b0, b1, y0, y1 in _active_blocks(list(active), h, w, u1.device):
+            step, d, gx, gy, ng = self._buffers(b1 - b0, y1 - y0, u1)
+            sl = (slice(b0, b1), slice(y0, y1))
+            for_u, for_p = [], []
+            for u, pa, pb, iw in ((u1, p11, p12, i1wx), (u2, p21, p22, i1wy)):
+                pa_, u_ = pa[sl], u[sl]
+                # div: d[x] = pa[x] - pa[x-1] + pb[y] - pb[y-1], with pa[-1] = pb[-1] = 0
+                pb_dst, pb_up = (d[:, 1:], pb[b0:b1, : y1 - 1]) if y0 == 0 else (d, pb[b0:b1, y0 - 1 : y1 - 1])
+                for_u.append((pa_[:, :, :1], d[:, :, :1], pa_[:, :, 1:], pa_[:, :, :-1], d[:, :, 1:], pb[sl]))
+                for_u[-1] += (pb_dst, pb_up, iw[sl], u_)
+                # forward differences of the new u; gy's last image row is 0
+                if y1 < h:
+                    gy_args = (u[b0:b1, y0 + 1 : y1 + 1], u_, gy, None)
+                else:
+                    gy_args = (u[b0:b1, y0 + 1 : y1], u_[:, :-1], gy[:, :-1], gy[:, -1:])
+                for_p.append((u_[:, :, 1:], u_[:, :, :-1], gx[:, :, :-1], *gy_args, pa_, pb[sl]))
+            blocks.append(
+                (step, d, gx, gy, ng, i1wx[sl], u1[sl], i1wy[sl], u2[sl], rho_c[sl], nig[sl])
+                + (ng.view(b1 - b0, -1), err[b0:b1], for_u, for_p)
+            )
+        return err, blocks
 
     def __call__(
         self,
@@ -246,54 +279,53 @@ class EagerIteration:
     ) -> tuple[torch.Tensor, ...]:
         """As ``tvl1_iteration``, for the pairs in ``active`` only (all when None); the other
         pairs' state is left alone and their ``err`` is 0."""
-        b, h, w = u1.shape
-        err = u1.new_zeros(b)
-        blocks = _active_blocks(list(range(b)) if active is None else active, h, w, u1.device)
-        if not blocks:
-            return u1, u2, p11, p12, p21, p22, err
-        comps = ((u1, p11, p12, i1wx), (u2, p21, p22, i1wy))
-
-        def update_u(b0: int, b1: int, y0: int, y1: int) -> None:
-            step, d, _, _, sq = self._buffers(b1 - b0, y1 - y0, u1)
-            sl = (slice(b0, b1), slice(y0, y1))
-            torch.mul(i1wx[sl], u1[sl], out=step)
-            step.addcmul_(i1wy[sl], u2[sl]).add_(rho_c[sl]).mul_(nig[sl]).clamp_(-l_t, l_t)
-            for u, pa, pb, iw in comps:
-                # d = theta * div(pa, pb) + step * iw, div by backward differences (0 outside)
-                pa_ = pa[sl]
-                d[:, :, :1].copy_(pa_[:, :, :1])
-                torch.sub(pa_[:, :, 1:], pa_[:, :, :-1], out=d[:, :, 1:])
-                d.add_(pb[sl])
-                if y0 == 0:
-                    d[:, 1:].sub_(pb[b0:b1, : y1 - 1])
-                else:
-                    d.sub_(pb[b0:b1, y0 - 1 : y1 - 1])
-                d.mul_(theta).addcmul_(step, iw[sl])
-                torch.mul(d, d, out=sq)  # (not bmm: MKL's threads would fork/join per block)
-                err[b0:b1] += sq.view(b1 - b0, -1).sum(1)
-                u[sl].add_(d)
-
-        def update_p(b0: int, b1: int, y0: int, y1: int) -> None:
-            gx, gy, ng = self._buffers(b1 - b0, y1 - y0, u1)[2:]
-            for u, pa, pb, _ in comps:
-                u_ = u[b0:b1, y0:y1]
-                torch.sub(u_[:, :, 1:], u_[:, :, :-1], out=gx[:, :, :-1])
-                if y1 < h:
-                    torch.sub(u[b0:b1, y0 + 1 : y1 + 1], u_, out=gy)
-                else:
-                    torch.sub(u[b0:b1, y0 + 1 : y1], u_[:, :-1], out=gy[:, :-1])
-                    gy[:, -1:].zero_()
-                # hypot, as OpenCV; (torch.sqrt would fork OpenMP threads for every 2048 elements)
-                torch.hypot(gx, gy, out=ng).mul_(taut).add_(1.0)
-                pa[b0:b1, y0:y1].add_(gx, alpha=taut).div_(ng)
-                pb[b0:b1, y0:y1].add_(gy, alpha=taut).div_(ng)
-
+        state = (u1, u2, p11, p12, p21, p22, i1wx, i1wy, nig, rho_c)
+        act = tuple(range(u1.shape[0])) if active is None else tuple(active)
+        key = self._plan_key
+        if key is None or key[1] != act or any(a is not b for a, b in zip(key[0], state, strict=True)):
+            self._plan, self._plan_key = self._make_plan(state, act), (state, act)
+        assert self._plan is not None
+        err, blocks = self._plan
+        err.zero_()
         for k, blk in enumerate(blocks):
-            update_u(*blk)
+            self._update_u(blk, l_t, theta)
             if k:
-                update_p(*blocks[k - 1])
-        update_p(*blocks[-1])
-        return u1, u2, p11, p12, p21, p22, err
+                self._update_p(blocks[k - 1], taut)
+        if blocks:
+            self._update_p(blocks[-1], taut)
+        return u1, u2, p11, p12, p21, p22, err.clone()
+
+    @staticmethod
+    def _update_u(blk: tuple[Any, ...], l_t: float, theta: float) -> None:
+        step, d, _, _, sq, i1wx, u1, i1wy, u2, rho_c, nig, sq_flat, err, for_u, _ = blk
+        torch.mul(i1wx, u1, out=step)
+        step.addcmul_(i1wy, u2).add_(rho_c).mul_(nig).clamp_(-l_t, l_t)
+        for n, (pa0, d0, pa_r, pa_l, d_r, pb_, pb_dst, pb_up, iw, u) in enumerate(for_u):
+            # d = theta * div(pa, pb) + step * iw
+            d0.copy_(pa0)
+            torch.sub(pa_r, pa_l, out=d_r)
+            d.add_(pb_)
+            pb_dst.sub_(pb_up)
+            d.mul_(theta).addcmul_(step, iw)
+            if n == 0:
+                torch.mul(d, d, out=sq)
+            else:
+                sq.addcmul_(d, d)
+            u.add_(d)
+        err += sq_flat.sum(1)  # (not bmm: MKL's threads would fork/join per block)
+
+    @staticmethod
+    def _update_p(blk: tuple[Any, ...], taut: float) -> None:
+        gx, gy, ng = blk[2:5]
+        for u_r, u_l, gx_l, u_next, u_cur, gy_dst, gy_last, pa, pb in blk[-1]:
+            torch.sub(u_r, u_l, out=gx_l)
+            torch.sub(u_next, u_cur, out=gy_dst)
+            if gy_last is not None:
+                gy_last.zero_()
+            torch.mul(gx, gx, out=ng)
+            ng.addcmul_(gy, gy).sqrt_().mul_(taut).add_(1.0)
+            pa.add_(gx, alpha=taut).div_(ng)
+            pb.add_(gy, alpha=taut).div_(ng)
 
 
 def tvl1_iteration_gamma(
@@ -393,14 +425,10 @@ def median_filter(x_bhw: torch.Tensor, size: int) -> torch.Tensor:
     return _median_of_padded(_pad_replicate(x_bhw, size // 2), size).contiguous()
 
 
-# Elements per block of the eager median: its ~25 live temporaries then stay in the L2 cache.
-_MEDIAN_BLOCK = 8192
-
-
 def median_filter_blocked(
     x_bhw: torch.Tensor, size: int, pairs: list[int] | None = None, out: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """``median_filter`` by blocks of rows, for eager mode on the CPU (same values).  With
+    """``median_filter`` by the eager iteration's blocks, for the CPU (same values).  With
     ``pairs``, only those images are filtered, into ``out`` (which may be ``x_bhw`` itself)."""
     b, h, w = x_bhw.shape
     r = size // 2
@@ -408,12 +436,10 @@ def median_filter_blocked(
         if pairs is not None:
             raise ValueError("median_filter_blocked: pairs needs out")
         out = torch.empty_like(x_bhw)
-    rows = max(1, _MEDIAN_BLOCK // (w + 2 * r))
-    for i in range(b) if pairs is None else pairs:
-        xp = _pad_replicate(x_bhw[i : i + 1], r)  # a copy: out may be x_bhw
-        for y0 in range(0, h, rows):
-            y1 = min(h, y0 + rows)
-            out[i : i + 1, y0:y1] = _median_of_padded(xp[:, y0 : y1 + 2 * r], size)
+    for s0, s1 in _runs(list(range(b)) if pairs is None else pairs):
+        xp = _pad_replicate(x_bhw[s0:s1], r)  # a copy: out may be x_bhw
+        for b0, b1, y0, y1 in _blocks(s1 - s0, h, w, x_bhw.device):
+            out[s0 + b0 : s0 + b1, y0:y1] = _median_of_padded(xp[b0:b1, y0 : y1 + 2 * r], size)
     return out
 
 

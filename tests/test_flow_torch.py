@@ -202,11 +202,17 @@ def test_eager_in_place_iteration_equals_the_functional_one(monkeypatch, block):
     assert (ref[0] - state[0]).abs().max() > 0.1  # the step did something
 
 
-def test_blocked_median_equals_whole_median(monkeypatch):
-    monkeypatch.setattr(tvl1_torch, "_MEDIAN_BLOCK", 100)  # many blocks on a small image
-    x = torch.randn(2, 31, 45, generator=torch.Generator().manual_seed(4))
+@pytest.mark.parametrize("block", [32000, 500, 60])
+def test_blocked_median_equals_whole_median(monkeypatch, block):
+    monkeypatch.setattr(tvl1_torch, "_BLOCK_ELEMS", block)
+    x = torch.randn(4, 31, 45, generator=torch.Generator().manual_seed(4))
     for size in (3, 5):
-        torch.testing.assert_close(tvl1_torch.median_filter_blocked(x, size), median_filter(x, size), atol=0, rtol=0)
+        whole = median_filter(x, size)
+        torch.testing.assert_close(tvl1_torch.median_filter_blocked(x, size), whole, atol=0, rtol=0)
+        some = x.clone()
+        tvl1_torch.median_filter_blocked(some, size, pairs=[0, 2, 3], out=some)
+        torch.testing.assert_close(some[[0, 2, 3]], whole[[0, 2, 3]], atol=0, rtol=0)
+        torch.testing.assert_close(some[1], x[1], atol=0, rtol=0)
 
 
 def test_gamma_term_runs_and_stays_close():
