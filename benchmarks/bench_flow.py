@@ -158,7 +158,7 @@ def bench_size(h: int, w: int, real_thw: np.ndarray, src_hw: np.ndarray, args, d
 
 
 def _compile_flag(args: argparse.Namespace) -> bool:
-    return tvl1_torch.compile_works() if args.compile == "auto" else args.compile
+    return args.compile and tvl1_torch.compile_works()
 
 
 def print_table(rows: list[Row]) -> None:
@@ -185,9 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="alternating timing rounds")
     p.add_argument("--sizes", default="256x340,224x224")
     p.add_argument("--no-cuda", action="store_true", help="skip CUDA even when present")
-    p.add_argument(
-        "--compile", default="auto", type=lambda s: {"on": True, "off": False}.get(s, s), choices=["auto", True, False]
-    )
+    p.add_argument("--compile", action="store_true", help="torch backend with torch.compile (first call compiles)")
     args = p.parse_args(argv)
     if args.opencv_pairs < args.rounds or args.torch_pairs < args.rounds:
         p.error("need at least one pair per round")

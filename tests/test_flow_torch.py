@@ -16,7 +16,6 @@ from flowprep.demo import Motion, render
 from flowprep.flow import DEFAULT_TVL1_PARAMS, compute_flow, rgb_to_gray
 from flowprep.tvl1_torch import auto_batch_size, median_filter, resize_bhw, tvl1_flow
 
-EAGER = {"compile": False}
 H, W, MARGIN = 96, 128, 24
 
 gpu = pytest.mark.gpu
@@ -75,7 +74,7 @@ def test_synthetic_warps_are_actually_solved(synthetic_results):
 def test_motorcycle_epe_matches_opencv():
     i0, i1, truth, valid = flow_eval.motorcycle_quarter()
     cv = compute_flow(np.stack([i0, i1]), backend="opencv")[0]
-    th = compute_flow(np.stack([i0, i1]), backend="torch", device="cpu", **EAGER)[0]
+    th = compute_flow(np.stack([i0, i1]), backend="torch", device="cpu")[0]
     epe_cv, epe_t = flow_eval.epe(cv, truth, valid), flow_eval.epe(th, truth, valid)
     assert 0.9 < epe_cv < 1.1  # the known figure for OpenCV with scale_step 0.5
     assert epe_t <= 1.05 * epe_cv, f"torch {epe_t:.3f} px vs OpenCV {epe_cv:.3f} px"
@@ -84,7 +83,7 @@ def test_motorcycle_epe_matches_opencv():
 def test_agrees_with_opencv_on_real_consecutive_frames():
     gray = flow_eval.center_crop(flow_eval.bikes_gray(3, short_side=96, start=40), 96, 128)
     cv = compute_flow(gray, backend="opencv")
-    th = compute_flow(gray, backend="torch", device="cpu", **EAGER)
+    th = compute_flow(gray, backend="torch", device="cpu")
     assert np.abs(cv).mean() > 1.0  # there is motion to agree on
     assert flow_eval.epe(th, cv) < 0.05
 
@@ -92,7 +91,7 @@ def test_agrees_with_opencv_on_real_consecutive_frames():
 @pytest.mark.parametrize("dx,dy", [(3, 0), (0, 2), (2, -1), (-4, 3)])
 def test_translation_gives_u_right_v_down(dx, dy):
     gray = rgb_to_gray(render(Motion(dx=dx, dy=dy), 3, 64, 80))
-    flow = compute_flow(gray, backend="torch", device="cpu", **EAGER)
+    flow = compute_flow(gray, backend="torch", device="cpu")
     assert flow.shape == (2, 64, 80, 2) and flow.dtype == np.float32
     inner = flow[:, 8:-8, 8:-8]
     assert inner[..., 0].mean() == pytest.approx(dx, abs=0.1)
@@ -102,7 +101,7 @@ def test_translation_gives_u_right_v_down(dx, dy):
 def test_flow_t_maps_frame_t_to_t_plus_1():
     gray = rgb_to_gray(render(Motion(dx=3, dy=0), 3, 64, 80))
     gray[2] = gray[0]  # frames 0 -> 1 move +3 px, 1 -> 2 move back
-    flow = compute_flow(gray, backend="torch", device="cpu", **EAGER)[:, 8:-8, 8:-8, 0]
+    flow = compute_flow(gray, backend="torch", device="cpu")[:, 8:-8, 8:-8, 0]
     assert flow[0].mean() == pytest.approx(3, abs=0.1) and flow[1].mean() == pytest.approx(-3, abs=0.1)
 
 
@@ -116,8 +115,8 @@ def test_pair_alone_equals_pair_inside_a_batch():
 
 def test_batch_size_and_chunking_do_not_change_the_result():
     gray = flow_eval.center_crop(flow_eval.bikes_gray(5, short_side=48), 48, 64)
-    a = compute_flow(gray, backend="torch", device="cpu", batch_size=3, **EAGER)
-    b = compute_flow(gray, backend="torch", device="cpu", batch_size=1, **EAGER)
+    a = compute_flow(gray, backend="torch", device="cpu", batch_size=3)
+    b = compute_flow(gray, backend="torch", device="cpu", batch_size=1)
     assert a.shape == (4, 48, 64, 2)
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
     assert np.abs(a).max() > 0.5
@@ -125,21 +124,21 @@ def test_batch_size_and_chunking_do_not_change_the_result():
 
 def test_deterministic():
     gray = flow_eval.center_crop(flow_eval.bikes_gray(3, short_side=64), 64, 80)
-    a = compute_flow(gray, backend="torch", device="cpu", **EAGER)
-    b = compute_flow(gray, backend="torch", device="cpu", **EAGER)
+    a = compute_flow(gray, backend="torch", device="cpu")
+    b = compute_flow(gray, backend="torch", device="cpu")
     np.testing.assert_array_equal(a, b)
 
 
 def test_constant_images_give_zero_flow():
     gray = np.stack([np.full((40, 50), 100, np.uint8), np.full((40, 50), 130, np.uint8)])
-    flow = compute_flow(gray, backend="torch", device="cpu", **EAGER)
+    flow = compute_flow(gray, backend="torch", device="cpu")
     np.testing.assert_array_equal(flow, 0.0)
 
 
 def test_pure_noise_is_finite_and_bounded():
     rng = np.random.default_rng(0)
     gray = rng.integers(0, 256, (3, 47, 61), dtype=np.uint8)
-    flow = compute_flow(gray, backend="torch", device="cpu", **EAGER)
+    flow = compute_flow(gray, backend="torch", device="cpu")
     assert np.isfinite(flow).all() and np.abs(flow).max() < 60
 
 
@@ -148,7 +147,7 @@ def test_tiny_and_odd_sizes(h, w):
     # below the pyramid's 16 px minimum, OpenCV (and this) solve at full resolution only
     m = Motion(dx=1.0, dy=0.5)
     gray = rgb_to_gray(render(m, 2, max(h, 2), max(w, 2)))[:, :h, :w]
-    flow = compute_flow(np.ascontiguousarray(gray), backend="torch", device="cpu", **EAGER)
+    flow = compute_flow(np.ascontiguousarray(gray), backend="torch", device="cpu")
     assert flow.shape == (1, h, w, 2) and np.isfinite(flow).all()
     if h >= 15:
         cv = compute_flow(np.ascontiguousarray(gray), backend="opencv")
@@ -218,7 +217,7 @@ def test_blocked_median_equals_whole_median(monkeypatch, block):
 def test_gamma_term_runs_and_stays_close():
     gray = rgb_to_gray(render(Motion(dx=2, dy=1), 2, 48, 64))
     cv = compute_flow(gray, backend="opencv", gamma=0.1)
-    th = compute_flow(gray, backend="torch", device="cpu", gamma=0.1, **EAGER)
+    th = compute_flow(gray, backend="torch", device="cpu", gamma=0.1)
     assert np.isfinite(th).all() and flow_eval.epe(th, cv) < 0.05
     assert th[0, 8:-8, 8:-8, 0].mean() == pytest.approx(2, abs=0.15)
 
@@ -232,8 +231,9 @@ def test_backend_options_are_checked():
     for bad in (0, -1, 2.5, True, "4"):
         with pytest.raises(ValueError, match="batch_size"):
             compute_flow(g, backend="torch", batch_size=bad)
-    with pytest.raises(ValueError, match="compile"):
-        compute_flow(g, backend="torch", compile="yes")
+    for bad in ("yes", "auto", 1):
+        with pytest.raises(ValueError, match="compile"):
+            compute_flow(g, backend="torch", compile=bad)
     with pytest.raises(ValueError, match="device"):
         compute_flow(g, backend="torch", device="gpu7")
     with pytest.raises(ValueError, match="allowed: .*scale_step"):
@@ -273,11 +273,11 @@ def test_compile_failure_falls_back_to_the_same_result(monkeypatch):
         fallback = compute_flow(gray, backend="torch", device="cpu", compile=True)
     assert not tvl1_torch.compile_works()
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # "auto" now goes eager without trying (or warning) again
-        auto = compute_flow(gray, backend="torch", device="cpu", compile="auto")
+        warnings.simplefilter("error")  # no second attempt, no second warning
+        again = compute_flow(gray, backend="torch", device="cpu", compile=True)
     eager = compute_flow(gray, backend="torch", device="cpu", compile=False)
     np.testing.assert_array_equal(fallback, eager)
-    np.testing.assert_array_equal(auto, eager)
+    np.testing.assert_array_equal(again, eager)
 
 
 @pytest.mark.slow
