@@ -722,8 +722,9 @@ def compile_works() -> bool:
 # ---- video adapter: the only part that looks at the system (free memory) ----
 
 # Peak float32 values alive per pixel of a pair while solving (pyramids, warped images and
-# gradients, u, p, the iteration's temporaries, the median's 25 shifted copies), measured
-# (benchmarks/bench_flow.py --mem) and rounded up.
+# gradients, u, p, the iteration's buffers, the median's ~27 temporaries, which on CUDA span
+# the whole batch).  bench_flow.py's peak memory on the CPU, 8 pairs of 256x340: 36 (1 thread)
+# to 53 (2 threads) floats per pixel; rounded up.
 FLOATS_PER_PIXEL = 64
 # On the CPU a bigger batch stops paying off once a level's working set leaves the caches.
 CPU_MAX_BATCH = 8
