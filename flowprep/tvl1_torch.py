@@ -411,14 +411,36 @@ def _pad_replicate(x_bhw: torch.Tensor, r: int) -> torch.Tensor:
     return x_bhw.index_select(1, iy).index_select(2, ix)
 
 
-def _median_of_padded(xp: torch.Tensor, size: int) -> torch.Tensor:
+def _median_of_padded(xp: torch.Tensor, size: int, pool: dict | None = None) -> torch.Tensor:
+    """Median of each size x size window of the padded ``xp``.  With ``pool`` (shape -> free
+    buffers), every comparator writes into recycled buffers instead of new tensors (on the CPU,
+    each new 0.5 MB tensor is a fresh mmap and page faults); the result then belongs to the
+    pool too: copy it out before the next call."""
     h, w = xp.shape[1] - size + 1, xp.shape[2] - size + 1
     wires: list[torch.Tensor | None] = [xp[:, dy : dy + h, dx : dx + w] for dy in range(size) for dx in range(size)]
-    for i, j, keep_min, keep_max in _MEDIAN_NETWORKS[size]:
-        a, b = wires[i], wires[j]
-        wires[i] = torch.minimum(a, b) if keep_min else None
-        wires[j] = torch.maximum(a, b) if keep_max else None
-    out = wires[size * size // 2]
+    net = _MEDIAN_NETWORKS[size]
+    if pool is None:
+        for i, j, keep_min, keep_max in net:
+            a, b = wires[i], wires[j]
+            wires[i] = torch.minimum(a, b) if keep_min else None
+            wires[j] = torch.maximum(a, b) if keep_max else None
+    else:
+        key = (xp.shape[0], h, w)
+        if key not in pool and len(pool) >= 4:
+            pool.clear()  # buffers of an earlier pyramid level
+        free = pool.setdefault(key, [])
+        owned = [False] * len(wires)
+        for i, j, keep_min, keep_max in net:
+            a, b = wires[i], wires[j]
+            lo = hi = None
+            if keep_min:
+                lo = torch.minimum(a, b, out=free.pop() if free else xp.new_empty((xp.shape[0], h, w)))
+            if keep_max:
+                hi = torch.maximum(a, b, out=free.pop() if free else xp.new_empty((xp.shape[0], h, w)))
+            free += [t for t, mine in ((a, owned[i]), (b, owned[j])) if mine]
+            wires[i], wires[j], owned[i], owned[j] = lo, hi, keep_min, keep_max
+        free += [t for t, mine in zip(wires, owned, strict=True) if mine and t is not wires[len(wires) // 2]]
+    out = wires[len(wires) // 2]
     assert out is not None
     return out
 
@@ -431,20 +453,28 @@ def median_filter(x_bhw: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def median_filter_blocked(
-    x_bhw: torch.Tensor, size: int, pairs: list[int] | None = None, out: torch.Tensor | None = None
+    x_bhw: torch.Tensor,
+    size: int,
+    pairs: list[int] | None = None,
+    out: torch.Tensor | None = None,
+    pool: dict | None = None,
 ) -> torch.Tensor:
-    """``median_filter`` by the eager iteration's blocks, for the CPU (same values).  With
-    ``pairs``, only those images are filtered, into ``out`` (which may be ``x_bhw`` itself)."""
+    """``median_filter`` by the eager iteration's blocks, in recycled buffers (same values).
+    With ``pairs``, only those images are filtered, into ``out`` (which may be ``x_bhw``).
+    ``pool`` keeps the buffers from call to call."""
     b, h, w = x_bhw.shape
     r = size // 2
     if out is None:
         if pairs is not None:
             raise ValueError("median_filter_blocked: pairs needs out")
         out = torch.empty_like(x_bhw)
+    pool = {} if pool is None else pool
     for s0, s1 in _runs(list(range(b)) if pairs is None else pairs):
         xp = _pad_replicate(x_bhw[s0:s1], r)  # a copy: out may be x_bhw
         for b0, b1, y0, y1 in _blocks(s1 - s0, h, w, x_bhw.device):
-            out[s0 + b0 : s0 + b1, y0:y1] = _median_of_padded(xp[b0:b1, y0 : y1 + 2 * r], size)
+            med = _median_of_padded(xp[b0:b1, y0 : y1 + 2 * r], size, pool)
+            out[s0 + b0 : s0 + b1, y0:y1] = med
+            pool[(b1 - b0, y1 - y0, w)].append(med)
     return out
 
 
@@ -607,7 +637,7 @@ def _iterate_in_place(
     for k in range(n_iter):
         if median_filtering > 1 and k % inner_iterations == 0:
             for comp in u:
-                median_filter_blocked(comp, median_filtering, pairs=active, out=comp)
+                kernels.median_in_place(comp, median_filtering, pairs=active)
         err = kernels.iteration(*u, *p, *consts, l_t, theta, taut, active=active)[-1].tolist()
         active = [i for i in active if err[i] > thresh]
         if not active:
@@ -702,15 +732,18 @@ class _Kernels:
     def __init__(self, compile: bool):
         self.in_place = not compile
         eager_iteration = EagerIteration()
+        pool: dict = {}
+        eager_median = functools.partial(median_filter_blocked, pool=pool)
+        self.median_in_place = lambda x, size, pairs: median_filter_blocked(x, size, pairs, out=x, pool=pool)
         if compile:
             self.iteration = functools.partial(_COMPILED["tvl1_iteration"], eager_iteration)
             self.iteration_gamma = functools.partial(_COMPILED["tvl1_iteration_gamma"], tvl1_iteration_gamma)
-            self.median = functools.partial(_COMPILED["median_filter"], median_filter_blocked)
+            self.median = functools.partial(_COMPILED["median_filter"], eager_median)
         else:
             self.iteration, self.iteration_gamma, self.median = (
                 eager_iteration,
                 tvl1_iteration_gamma,
-                median_filter_blocked,
+                eager_median,
             )
 
 
