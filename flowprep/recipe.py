@@ -35,8 +35,8 @@ class FlowConfig:
         allowed = ["auto", *sorted(BACKENDS)]
         if self.backend not in allowed:
             raise RecipeError(f"flow.backend={self.backend!r}: allowed: {', '.join(allowed)}")
-        if self.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device):
-            raise RecipeError(f"flow.device={self.device!r}: allowed: cpu, cuda, cuda:N, mps")
+        if self.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise RecipeError(f"flow.device={self.device!r}: allowed: cpu, cuda, cuda:N")
         if not (isinstance(self.batch, int) and 0 <= self.batch <= 4096):
             raise RecipeError(f"flow.batch={self.batch!r}: must be an integer in [0, 4096]")
         if not (isinstance(self.bound, (int, float)) and 0 < self.bound <= 1000):
