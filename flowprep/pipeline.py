@@ -26,9 +26,9 @@ import numpy as np
 
 from flowprep import flow as flowmod
 from flowprep.decode import DecodeError, decode_blocks
-from flowprep.distribute import index_part_path, keep_only, parallel_results, shard_manifest
+from flowprep.distribute import index_part_path, item_key, keep_only, parallel_results, read_manifest, shard_manifest
 from flowprep.ledger import LedgerWriter, read_latest, summarize, write_json_atomic
-from flowprep.manifest import ManifestRow, RowError, parse_manifest
+from flowprep.manifest import ManifestRow, RowError
 from flowprep.recipe import RunConfig
 from flowprep.source import SourceError, resolve_clip
 from flowprep.store import FORMAT_VERSION, VideoWriter, clean_staging, create_store, is_complete, run_dir
@@ -172,7 +172,7 @@ def _worker(row: ManifestRow, cfg: RunConfig, backend: str, q: Any) -> dict[str,
 
 
 def _row_error_record(e: RowError) -> dict[str, Any]:
-    return {"key": f"line:{e.line}", "line": e.line, "status": "failed", "reason_class": "manifest", "reason": str(e)}
+    return {"key": item_key(e), "line": e.line, "status": "failed", "reason_class": "manifest", "reason": str(e)}
 
 
 def run(cfg: RunConfig) -> RunSummary:
@@ -181,10 +181,7 @@ def run(cfg: RunConfig) -> RunSummary:
     from tqdm import tqdm
 
     t0 = time.time()
-    rows, row_errors = parse_manifest(cfg.manifest)
-    if cfg.limit is not None:
-        rows = rows[: cfg.limit]
-        row_errors = [e for e in row_errors if e.line <= (rows[-1].line if rows else 0)]
+    rows, row_errors = read_manifest(cfg)
     # A cluster task does its share; the index covers the share, the work may be a retry's subset.
     index_rows, index_errors = shard_manifest(rows, row_errors, cfg.num_tasks, cfg.task_index)
     rows, row_errors = keep_only(index_rows, index_errors, cfg.only_keys)
