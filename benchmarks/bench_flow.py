@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from flowprep import flow_eval, tvl1_torch
-from flowprep.flow import compute_flow
+from flowprep.flow import evaluation as flow_eval
+from flowprep.flow import tvl1_torch
+from flowprep.flow.api import compute_flow
 
 MARGIN = 24
 

@@ -7,7 +7,7 @@ bigbuckbunny.mp4) at short side 256 through the real
 pipeline (fast TV-L1 settings: the flow's values do not matter here, its layout does), then
 exports the same frames and flow as mmaction2/denseflow rawframes: ``<vid>/img_00001.jpg``,
 ``flow_x_00001.jpg``, ``flow_y_00001.jpg`` (flow mapped from [-20, 20] px to 0-255, JPEG
-quality 95 as OpenCV writes by default).  Both loaders use flowprep.data's sampling with the same
+quality 95 as OpenCV writes by default).  Both loaders use flowprep.train.data's sampling with the same
 seeds (random 64-step window, random 224 crop, random flip, negated u), produce the same float
 tensors (C, T, 224, 224) and run through a DataLoader; the page cache is warmed first.  Prints
 clips/s per stream (median of interleaved rounds) and the ratio store / rawframes.
@@ -27,7 +27,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from flowprep import open_store
-from flowprep.data import (
+from flowprep.run.pipeline import run
+from flowprep.run.recipe import load_recipe
+from flowprep.train.data import (
     ClipConfig,
     TrainSampler,
     VideoClips,
@@ -36,8 +38,6 @@ from flowprep.data import (
     crop_flip_thwc,
     thwc_to_cthw_float,
 )
-from flowprep.pipeline import run
-from flowprep.recipe import load_recipe
 
 FAST_FLOW = "nscales = 3, warps = 2, outer_iterations = 4, inner_iterations = 15"
 

@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from flowprep import open_store
-from flowprep.distribute import finalize, record_run, task_of_keys
-from flowprep.ledger import read_latest
-from flowprep.manifest import parse_manifest
-from flowprep.recipe import load_recipe
-from flowprep.status import store_status
-from flowprep.store import VideoWriter, WriteConfig, create_store, run_dir
+from flowprep.dataset.manifest import parse_manifest
+from flowprep.run.recipe import load_recipe
+from flowprep.run.shard import task_of_keys
+from flowprep.run.state import finalize, read_latest, record_run, run_dir, staging_entry
+from flowprep.run.status import store_status
+from flowprep.store.zarr_store import VideoWriter, WriteConfig, create_store
 
 # Kinetics-400 as published: train 246,534 + val 19,906 + test 38,685 rows (shared/manifests/README.md)
 K400_CLIPS = 246_534 + 19_906 + 38_685
@@ -46,7 +46,7 @@ def files_per_video(tmp: Path) -> tuple[int, int, dict]:
     """(files, folders) of one complete 250-frame video in the default layout, and its group's zarr.json."""
     store = tmp / "one.zarr"
     create_store(store, "one")
-    w = VideoWriter(store, "v", 8, 8, WriteConfig())
+    w = VideoWriter(store, "v", 8, 8, WriteConfig(), staging_entry(store, "", "v"))
     rng = np.random.default_rng(0)  # not zeros: zarr does not write chunks equal to the fill value
     rgb = rng.integers(0, 255, (CLIP_FRAMES, 8, 8, 3), dtype=np.uint8)
     flow = rng.integers(-127, 127, (CLIP_FRAMES - 1, 8, 8, 2), dtype=np.int8)

@@ -1,3 +1,3 @@
-from flowprep.cli import main
+from flowprep.cli.main import main
 
 raise SystemExit(main())

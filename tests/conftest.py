@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowprep.decode import ffmpeg_exe
-from flowprep.demo import Motion, render, write_lossless
+from flowprep.dataset.decode import ffmpeg_exe
+from flowprep.dataset.demo import Motion, render, write_lossless
 
 SHARED_MANIFESTS = Path(os.environ.get("FLOWPREP_SHARED_MANIFESTS", Path(__file__).resolve().parents[2] / "shared" / "manifests"))
 

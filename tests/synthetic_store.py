@@ -1,4 +1,4 @@
-"""Builds real stores for the trainer's tests: synthetic clips -> manifest -> flowprep.pipeline.run."""
+"""Builds real stores for the trainer's tests: synthetic clips -> manifest -> flowprep.run.pipeline.run."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 from conftest import make_clip, write_recipe
 
-from flowprep.demo import Motion
-from flowprep.pipeline import run
-from flowprep.recipe import load_recipe
+from flowprep.dataset.demo import Motion
+from flowprep.run.pipeline import run
+from flowprep.run.recipe import load_recipe
 
 
 def build_store(

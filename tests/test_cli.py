@@ -6,7 +6,7 @@ import pytest
 from conftest import make_clip, write_recipe
 from PIL import Image
 
-from flowprep.cli import main
+from flowprep.cli.main import main
 
 
 def test_help_lists_commands(capsys):

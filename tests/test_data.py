@@ -1,4 +1,4 @@
-"""flowprep.data: flip and crop conventions on values, RGB/flow alignment, looping, samplers, workers."""
+"""flowprep.train.data: flip and crop conventions on values, RGB/flow alignment, looping, samplers, workers."""
 
 from itertools import islice
 
@@ -9,7 +9,8 @@ from synthetic_store import build_store
 from torch.utils.data import DataLoader
 
 from flowprep import open_store
-from flowprep.data import (
+from flowprep.dataset.demo import Motion
+from flowprep.train.data import (
     ClipConfig,
     TrainSampler,
     VideoClips,
@@ -17,7 +18,6 @@ from flowprep.data import (
     rgb_thwc_to_cthw,
     window_indices,
 )
-from flowprep.demo import Motion
 
 
 @pytest.fixture(scope="module")

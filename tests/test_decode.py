@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from conftest import ffmpeg, make_clip
 
-from flowprep.decode import DecodeConfig, DecodeError, decode_blocks, decode_video
-from flowprep.demo import Motion, render, write_lossless
+from flowprep.dataset.decode import DecodeConfig, DecodeError, decode_blocks, decode_video
+from flowprep.dataset.demo import Motion, render, write_lossless
 
 
 def test_lossless_clip_decodes_exactly(tmp_path):

@@ -10,16 +10,16 @@ import pytest
 from conftest import make_clip, write_recipe
 
 from flowprep import open_store
-from flowprep.cli import main
-from flowprep.demo import Motion
-from flowprep.distribute import finalize, read_index, shard_manifest, task_from_env, task_of_keys
-from flowprep.ledger import LedgerWriter
-from flowprep.manifest import parse_manifest
-from flowprep.pipeline import run
-from flowprep.recipe import RecipeError, load_recipe
-from flowprep.slurm import SlurmOptions, array_spec, render_script
-from flowprep.status import NON_RETRYABLE, is_retryable, store_status
-from flowprep.store import StoreError, create_store, run_dir
+from flowprep.cli.main import main
+from flowprep.dataset.demo import Motion
+from flowprep.dataset.manifest import parse_manifest
+from flowprep.run.pipeline import run
+from flowprep.run.recipe import RecipeError, load_recipe
+from flowprep.run.shard import shard_manifest, task_from_env, task_of_keys
+from flowprep.run.slurm import SlurmOptions, array_spec, render_script
+from flowprep.run.state import NON_RETRYABLE, LedgerWriter, finalize, is_retryable, read_index, run_dir
+from flowprep.run.status import store_status
+from flowprep.store.zarr_store import StoreError, create_store
 
 
 def _dataset(tmp_path: Path, n: int = 5) -> Path:

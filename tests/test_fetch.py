@@ -9,8 +9,8 @@ import pytest
 from loopback import Loopback
 
 from flowprep import open_store
-from flowprep.decode import DecodeConfig, decode_video, ffmpeg_exe
-from flowprep.fetch import (
+from flowprep.dataset.decode import DecodeConfig, decode_video, ffmpeg_exe
+from flowprep.dataset.fetch import (
     REASON_CLASSES,
     FetchConfig,
     FetchError,
@@ -20,11 +20,10 @@ from flowprep.fetch import (
     find_local,
     safe_label,
 )
-from flowprep.ledger import read_latest
-from flowprep.manifest import ManifestRow
-from flowprep.pipeline import run
-from flowprep.recipe import RecipeError, load_recipe
-from flowprep.store import run_dir
+from flowprep.dataset.manifest import ManifestRow
+from flowprep.run.pipeline import run
+from flowprep.run.recipe import RecipeError, load_recipe
+from flowprep.run.state import read_latest, run_dir
 
 GOOD = "abcdefghijk"
 GOOD2 = "Zyxwvut_-12"
@@ -199,7 +198,7 @@ def test_safe_label_and_local_collection(tmp_path):
     clip.write_bytes(b"x")
     assert find_local(tmp_path, row) == clip
     hostile = ManifestRow(3, "k", youtube_id=GOOD, label="../../val", split="val", time_start=10, time_end=20)
-    assert all(tmp_path in p.parents for p in __import__("flowprep.fetch").fetch.local_candidates(tmp_path, hostile))
+    assert all(tmp_path in p.parents for p in __import__("flowprep.dataset.fetch").dataset.fetch.local_candidates(tmp_path, hostile))
 
 
 def _kinetics_run(tmp_path, server, lines, fetch_extra="", **kw):

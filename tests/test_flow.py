@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from flowprep.demo import Motion, render, true_flow
-from flowprep.flow import (
+from flowprep.dataset.demo import Motion, render, true_flow
+from flowprep.flow.api import (
     DEFAULT_TVL1_PARAMS,
     FLOW_BOUND,
     compute_flow,

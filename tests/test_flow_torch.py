@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from flowprep import flow_eval, tvl1_torch
-from flowprep.demo import Motion, render
-from flowprep.flow import DEFAULT_TVL1_PARAMS, compute_flow, rgb_to_gray
-from flowprep.tvl1_torch import auto_batch_size, median_filter, resize_bhw, tvl1_flow
+from flowprep.dataset.demo import Motion, render
+from flowprep.flow import evaluation as flow_eval
+from flowprep.flow import tvl1_torch
+from flowprep.flow.api import DEFAULT_TVL1_PARAMS, compute_flow, rgb_to_gray
+from flowprep.flow.tvl1_torch import auto_batch_size, median_filter, resize_bhw, tvl1_flow
 
 H, W, MARGIN = 96, 128, 24
 

@@ -1,7 +1,7 @@
 import pytest
 from conftest import SHARED_MANIFESTS
 
-from flowprep.manifest import ManifestError, check_video_id, parse_manifest
+from flowprep.dataset.manifest import ManifestError, check_video_id, parse_manifest
 
 
 def _write(tmp_path, text, name="m.csv"):

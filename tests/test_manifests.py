@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from flowprep import manifests as m
-from flowprep.cli import main
-from flowprep.manifest import ManifestError, parse_manifest
+from flowprep.cli.main import main
+from flowprep.dataset import manifests as m
+from flowprep.dataset.manifest import ManifestError, parse_manifest
 
 SHARED = Path(os.environ.get("FLOWPREP_SHARED_MANIFESTS", Path(__file__).resolve().parents[2] / "shared" / "manifests"))
 SAMPLES = Path(__file__).resolve().parents[1] / "data_manifests" / "samples"
@@ -145,7 +145,7 @@ def test_build_ucf101_manifest_from_a_local_root(tmp_path, capsys):
 
 
 def test_recipes_load_and_missing_manifest_says_what_to_run(tmp_path):
-    from flowprep.recipe import load_recipe
+    from flowprep.run.recipe import load_recipe
 
     pipelines = Path(__file__).resolve().parents[1] / "pipelines"
     for name in ("kinetics400", "kinetics600", "kinetics700", "kinetics700-2020", "ucf101", "hmdb51"):

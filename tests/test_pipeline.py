@@ -12,11 +12,10 @@ import pytest
 from conftest import ffmpeg, make_clip, write_recipe
 
 from flowprep import open_store
-from flowprep.demo import Motion
-from flowprep.ledger import read_latest
-from flowprep.pipeline import run
-from flowprep.recipe import load_recipe
-from flowprep.store import run_dir
+from flowprep.dataset.demo import Motion
+from flowprep.run.pipeline import run
+from flowprep.run.recipe import load_recipe
+from flowprep.run.state import read_latest, run_dir
 
 
 def _dataset(tmp_path, n=3, frames=6):

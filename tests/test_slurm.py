@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 
 from flowprep import open_store
-from flowprep.cli import main
-from flowprep.demo import Motion, render, write_lossless
-from flowprep.pipeline import run
-from flowprep.recipe import load_recipe
-from flowprep.slurm import queued, read_jobs
-from flowprep.status import complete_ids, store_status
-from flowprep.store import run_dir
+from flowprep.cli.main import main
+from flowprep.dataset.demo import Motion, render, write_lossless
+from flowprep.run.pipeline import run
+from flowprep.run.recipe import load_recipe
+from flowprep.run.slurm import queued, read_jobs
+from flowprep.run.state import run_dir
+from flowprep.run.status import complete_ids, store_status
 
 JOB_TIMEOUT_S = 120  # a whole array here takes ~15 s; this only bounds a hung cluster
 

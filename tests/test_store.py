@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from flowprep import open_store
-from flowprep.flow import quantize_flow
-from flowprep.store import StoreError, VideoWriter, WriteConfig, clean_staging, create_store, run_dir
+from flowprep.flow.api import quantize_flow
+from flowprep.run.state import clean_staging, run_dir, staging_entry
+from flowprep.store.zarr_store import StoreError, VideoWriter, WriteConfig, create_store
 
 
 def _write_video(store, vid, t=70, h=16, w=24, cfg=WriteConfig(), seed=0, blocks=(64, 6)):
@@ -13,7 +14,7 @@ def _write_video(store, vid, t=70, h=16, w=24, cfg=WriteConfig(), seed=0, blocks
     rgb = rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8)
     flow_px = rng.uniform(-25, 25, (t - 1, h, w, 2)).astype(np.float32)
     q = quantize_flow(flow_px)
-    wr = VideoWriter(store, vid, h, w, cfg)
+    wr = VideoWriter(store, vid, h, w, cfg, staging_entry(store, "", vid))
     i = 0
     for n in blocks:  # appended in decode-sized blocks, flow lagging one frame as in the pipeline
         wr.append(rgb[i : i + n], q[max(i - 1, 0) : i + n - 1])
@@ -85,7 +86,7 @@ def test_not_a_store_folder_is_not_overwritten(tmp_path):
 def test_uncommitted_video_is_invisible_and_cleaned(tmp_path):
     store = tmp_path / "s.zarr"
     create_store(store, "t")
-    wr = VideoWriter(store, "half", 8, 8, WriteConfig())
+    wr = VideoWriter(store, "half", 8, 8, WriteConfig(), staging_entry(store, "", "half"))
     wr.append(np.zeros((10, 8, 8, 3), np.uint8), np.zeros((9, 8, 8, 2), np.int8))
     # the process dies here: no commit
     assert open_store(store).video_ids == []

@@ -11,12 +11,12 @@ import torch
 from synthetic_store import build_store
 from torch import nn
 
-from flowprep.classifier import Classifier, initialise, load_checkpoint
-from flowprep.cli import main as cli
-from flowprep.data import ClipConfig, VideoClips
-from flowprep.demo import Motion
+from flowprep.cli.main import main as cli
+from flowprep.dataset.demo import Motion
 from flowprep.models.i3d import I3D, I3DConfig
-from flowprep.train import train_step
+from flowprep.train.classifier import Classifier, initialise, load_checkpoint
+from flowprep.train.data import ClipConfig, VideoClips
+from flowprep.train.train import train_step
 
 TINY = ["--endpoint", "Conv3d_2c_3x3", "--init", "none", "--workers", "0", "--device", "cpu"]
 

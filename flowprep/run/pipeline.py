@@ -17,23 +17,33 @@ import queue
 import threading
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
-from flowprep import flow as flowmod
-from flowprep.decode import DecodeError, decode_blocks
-from flowprep.distribute import index_part_path, item_key, keep_only, parallel_results, read_manifest, shard_manifest
-from flowprep.ledger import LedgerWriter, read_latest, summarize, write_json_atomic
-from flowprep.manifest import ManifestRow, RowError
-from flowprep.recipe import RunConfig
-from flowprep.source import SourceError, resolve_clip
-from flowprep.store import FORMAT_VERSION, VideoWriter, clean_staging, create_store, is_complete, run_dir
+from flowprep.dataset.decode import DecodeError, decode_blocks
+from flowprep.dataset.manifest import ManifestRow, RowError
+from flowprep.dataset.source import SourceError, resolve_clip
+from flowprep.flow import api as flowmod
+from flowprep.run.recipe import RunConfig
+from flowprep.run.shard import item_key, keep_only, read_manifest, shard_manifest
+from flowprep.run.state import (
+    LedgerWriter,
+    clean_staging,
+    index_part_path,
+    kept_failure,
+    read_latest,
+    run_dir,
+    staging_entry,
+    summarize,
+    write_index,
+)
+from flowprep.store.zarr_store import FORMAT_VERSION, VideoWriter, create_store, is_complete
 
 log = logging.getLogger("flowprep")
+T = TypeVar("T")
 
 
 class TooFewFrames(RuntimeError):
@@ -93,7 +103,10 @@ def process_video(
         prev_gray: np.ndarray | None = None
         for block in decode_blocks(str(path), cfg.decode, start, end):
             if writer is None:
-                writer = VideoWriter(cfg.out, row.video_id, block.shape[1], block.shape[2], cfg.write, cfg.task)
+                writer = VideoWriter(
+                    cfg.out, row.video_id, block.shape[1], block.shape[2], cfg.write,
+                    staging_entry(cfg.out, cfg.task, row.video_id),
+                )
             gray = flowmod.rgb_to_gray(block)
             if prev_gray is not None:
                 gray = np.concatenate([prev_gray[None], gray])
@@ -271,60 +284,22 @@ def run(cfg: RunConfig) -> RunSummary:
     )
 
 
-def kept_failure(row: ManifestRow, previous: dict[str, Any] | None) -> dict[str, Any] | None:
-    """For ``--retry-failed``: the record that keeps a row's earlier non-retryable failure.
-
-    None (redo the row) unless its latest record failed with a class outside fetch.RETRYABLE
-    (a removed or private video stays failed; a 429 or a timeout is tried again).
-    """
-    from flowprep.fetch import RETRYABLE
-
-    if previous is None or previous.get("status") != "failed" or previous.get("reason_class", "other") in RETRYABLE:
-        return None
-    return {
-        "key": row.video_id, "line": row.line, "label": row.label, "split": row.split, "status": "failed",
-        "reason_class": previous["reason_class"], "reason": previous.get("reason"), "kept": True,
-    }
+# -- other executors --------------------------------------------------------------------------------
 
 
-def write_index(
-    cfg: RunConfig, rows: list[ManifestRow], row_errors: list[RowError], dest: Path | None = None
-) -> dict[str, Any]:
-    """Rewrite ``index.json`` (or ``dest``, a task's part): every row with its status (done / failed / pending)."""
-    rdir = run_dir(cfg.out)
-    latest = read_latest(rdir)
-    videos = []
-    for row in rows:
-        rec = latest.get(row.video_id, {})
-        if is_complete(cfg.out, row.video_id):
-            status, reason = "done", None
-        elif rec.get("status") == "failed":
-            status, reason = "failed", rec.get("reason")
-        else:
-            status, reason = "pending", None
-        entry = {"id": row.video_id, "line": row.line, "label": row.label, "split": row.split, "status": status}
-        if reason:
-            entry["reason"] = reason
-            entry["reason_class"] = rec.get("reason_class", "other")
-        if rec.get("n_frames"):
-            entry["n_frames"] = rec["n_frames"]
-        videos.append(entry)
-    for e in row_errors:
-        videos.append({"id": None, "line": e.line, "status": "failed", "reason_class": "manifest", "reason": str(e)})
-    videos.sort(key=lambda v: v["line"])
-    index = {
-        "dataset": cfg.dataset,
-        "manifest": str(cfg.manifest),
-        "format_version": FORMAT_VERSION,
-        "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "counts": {s: sum(v["status"] == s for v in videos) for s in ("done", "failed", "pending")},
-        "config": {"decode": asdict(cfg.decode), "flow": {
-                "backend": cfg.flow.backend, "device": cfg.flow.device, "batch": cfg.flow.batch,
-                "bound": cfg.flow.bound, "params": dict(cfg.flow.params),
-            }, "write": asdict(cfg.write)},
-        "videos": videos,
-    }
-    if dest is not None:
-        index.update(task=cfg.task, task_index=cfg.task_index, num_tasks=cfg.num_tasks)
-    write_json_atomic(dest or rdir / "index.json", index)
-    return index
+def parallel_results(cfg: Any, fn: Callable[..., T], args_list: list[tuple[Any, ...]]) -> Iterator[T]:
+    """``fn(*args)`` for each args tuple, on the executor ``cfg.executor`` names, yielded as they
+    finish.  "dask": joblib's dask backend on the cluster at ``cfg.scheduler`` (a shared file
+    system must hold the store and the sources); the caller's progress queue cannot cross hosts,
+    so workers report nothing until a video is done."""
+    from joblib import Parallel, delayed, parallel_config
+
+    if cfg.executor != "dask":
+        raise ValueError(f"executor {cfg.executor!r}: allowed here: dask")
+    try:
+        from distributed import Client
+    except ImportError:
+        raise RuntimeError("--executor dask needs the 'distributed' package: pip install distributed") from None
+    with Client(cfg.scheduler), parallel_config(backend="dask"):
+        n_jobs = cfg.jobs if cfg.jobs > 1 else -1  # -1: as many as the cluster has threads
+        yield from Parallel(n_jobs=n_jobs, return_as="generator_unordered")(delayed(fn)(*a) for a in args_list)

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler, default_collate
 
-from flowprep.store import Store, open_store
+from flowprep.store.zarr_store import Store, open_store
 
 STREAMS = ("rgb", "flow")
 CHANNELS = {"rgb": 3, "flow": 2}

@@ -33,16 +33,15 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from flowprep.classifier import Classifier, initialise, load_checkpoint, save_checkpoint
-from flowprep.data import CHANNELS, ClipConfig, TrainSampler, VideoClips, collate_clips
+from flowprep.console import usage_error
 from flowprep.models.i3d import I3DConfig
+from flowprep.train.classifier import Classifier, initialise, load_checkpoint, save_checkpoint
+from flowprep.train.data import CHANNELS, ClipConfig, TrainSampler, VideoClips, collate_clips
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    from flowprep.cli import add_train_arguments
-
     parser = argparse.ArgumentParser(prog="flowprep train", description=__doc__.splitlines()[0], add_help=add_help)
-    add_train_arguments(parser)
+    add_arguments(parser)
     return parser
 
 
@@ -314,7 +313,58 @@ def _train(args: argparse.Namespace, out: Path, ckpt_path: Path, resume: str | N
     return 0
 
 
-if __name__ == "__main__":  # python -m flowprep.train ... (same as flowprep train ...)
-    from flowprep.cli import main as cli_main
+# --- command line (registered in flowprep.cli.main) -----------------------------------------
 
-    sys.exit(cli_main(["train", *sys.argv[1:]]))
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """``flowprep train`` (also ``python -m flowprep.train.train``); see flowprep/train.py for the defaults' reasons."""
+    p.add_argument("--store", action="append", required=True, help="a store built by `flowprep run` (repeat for several)")
+    p.add_argument("--stream", choices=("rgb", "flow"), required=True, help="which stream to train")
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.jsonl, curves.png")
+    p.add_argument("--split", default="train", help="videos of this split (default: train; 'all' for every video)")
+    p.add_argument("--init", default="kinetics400-rgb", help="kinetics400-rgb (default; flow: first conv averaged over RGB), none, or a .pt file")
+    p.add_argument("--classes", help="file with one class name per line, in logit order (default: sorted labels)")
+    p.add_argument("--resume", nargs="?", const="auto", help="continue from a checkpoint; bare --resume: <out>/checkpoint.pt if it exists, else start")
+    p.add_argument("--clip-len", type=int, default=64, help="time steps per training clip (default: 64)")
+    p.add_argument("--crop", type=int, default=224, help="random square crop, px (default: 224)")
+    p.add_argument("--no-flip", action="store_true", help="no random horizontal flip (for direction-labelled classes)")
+    p.add_argument("--endpoint", default="Mixed_5c", help="last I3D block before the logits (default: Mixed_5c, the whole I3D)")
+    p.add_argument("--steps", type=int, default=5000, help="optimizer steps (default: 5000)")
+    p.add_argument("--stop-after", type=int, help="end this run after N steps (checkpoint written); the schedule still follows --steps")
+    p.add_argument("--batch-size", type=int, default=8, help="clips per step per process (default: 8)")
+    p.add_argument("--lr", type=float, default=0.01, help="initial learning rate (default: 0.01; DeepMind: 0.1 from scratch)")
+    p.add_argument("--lr-drops", type=float, nargs="*", default=[0.6, 0.9], help="fractions of --steps where lr is multiplied by --lr-gamma")
+    p.add_argument("--lr-gamma", type=float, default=0.1, help="step decay factor (default: 0.1)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
+    p.add_argument("--weight-decay", type=float, default=1e-7, help="default: 1e-7 (DeepMind)")
+    p.add_argument("--dropout", type=float, default=0.5, help="before the logits (default: 0.5)")
+    p.add_argument("--bn-momentum", type=float, default=0.01, help="BatchNorm running-statistics momentum (default: 0.01)")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers per process")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="bf16 autocast (auto: on CUDA)")
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto", help="channels-last 3D memory (auto: on CUDA)")
+    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (and at the end)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", help="pretrained weights cache (default: $FLOWPREP_CACHE/weights or ~/.cache/flowprep/weights)")
+
+
+def command(args: argparse.Namespace) -> int:
+    for name in ("steps", "batch_size", "save_every", "clip_len", "crop"):
+        if getattr(args, name) < 1:
+            return usage_error(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 1")
+    if args.split == "all":
+        args.split = None
+    from flowprep.models.weights import WeightsError
+    from flowprep.store.zarr_store import StoreError
+    from flowprep.train.classifier import TRUNK_ENDPOINTS
+
+    if args.endpoint not in TRUNK_ENDPOINTS:
+        return usage_error(f"--endpoint={args.endpoint!r}: choose from {', '.join(TRUNK_ENDPOINTS)}")
+    try:
+        return main(args)
+    except (StoreError, ValueError, OSError, WeightsError) as e:
+        return usage_error(str(e))
+
+
+if __name__ == "__main__":  # python -m flowprep.train.train ... (the same as flowprep train ...)
+    sys.exit(command(get_args_parser().parse_args()))

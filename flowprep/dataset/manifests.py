@@ -31,9 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from flowprep.manifest import VIDEO_ID, ManifestError
+from flowprep.dataset.manifest import VIDEO_ID, ManifestError
 
-DATA_MANIFESTS = Path(__file__).resolve().parent.parent / "data_manifests"
+DATA_MANIFESTS = Path(__file__).resolve().parents[2] / "data_manifests"
 
 
 class FetchManifestError(RuntimeError):

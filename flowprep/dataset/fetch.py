@@ -38,11 +38,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from flowprep.decode import ffmpeg_exe
-from flowprep.manifest import YOUTUBE_ID, ManifestRow, kinetics_video_id
-from flowprep.source import SourceError
+from flowprep.dataset.decode import ffmpeg_exe
+from flowprep.dataset.errors import SourceError
+from flowprep.dataset.manifest import YOUTUBE_ID, ManifestRow, kinetics_video_id
 
-log = logging.getLogger("flowprep.fetch")
+log = logging.getLogger("flowprep.dataset.fetch")
 
 REASON_CLASSES = ("unavailable", "private", "copyright", "geo_blocked", "sign_in", "rate_limited", "network", "other")
 # Worth another try later: the video may well be there once the network or YouTube allows.

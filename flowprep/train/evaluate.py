@@ -21,15 +21,14 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from flowprep.classifier import Classifier, classifier_from_checkpoint, load_checkpoint
-from flowprep.data import ClipConfig, VideoClips, collate_clips
+from flowprep.console import usage_error
+from flowprep.train.classifier import Classifier, classifier_from_checkpoint, load_checkpoint
+from flowprep.train.data import ClipConfig, VideoClips, collate_clips
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    from flowprep.cli import add_evaluate_arguments
-
     parser = argparse.ArgumentParser(prog="flowprep evaluate", description=__doc__.splitlines()[0], add_help=add_help)
-    add_evaluate_arguments(parser)
+    add_arguments(parser)
     return parser
 
 
@@ -161,7 +160,36 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from flowprep.cli import main as cli_main
+# --- command line (registered in flowprep.cli.main) -----------------------------------------
 
-    sys.exit(cli_main(["evaluate", *sys.argv[1:]]))
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", action="append", required=True, help="a store (repeat for several)")
+    p.add_argument("--rgb", metavar="CKPT", help="checkpoint of the RGB stream (flowprep train --stream rgb)")
+    p.add_argument("--flow", metavar="CKPT", help="checkpoint of the flow stream")
+    p.add_argument("--split", default="val", help="videos of this split (default: val; 'all' for every video)")
+    p.add_argument("--clip-len", type=int, default=0, help="0 (default): whole videos; N: average over consecutive N-step windows")
+    p.add_argument("--rgb-clip-len", type=int, help="the RGB stream's clip length (default: --clip-len)")
+    p.add_argument("--flow-clip-len", type=int, help="the flow stream's clip length (default: --clip-len)")
+    p.add_argument("--crop", type=int, help="centre crop, px (default: the training crop of the checkpoint)")
+    p.add_argument("--out", help="folder for report.json and confusion.png (default: beside the first checkpoint)")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="bf16 autocast (auto: on CUDA)")
+
+
+def command(args: argparse.Namespace) -> int:
+    if not (args.rgb or args.flow):
+        return usage_error("give --rgb CKPT, --flow CKPT or both")
+    if args.split == "all":
+        args.split = None
+    from flowprep.store.zarr_store import StoreError
+
+    try:
+        return main(args)
+    except (StoreError, ValueError, OSError) as e:
+        return usage_error(str(e))
+
+
+if __name__ == "__main__":  # python -m flowprep.train.evaluate ... (the same as flowprep evaluate ...)
+    sys.exit(command(get_args_parser().parse_args()))

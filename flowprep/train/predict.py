@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowprep.classifier import Classifier, classifier_from_checkpoint, load_checkpoint
-from flowprep.data import centre_crop, rgb_thwc_to_cthw
-from flowprep.decode import DecodeConfig, decode_video
+from flowprep.console import usage_error
+from flowprep.dataset.decode import DecodeConfig, decode_video
 from flowprep.models.i3d import I3DConfig
 from flowprep.models.weights import fetch_kinetics400_rgb, kinetics400_labels
+from flowprep.train.classifier import Classifier, classifier_from_checkpoint, load_checkpoint
+from flowprep.train.data import centre_crop, rgb_thwc_to_cthw
 
 
 def load_rgb_model(weights: str, cache_dir: Path | None = None) -> tuple[Classifier, list[str], int]:
@@ -69,7 +70,33 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from flowprep.cli import main as cli_main
+# --- command line (registered in flowprep.cli.main) -----------------------------------------
 
-    sys.exit(cli_main(["predict", *sys.argv[1:]]))
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flowprep predict", description=__doc__.splitlines()[0], add_help=add_help)
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("video", help="a video file (any format ffmpeg reads)")
+    p.add_argument("--weights", default="kinetics400-rgb", help="kinetics400-rgb (default) or an RGB checkpoint of flowprep train")
+    p.add_argument("--frames", type=int, default=250, help="use up to N frames (25 fps) from --start (default: 250)")
+    p.add_argument("--start", type=float, default=0.0, help="seconds into the video (default: 0)")
+    p.add_argument("--top", type=int, default=5, help="classes to print (default: 5)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--cache-dir", help="pretrained weights cache (default: $FLOWPREP_CACHE/weights or ~/.cache/flowprep/weights)")
+
+
+def command(args: argparse.Namespace) -> int:
+    from flowprep.dataset.decode import DecodeError
+
+    try:
+        return main(args)
+    except (DecodeError, ValueError, OSError) as e:
+        return usage_error(str(e))
+
+
+if __name__ == "__main__":  # python -m flowprep.train.predict ... (the same as flowprep predict ...)
+    sys.exit(command(get_args_parser().parse_args()))

@@ -10,7 +10,7 @@ Pure functions over arrays; no I/O.  Conventions (I3D, Carreira & Zisserman 2017
   ``bound / 127`` (0.157 px) and -128 is never used.  ``dequantize_flow`` gives ``q / 127``.
 
 Backends are picked by name from ``BACKENDS``; ``opencv`` (``cv2.optflow.DualTVL1OpticalFlow``,
-CPU) is the reference; ``torch`` (``flowprep.tvl1_torch``, batched, CPU or CUDA) follows it step
+CPU) is the reference; ``torch`` (``flowprep.flow.tvl1_torch``, batched, CPU or CUDA) follows it step
 for step.  Options that only one backend understands (``BACKEND_OPTIONS``) pass through
 ``compute_flow`` like TV-L1 parameters and are errors for the other backends.
 """
@@ -144,7 +144,7 @@ def _opencv_tvl1(gray_thw: np.ndarray, device: str | None, params: Mapping[str, 
 
 
 def _torch_tvl1(gray_thw: np.ndarray, device: str | None, params: Mapping[str, Any]) -> np.ndarray:
-    from flowprep import tvl1_torch
+    import flowprep.flow.tvl1_torch as tvl1_torch
 
     p = dict(params)
     batch_size, compile_mode = p.pop("batch_size"), p.pop("compile")

@@ -4,16 +4,11 @@
       videos/<video_id>/              one group per complete video; attributes: see FORMAT.md
         rgb    uint8 (T, H, W, 3)     chunks (8, H, W, 3) in shards of (64, H, W, 3), zstd 3
         flow   int8  (T-1, H, W, 2)   same layout; q = round(clip(px, -20, 20) / 20 * 127)
-    <name>.run/                       bookkeeping next to the store (not zarr)
-      ledger/<task>.jsonl             one line per processed manifest row (append-only)
-      index.json                      every manifest row with its latest status (run, finalize)
-      index/<task>.json               a cluster task's part of the index (its shard's rows)
-      run.json                        recipe, manifest and task count of the latest run
-      slurm/                          sbatch scripts, jobs.jsonl (submitted array job ids)
-      logs/                           cluster task logs, %A_%a.out (array job id, task index)
-      staging/                        videos being written
 
-A video is written into ``staging/`` as a self-contained zarr group and moved into
+The bookkeeping beside the store (``<name>.run/``, staging included) belongs to
+``flowprep.run.state``; this module only writes into the staging folder it is handed.
+
+A video is written into a staging folder as a self-contained zarr group and moved into
 ``videos/`` with one ``rename`` once all its arrays and attributes are on disk, so a group under
 ``videos/`` is complete by construction; a killed run leaves only staging debris, removed on the
 next run.
@@ -33,7 +28,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from flowprep.flow import dequantize_flow
+from flowprep.flow.api import dequantize_flow
 
 FORMAT_NAME = "flowprep"
 FORMAT_VERSION = 1
@@ -58,12 +53,6 @@ class WriteConfig:
             )
         if not (isinstance(self.zstd_level, int) and 1 <= self.zstd_level <= 22):
             raise ValueError(f"write.zstd_level={self.zstd_level!r}: must be an integer in [1, 22]")
-
-
-def run_dir(store_path: str | Path) -> Path:
-    """The bookkeeping folder beside a store: ``out/demo.zarr`` -> ``out/demo.run``."""
-    p = Path(store_path)
-    return p.with_suffix(".run") if p.suffix == ".zarr" else p.with_name(p.name + ".run")
 
 
 def create_store(path: str | Path, dataset: str) -> None:
@@ -148,13 +137,11 @@ class _Appender:
 class VideoWriter:
     """Writes one video into staging; ``commit`` makes it visible under ``videos/`` atomically."""
 
-    def __init__(self, store_path: str | Path, video_id: str, height: int, width: int, cfg: WriteConfig, tag: str = ""):
+    def __init__(self, store_path: str | Path, video_id: str, height: int, width: int, cfg: WriteConfig, tmp: Path):
+        """``tmp``: a fresh staging folder on the store's file system (flowprep.run.state.staging_entry)."""
         self.store_path = Path(store_path)
         self.video_id = video_id
-        staging = run_dir(store_path) / "staging"
-        staging.mkdir(parents=True, exist_ok=True)
-        # tag (e.g. the task id) lets a rerun of the same task find and remove its own debris.
-        self.tmp = staging / f"{tag or 'local'}--{video_id}--{uuid.uuid4().hex[:8]}"
+        self.tmp = Path(tmp)
         group = zarr.open_group(str(self.tmp), mode="w")
         codec = ZstdCodec(level=cfg.zstd_level)
 
@@ -204,19 +191,6 @@ class VideoWriter:
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def clean_staging(store_path: str | Path, tag: str = "") -> int:
-    """Remove staging debris left by killed runs of this task tag; returns how many entries."""
-    staging = run_dir(store_path) / "staging"
-    if not staging.is_dir():
-        return 0
-    n = 0
-    for entry in staging.iterdir():
-        if entry.name.startswith(f"{tag or 'local'}--"):
-            shutil.rmtree(entry, ignore_errors=True)
-            n += 1
-    return n
 
 
 class Store:

@@ -5,7 +5,7 @@ A manifest is a CSV with a header.  Known columns:
 ``id``          optional video id (else derived, see below)
 ``path``        a local video file (relative paths are relative to the manifest's folder;
                 ``package:<pkg>/<rel>`` names a file inside an installed Python package;
-                ``synthetic:<name>`` a generated clip with known motion, see flowprep.demo)
+                ``synthetic:<name>`` a generated clip with known motion, see flowprep.dataset.demo)
 ``youtube_id``  an 11-character YouTube id (Kinetics); one of path / youtube_id is required
 ``label``       class name (free text: it becomes an attribute, never a path)
 ``split``       train, val, test or unused (``validate``/``validation`` read as val)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flowprep.store import run_dir
+from flowprep.run.state import logs_dir, run_dir, slurm_dir
 
 
 class SlurmError(RuntimeError):
@@ -74,7 +74,7 @@ class SlurmOptions:
 
 def uses_gpu(cfg: Any) -> bool:
     """Whether the recipe's flow runs on a GPU (the torch backend on CUDA)."""
-    from flowprep.flow import pick_backend
+    from flowprep.flow.api import pick_backend
 
     device = cfg.flow.device
     return pick_backend(cfg.flow.backend, device) == "torch" and (device is None or device.startswith("cuda"))
@@ -163,15 +163,11 @@ def render_script(
     return "\n".join(lines)
 
 
-def slurm_dir(store: Path) -> Path:
-    return run_dir(store) / "slurm"
-
-
 def write_script(store: Path, text: str, kind: str = "array") -> Path:
     """``<store>.run/slurm/<kind>-NNN.sbatch``, numbered in submission order, never overwritten."""
     folder = slurm_dir(store)
     folder.mkdir(parents=True, exist_ok=True)
-    (run_dir(store) / "logs").mkdir(parents=True, exist_ok=True)  # SLURM does not create it
+    logs_dir(store).mkdir(parents=True, exist_ok=True)  # SLURM does not create it
     n = len(list(folder.glob("*.sbatch"))) + 1
     while True:
         path = folder / f"{kind}-{n:03d}.sbatch"
@@ -209,7 +205,7 @@ def submit(
         cmd = [python or sys.executable, "-m", "flowprep", "finalize", str(store)]
         fin = [
             f"--dependency=afterany:{job_id}", f"--job-name=flowprep-{cfg.dataset}-finalize",
-            f"--output={run_dir(store) / 'logs' / 'finalize-%j.out'}", "--ntasks=1", "--cpus-per-task=1",
+            f"--output={logs_dir(store) / 'finalize-%j.out'}", "--ntasks=1", "--cpus-per-task=1",
             f"--chdir={(workdir or Path.cwd()).resolve()}",
         ]
         fin += [f"--{k}={getattr(opts, k)}" for k in ("partition", "account") if getattr(opts, k)]

@@ -3,7 +3,7 @@
 ``tvl1_flow(i0_bhw, i1_bhw, ...)`` returns ``(B, H, W, 2)`` float32 flow in pixels (u right,
 v down) mapping ``i0`` to ``i1``: ``i1[y + v, x + u] ~ i0[y, x]``.  Numerical code only, over
 tensors; the one system query (free memory, for ``auto_batch_size``) and the numpy adapter
-``flow_video`` used by ``flowprep.flow``'s "torch" backend sit at the end of the module.
+``flow_video`` used by ``flowprep.flow.api``'s "torch" backend sit at the end of the module.
 
 The scheme is the duality-based TV-L1 of Zach, Pock & Bischof (2007) as detailed by Sánchez,
 Meinhardt-Llopis & Facciolo (IPOL 2013), step for step as OpenCV's CPU

@@ -14,9 +14,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from flowprep.decode import DecodeConfig
-from flowprep.flow import BACKENDS, resolve_params
-from flowprep.store import WriteConfig
+from flowprep.dataset.decode import DecodeConfig
+from flowprep.flow.api import BACKENDS, resolve_params
+from flowprep.run.shard import task_tag
+from flowprep.store.zarr_store import WriteConfig
+
+EXECUTORS = ("local", "dask")
 
 
 class RecipeError(ValueError):
@@ -64,7 +67,7 @@ class RunConfig:
     progress: bool = True
     fetch: Mapping[str, Any] | None = None  # fetch stage options; None = rows must name local files
     retry_failed: bool = False  # redo only failures of a retryable class (fetch.RETRYABLE), keep the others
-    # Cluster: this run does manifest items i with i % num_tasks == task_index (flowprep.distribute).
+    # Cluster: this run does manifest items i with i % num_tasks == task_index (flowprep.run.shard).
     num_tasks: int = 1
     task_index: int = 0
     only_keys: frozenset[str] | None = None  # do only these video ids (a retry's list); None = all
@@ -87,6 +90,25 @@ def _section(data: Mapping[str, Any], name: str, cls: type, src: Path) -> Any:
         return cls(**section)
     except (TypeError, ValueError) as e:
         raise RecipeError(f"{src}: [{name}] {e}") from None
+
+
+def check_cluster_overrides(overrides: Mapping[str, Any]) -> tuple[int, int, str, str | None]:
+    """Checked (num_tasks, task_index, executor, scheduler) from load_recipe's overrides."""
+    num_tasks = 1 if overrides.get("num_tasks") is None else overrides["num_tasks"]
+    task_index = 0 if overrides.get("task_index") is None else overrides["task_index"]
+    if not isinstance(num_tasks, int) or not 1 <= num_tasks <= 100_000:
+        raise RecipeError(f"--num-tasks {num_tasks!r}: must be an integer in [1, 100000]")
+    if not isinstance(task_index, int) or not 0 <= task_index < num_tasks:
+        raise RecipeError(f"--task-index {task_index!r}: must be an integer in [0, {num_tasks - 1}] (--num-tasks {num_tasks})")
+    executor = overrides.get("executor") or "local"
+    if executor not in EXECUTORS:
+        raise RecipeError(f"--executor {executor!r}: allowed: {', '.join(EXECUTORS)}")
+    scheduler = overrides.get("scheduler")
+    if executor == "dask" and not scheduler:
+        raise RecipeError("--executor dask needs --scheduler ADDRESS (e.g. tcp://head-node:8786)")
+    if executor != "dask" and scheduler:
+        raise RecipeError(f"--scheduler {scheduler!r} is only used with --executor dask")
+    return num_tasks, task_index, executor, scheduler
 
 
 def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
@@ -131,8 +153,6 @@ def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
     limit = overrides.get("limit")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise RecipeError(f"--limit {limit!r}: must be an integer >= 1")
-    from flowprep.distribute import check_cluster_overrides, task_tag
-
     num_tasks, task_index, executor, scheduler = check_cluster_overrides(overrides)
     task = overrides.get("task") or (task_tag(task_index) if num_tasks > 1 else "local")
     if not re.fullmatch(r"[A-Za-z0-9_]{1,32}", task):
@@ -144,7 +164,7 @@ def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
     if fetch_overrides:  # e.g. --url-template: also turns the fetch stage on
         fetch = {**(fetch or {}), **fetch_overrides}
     if fetch is not None:
-        from flowprep.fetch import FetchConfig
+        from flowprep.dataset.fetch import FetchConfig
 
         _section({"fetch": fetch}, "fetch", FetchConfig, path)  # check every key now, not per row
     return RunConfig(

@@ -17,20 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from flowprep.distribute import item_key, read_manifest, task_of_keys, task_tag
-from flowprep.ledger import read_latest
-from flowprep.store import run_dir
+from flowprep.run.shard import item_key, read_manifest, task_of_keys, task_tag
+from flowprep.run.state import is_retryable, read_latest, run_dir
 
-# Failures that a rerun cannot fix: the row, the file or the video itself is the problem.
-# Everything else (network, timeouts, "internal" crashes, out of memory, ...) is worth a retry.
-NON_RETRYABLE = frozenset(
-    {"manifest", "source", "decode", "too_few_frames", "unavailable", "private", "copyright", "geo_blocked", "sign_in"}
-)
 THROUGHPUT_WINDOW_S = 900.0  # rate over the last 15 minutes of finished videos
-
-
-def is_retryable(reason_class: str | None) -> bool:
-    return (reason_class or "other") not in NON_RETRYABLE
 
 
 @dataclass(frozen=True)

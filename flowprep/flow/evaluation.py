@@ -27,7 +27,7 @@ def bikes_path() -> Path:
 def bikes_gray(n: int, short_side: int = 256, start: int = 0) -> np.ndarray:
     """``n`` consecutive frames of bikes.mp4 from frame ``start``, scaled (bilinear) to
     ``short_side``, as uint8 BT.601 luma (n, short_side, W)."""
-    from flowprep.decode import ffmpeg_exe
+    from flowprep.dataset.decode import ffmpeg_exe
 
     w = round(640 * short_side / 272 / 2) * 2
     cmd = [
@@ -115,7 +115,7 @@ def motorcycle_quarter() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     from i0 to i1 (u = -disparity / 4, v = 0) and its validity mask (finite disparity)."""
     from skimage import data
 
-    from flowprep.flow import rgb_to_gray
+    from flowprep.flow.api import rgb_to_gray
 
     img0, img1, disp = data.stereo_motorcycle()
     h, w = disp.shape[0] // 4, disp.shape[1] // 4

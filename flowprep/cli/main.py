@@ -6,51 +6,22 @@ Exit status: 0 success, 1 some rows failed (see the ledger), 2 bad usage or conf
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from flowprep.cluster_cli import (
-    _add_finalize,
-    _add_slurm,
-    _add_status,
-    cmd_finalize,
-    cmd_slurm,
-    cmd_status,
-)
-
-PIPELINES_DIRS = (Path.cwd() / "pipelines", Path(__file__).resolve().parent.parent / "pipelines")
-ALIASES = {"kinetics": "kinetics400"}
-
-
-def find_recipe(name_or_path: str) -> Path:
-    """A recipe file, or a dataset name looked up in pipelines/ (``kinetics`` = ``kinetics400``)."""
-    p = Path(name_or_path)
-    if p.suffix == ".toml" or p.exists():
-        if not p.is_file():
-            raise SystemExit(_usage_error(f"recipe {p} not found"))
-        return p
-    name = ALIASES.get(name_or_path, name_or_path)
-    known: set[str] = set(ALIASES)
-    for d in PIPELINES_DIRS:
-        if (d / f"{name}.toml").is_file():
-            return d / f"{name}.toml"
-        known |= {f.stem for f in d.glob("*.toml")}
-    raise SystemExit(_usage_error(f"unknown dataset {name_or_path!r}; known: {', '.join(sorted(known))}"))
-
-
-def _usage_error(msg: str) -> int:
-    print(f"flowprep: error: {msg}", file=sys.stderr)
-    return 2
+from flowprep.cli.recipes import find_recipe
+from flowprep.console import usage_error
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flowprep.manifest import ManifestError
-    from flowprep.pipeline import run
-    from flowprep.recipe import RecipeError, load_recipe
-    from flowprep.store import StoreError, run_dir
+    from flowprep.dataset.manifest import ManifestError
+    from flowprep.run.pipeline import run
+    from flowprep.run.recipe import RecipeError, load_recipe
+    from flowprep.run.state import index_path
+    from flowprep.store.zarr_store import StoreError
 
     recipe = find_recipe(args.recipe)
     try:
@@ -60,14 +31,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed, fetch=_fetch_overrides(args), **_cluster_overrides(args),
         )
         if not cfg.manifest.exists():
-            from flowprep.manifests import missing_manifest_hint
+            from flowprep.dataset.manifests import missing_manifest_hint
 
             hint = missing_manifest_hint(cfg.manifest)
-            return _usage_error(f"manifest {cfg.manifest} not found" + (f": {hint}" if hint else ""))
+            return usage_error(f"manifest {cfg.manifest} not found" + (f": {hint}" if hint else ""))
         _record_run(recipe, cfg)
         summary = run(cfg)
     except (RecipeError, ManifestError, StoreError, ValueError, OSError) as e:
-        return _usage_error(str(e))
+        return usage_error(str(e))
     fps = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
     print(
         f"{cfg.dataset}: {summary.rows} rows: {summary.done} done, {summary.failed} failed, "
@@ -76,7 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if summary.failed:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.failed_by_reason.items()))
-        index = run_dir(cfg.out) / ("index.json" if cfg.num_tasks == 1 else f"index/{cfg.task}.json")
+        index = index_path(cfg.out, cfg)
         print(f"failed by reason: {reasons}; details: {index}")
     print(f"store: {cfg.out}   inspect it: flowprep inspect {cfg.out}")
     return 0 if summary.ok else 1
@@ -86,18 +57,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     import numpy as np
 
     from flowprep import open_store
-    from flowprep.store import StoreError, run_dir
+    from flowprep.run.state import run_dir
+    from flowprep.store.zarr_store import StoreError
 
     try:
         store = open_store(args.store)
     except StoreError as e:
-        return _usage_error(str(e))
-    from flowprep.distribute import read_index
+        return usage_error(str(e))
+    from flowprep.run.state import read_index
 
     index = read_index(run_dir(args.store)) or {"videos": []}  # index.json + cluster tasks' parts
     ids = [args.video] if args.video else store.video_ids
     if args.video and args.video not in store:
-        return _usage_error(f"video {args.video!r} is not in {args.store}; videos: {', '.join(store.video_ids[:20])}")
+        return usage_error(f"video {args.video!r} is not in {args.store}; videos: {', '.join(store.video_ids[:20])}")
     print(f"{args.store}: {len(store)} complete video(s); dataset {store.meta.get('dataset')}, format v{store.meta['format_version']}")
     header = f"{'video':<28} {'label':<14} {'frames':>6} {'size':>9} {'|flow| mean':>11} {'p95':>6} {'max':>6} {'clipped':>7}"
     print(header)
@@ -128,12 +100,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for v in failed:
         print(f"{v['status']:<8} {v.get('id') or 'line ' + str(v['line'])}: {v.get('reason', '')}")
     if args.preview:
-        from flowprep.viz import save_preview
+        from flowprep.flow.viz import save_preview
 
         # without --video, show the video with the most motion: the most telling picture
         vid = args.video or (max(motion, key=motion.__getitem__) if motion else None)
         if vid is None:
-            return _usage_error("no complete video to preview")
+            return usage_error("no complete video to preview")
         print(f"preview of {vid}: {save_preview(store, vid, args.preview)}")
     return 0
 
@@ -142,7 +114,7 @@ def _synthetic_epe(store, vid: str, source: str) -> float:
     """Mean end-point error against the generated clip's true flow (stored, i.e. quantized, flow)."""
     import numpy as np
 
-    from flowprep.demo import SYNTHETIC, true_flow
+    from flowprep.dataset.demo import SYNTHETIC, true_flow
 
     info = store.info(vid)
     truth = true_flow(SYNTHETIC[source.split(":", 1)[1]], info["height"], info["width"])
@@ -186,8 +158,8 @@ def _fetch_overrides(args: argparse.Namespace) -> dict[str, str | None]:
 
 
 def cmd_manifests(args: argparse.Namespace) -> int:
-    from flowprep import manifests as m
-    from flowprep.manifest import ManifestError
+    from flowprep.dataset import manifests as m
+    from flowprep.dataset.manifest import ManifestError
 
     root = Path(args.dir) if args.dir else m.DATA_MANIFESTS
     try:
@@ -197,16 +169,16 @@ def cmd_manifests(args: argparse.Namespace) -> int:
                 print(f"{ds.name:<18} {have:<12} {ds.url}")
             return 0
         if args.dataset is None:
-            return _usage_error(f"manifests {args.action} needs a dataset; known: {', '.join(sorted(m.DATASETS))}")
+            return usage_error(f"manifests {args.action} needs a dataset; known: {', '.join(sorted(m.DATASETS))}")
         ds = m.dataset(args.dataset)
         if args.action == "fetch":
             print(m.fetch_official(ds.name, root, Path(args.source) if args.source else None, force=args.force))
             return 0
         # build: split lists + the folder of unpacked videos -> path,label,split manifest
         if ds.name not in ("ucf101", "hmdb51"):
-            return _usage_error(f"manifests build is for ucf101 and hmdb51; {ds.name} rows name YouTube clips (use [fetch] local_root)")
+            return usage_error(f"manifests build is for ucf101 and hmdb51; {ds.name} rows name YouTube clips (use [fetch] local_root)")
         if not args.root:
-            return _usage_error("manifests build needs --root DIR (where the videos were unpacked)")
+            return usage_error("manifests build needs --root DIR (where the videos were unpacked)")
         entries = (m.ucf101_entries if ds.name == "ucf101" else m.hmdb51_entries)(root / ds.name, args.split)
         out = Path(args.out) if args.out else root / ds.name / f"{ds.name}_split{args.split}.csv"
         n, missing = m.write_local_manifest(entries, Path(args.root), out)
@@ -236,111 +208,10 @@ def _add_inspect(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preview", metavar="PNG", help="write a picture of frames and colour-coded flow")
 
 
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """``flowprep train`` (also ``python -m flowprep.train``); see flowprep/train.py for the defaults' reasons."""
-    p.add_argument("--store", action="append", required=True, help="a store built by `flowprep run` (repeat for several)")
-    p.add_argument("--stream", choices=("rgb", "flow"), required=True, help="which stream to train")
-    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.jsonl, curves.png")
-    p.add_argument("--split", default="train", help="videos of this split (default: train; 'all' for every video)")
-    p.add_argument("--init", default="kinetics400-rgb", help="kinetics400-rgb (default; flow: first conv averaged over RGB), none, or a .pt file")
-    p.add_argument("--classes", help="file with one class name per line, in logit order (default: sorted labels)")
-    p.add_argument("--resume", nargs="?", const="auto", help="continue from a checkpoint; bare --resume: <out>/checkpoint.pt if it exists, else start")
-    p.add_argument("--clip-len", type=int, default=64, help="time steps per training clip (default: 64)")
-    p.add_argument("--crop", type=int, default=224, help="random square crop, px (default: 224)")
-    p.add_argument("--no-flip", action="store_true", help="no random horizontal flip (for direction-labelled classes)")
-    p.add_argument("--endpoint", default="Mixed_5c", help="last I3D block before the logits (default: Mixed_5c, the whole I3D)")
-    p.add_argument("--steps", type=int, default=5000, help="optimizer steps (default: 5000)")
-    p.add_argument("--stop-after", type=int, help="end this run after N steps (checkpoint written); the schedule still follows --steps")
-    p.add_argument("--batch-size", type=int, default=8, help="clips per step per process (default: 8)")
-    p.add_argument("--lr", type=float, default=0.01, help="initial learning rate (default: 0.01; DeepMind: 0.1 from scratch)")
-    p.add_argument("--lr-drops", type=float, nargs="*", default=[0.6, 0.9], help="fractions of --steps where lr is multiplied by --lr-gamma")
-    p.add_argument("--lr-gamma", type=float, default=0.1, help="step decay factor (default: 0.1)")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
-    p.add_argument("--weight-decay", type=float, default=1e-7, help="default: 1e-7 (DeepMind)")
-    p.add_argument("--dropout", type=float, default=0.5, help="before the logits (default: 0.5)")
-    p.add_argument("--bn-momentum", type=float, default=0.01, help="BatchNorm running-statistics momentum (default: 0.01)")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers per process")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
-    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="bf16 autocast (auto: on CUDA)")
-    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto", help="channels-last 3D memory (auto: on CUDA)")
-    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (and at the end)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", help="pretrained weights cache (default: $FLOWPREP_CACHE/weights or ~/.cache/flowprep/weights)")
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    for name in ("steps", "batch_size", "save_every", "clip_len", "crop"):
-        if getattr(args, name) < 1:
-            return _usage_error(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 1")
-    if args.split == "all":
-        args.split = None
-    from flowprep.classifier import TRUNK_ENDPOINTS
-    from flowprep.models.weights import WeightsError
-    from flowprep.store import StoreError
-    from flowprep.train import main
-
-    if args.endpoint not in TRUNK_ENDPOINTS:
-        return _usage_error(f"--endpoint={args.endpoint!r}: choose from {', '.join(TRUNK_ENDPOINTS)}")
-    try:
-        return main(args)
-    except (StoreError, ValueError, OSError, WeightsError) as e:
-        return _usage_error(str(e))
-
-
-def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", action="append", required=True, help="a store (repeat for several)")
-    p.add_argument("--rgb", metavar="CKPT", help="checkpoint of the RGB stream (flowprep train --stream rgb)")
-    p.add_argument("--flow", metavar="CKPT", help="checkpoint of the flow stream")
-    p.add_argument("--split", default="val", help="videos of this split (default: val; 'all' for every video)")
-    p.add_argument("--clip-len", type=int, default=0, help="0 (default): whole videos; N: average over consecutive N-step windows")
-    p.add_argument("--rgb-clip-len", type=int, help="the RGB stream's clip length (default: --clip-len)")
-    p.add_argument("--flow-clip-len", type=int, help="the flow stream's clip length (default: --clip-len)")
-    p.add_argument("--crop", type=int, help="centre crop, px (default: the training crop of the checkpoint)")
-    p.add_argument("--out", help="folder for report.json and confusion.png (default: beside the first checkpoint)")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
-    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="bf16 autocast (auto: on CUDA)")
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    if not (args.rgb or args.flow):
-        return _usage_error("give --rgb CKPT, --flow CKPT or both")
-    if args.split == "all":
-        args.split = None
-    from flowprep.evaluate import main
-    from flowprep.store import StoreError
-
-    try:
-        return main(args)
-    except (StoreError, ValueError, OSError) as e:
-        return _usage_error(str(e))
-
-
-def add_predict_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("video", help="a video file (any format ffmpeg reads)")
-    p.add_argument("--weights", default="kinetics400-rgb", help="kinetics400-rgb (default) or an RGB checkpoint of flowprep train")
-    p.add_argument("--frames", type=int, default=250, help="use up to N frames (25 fps) from --start (default: 250)")
-    p.add_argument("--start", type=float, default=0.0, help="seconds into the video (default: 0)")
-    p.add_argument("--top", type=int, default=5, help="classes to print (default: 5)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
-    p.add_argument("--cache-dir", help="pretrained weights cache (default: $FLOWPREP_CACHE/weights or ~/.cache/flowprep/weights)")
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from flowprep.decode import DecodeError
-    from flowprep.predict import main
-
-    try:
-        return main(args)
-    except (DecodeError, ValueError, OSError) as e:
-        return _usage_error(str(e))
-
-
 def _cluster_overrides(args: argparse.Namespace) -> dict:
     """load_recipe overrides for the cluster options; SLURM's array variables are read here only."""
-    import os
 
-    from flowprep.distribute import read_keys_file, task_from_env
+    from flowprep.run.shard import read_keys_file, task_from_env
 
     num_tasks, task_index = task_from_env(args.num_tasks, args.task_index, os.environ)
     if num_tasks is None and task_index is not None:
@@ -352,27 +223,28 @@ def _cluster_overrides(args: argparse.Namespace) -> dict:
 
 
 def _record_run(recipe: Path, cfg) -> None:
-    from flowprep.distribute import record_run
-    from flowprep.store import run_dir
+    from flowprep.run.state import record_run, run_dir
 
     record_run(run_dir(cfg.out), recipe, cfg)
 
 
-# name -> (help, add arguments, handler)
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
-    "run": ("build a store from a recipe: decode, TV-L1 flow, write (resumable)", _add_run, cmd_run),
-    "inspect": ("summarize a store; --preview writes a flow picture", _add_inspect, cmd_inspect),
-    "manifests": ("fetch and check official annotation files; build UCF-101/HMDB-51 manifests", _add_manifests, cmd_manifests),
-    "status": ("done / failed / pending over all tasks, throughput, time left", _add_status, cmd_status),
-    "finalize": ("write the store's index.json from all tasks' ledgers (after a cluster run)", _add_finalize, cmd_finalize),
-    "slurm": ("run a recipe as a SLURM job array: `flowprep slurm submit RECIPE --tasks N`", _add_slurm, cmd_slurm),
-    "train": ("train one I3D stream (rgb or flow) on stores; torchrun for several GPUs", add_train_arguments, cmd_train),
-    "evaluate": ("per-stream and fused top-1/top-5 of trained streams on whole videos", add_evaluate_arguments, cmd_evaluate),
-    "predict": ("top Kinetics-400 classes of a video with the RGB I3D", add_predict_arguments, cmd_predict),
+# name -> (help, module, its add-arguments function, its handler).  Modules are imported only for
+# the command being run, so `flowprep --help` and `flowprep run` never import torch.
+COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "run": ("build a store from a recipe: decode, TV-L1 flow, write (resumable)", "flowprep.cli.main", "_add_run", "cmd_run"),
+    "inspect": ("summarize a store; --preview writes a flow picture", "flowprep.cli.main", "_add_inspect", "cmd_inspect"),
+    "manifests": ("fetch and check official annotation files; build UCF-101/HMDB-51 manifests", "flowprep.cli.main", "_add_manifests", "cmd_manifests"),
+    "status": ("done / failed / pending over all tasks, throughput, time left", "flowprep.cli.cluster", "_add_status", "cmd_status"),
+    "finalize": ("write the store's index.json from all tasks' ledgers (after a cluster run)", "flowprep.cli.cluster", "_add_finalize", "cmd_finalize"),
+    "slurm": ("run a recipe as a SLURM job array: `flowprep slurm submit RECIPE --tasks N`", "flowprep.cli.cluster", "_add_slurm", "cmd_slurm"),
+    "train": ("train one I3D stream (rgb or flow) on stores; torchrun for several GPUs", "flowprep.train.train", "add_arguments", "command"),
+    "evaluate": ("per-stream and fused top-1/top-5 of trained streams on whole videos", "flowprep.train.evaluate", "add_arguments", "command"),
+    "predict": ("top Kinetics-400 classes of a video with the RGB I3D", "flowprep.train.predict", "add_arguments", "command"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; ``only``: give arguments to that command alone (the others show their help line)."""
     parser = argparse.ArgumentParser(
         prog="flowprep",
         description="Action-recognition videos -> zarr stores of RGB and TV-L1 optical flow for two-stream I3D.",
@@ -380,14 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (help_, add, handler) in COMMANDS.items():
+    for name, (help_, module, add, handler) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
-        add(p)
-        p.set_defaults(handler=handler)
+        if only is None or name == only:
+            mod = importlib.import_module(module)
+            getattr(mod, add)(p)
+            p.set_defaults(handler=getattr(mod, handler))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    only = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(only if only in COMMANDS else None).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     return args.handler(args)

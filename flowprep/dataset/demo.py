@@ -83,7 +83,7 @@ def true_flow(m: Motion, h: int, w: int) -> np.ndarray:
 
 def write_lossless(frames_thwc: np.ndarray, path: str | Path, fps: float = 25.0, ffmpeg: str | None = None) -> None:
     """Write uint8 RGB frames losslessly (FFV1 in Matroska), atomically."""
-    from flowprep.decode import ffmpeg_exe
+    from flowprep.dataset.decode import ffmpeg_exe
 
     t, h, w, _ = frames_thwc.shape
     path = Path(path)

@@ -1,6 +1,6 @@
 """Command line of the cluster commands: ``flowprep status``, ``flowprep finalize``,
 ``flowprep slurm submit``.  Registered in ``flowprep.cli.COMMANDS``; the work is in
-flowprep.status, flowprep.distribute and flowprep.slurm.
+flowprep.run.status, flowprep.run.state and flowprep.run.slurm.
 """
 
 from __future__ import annotations
@@ -11,27 +11,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
-def _usage_error(msg: str) -> int:
-    print(f"flowprep: error: {msg}", file=sys.stderr)
-    return 2
+from flowprep.console import usage_error
 
 
 def _load_target(target: str, out: str | None, **overrides: Any) -> tuple[Any, Path, int]:
     """A store (its run.json names the recipe) or a recipe with --out: (cfg, recipe path, num_tasks)."""
-    from flowprep.distribute import read_run
-    from flowprep.recipe import load_recipe
-    from flowprep.store import run_dir
+    from flowprep.run.recipe import load_recipe
+    from flowprep.run.state import read_run, run_dir, run_json_path
 
     p = Path(target)
     if p.suffix == ".zarr" or (p / "zarr.json").exists():
-        if not p.is_dir() and not (run_dir(p) / "run.json").exists():  # submitted arrays have run.json first
+        if not p.is_dir() and not run_json_path(p).exists():  # submitted arrays have run.json first
             raise FileNotFoundError(f"{p}: no store here; build one with `flowprep run` or `flowprep slurm submit`")
         info = read_run(run_dir(p))
         recipe = Path(info["recipe"])
         cfg = load_recipe(recipe, out=str(p), cache_dir=info.get("cache_dir"), limit=info.get("limit"), **overrides)
         return cfg, recipe, int(info.get("num_tasks") or 1)
-    from flowprep.cli import find_recipe
+    from flowprep.cli.recipes import find_recipe
 
     recipe = find_recipe(target)
     cfg = load_recipe(recipe, out=out, **overrides)
@@ -44,18 +40,18 @@ def _load_target(target: str, out: str | None, **overrides: Any) -> tuple[Any, P
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from flowprep.manifest import ManifestError
-    from flowprep.recipe import RecipeError
-    from flowprep.status import format_status, store_status
+    from flowprep.dataset.manifest import ManifestError
+    from flowprep.run.recipe import RecipeError
+    from flowprep.run.status import format_status, store_status
 
     try:
         cfg, _, num_tasks = _load_target(args.target, args.out)
         st = store_status(cfg, args.num_tasks or num_tasks)
     except (RecipeError, ManifestError, FileNotFoundError, ValueError) as e:
-        return _usage_error(str(e))
+        return usage_error(str(e))
     queue: dict = {}
     if args.slurm != "no":
-        from flowprep.slurm import SlurmError, queued, read_jobs
+        from flowprep.run.slurm import SlurmError, queued, read_jobs
 
         if read_jobs(Path(cfg.out)):
             try:
@@ -72,28 +68,26 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_finalize(args: argparse.Namespace) -> int:
-    from flowprep.distribute import finalize
-    from flowprep.manifest import ManifestError
-    from flowprep.recipe import RecipeError
-    from flowprep.store import run_dir
+    from flowprep.dataset.manifest import ManifestError
+    from flowprep.run.recipe import RecipeError
+    from flowprep.run.state import finalize, index_path
 
     try:
         cfg, _, _ = _load_target(args.target, args.out)
         index = finalize(cfg)
     except (RecipeError, ManifestError, FileNotFoundError, ValueError) as e:
-        return _usage_error(str(e))
+        return usage_error(str(e))
     c = index["counts"]
-    print(f"{cfg.dataset}: {run_dir(cfg.out) / 'index.json'}: {c['done']} done, {c['failed']} failed, {c['pending']} pending")
+    print(f"{cfg.dataset}: {index_path(cfg.out)}: {c['done']} done, {c['failed']} failed, {c['pending']} pending")
     return 0
 
 
 def cmd_slurm(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from flowprep.distribute import record_run
-    from flowprep.manifest import ManifestError
-    from flowprep.recipe import RecipeError
-    from flowprep.slurm import (
+    from flowprep.dataset.manifest import ManifestError
+    from flowprep.run.recipe import RecipeError
+    from flowprep.run.slurm import (
         SlurmError,
         SlurmOptions,
         queued,
@@ -103,8 +97,8 @@ def cmd_slurm(args: argparse.Namespace) -> int:
         write_ids_file,
         write_script,
     )
-    from flowprep.status import store_status
-    from flowprep.store import run_dir
+    from flowprep.run.state import logs_dir, record_run, run_dir
+    from flowprep.run.status import store_status
 
     try:
         opts = SlurmOptions(
@@ -116,13 +110,13 @@ def cmd_slurm(args: argparse.Namespace) -> int:
         jobs = read_jobs(store)
         num_tasks = args.tasks or (jobs[-1]["num_tasks"] if jobs else None) or (recorded_tasks if args.retry_failed else None)
         if not num_tasks or num_tasks < 1:
-            return _usage_error("--tasks N is needed (number of array tasks, each does 1/N of the manifest)")
+            return usage_error("--tasks N is needed (number of array tasks, each does 1/N of the manifest)")
         ids_file = None
         indices = list(range(num_tasks))
         if args.retry_failed:
             busy = queued(store) if jobs else {}
             if busy:
-                return _usage_error(
+                return usage_error(
                     f"job(s) {', '.join(busy)} of this store are still queued or running; wait for them "
                     "(or scancel them) before --retry-failed, so no task runs twice at once"
                 )
@@ -147,7 +141,7 @@ def cmd_slurm(args: argparse.Namespace) -> int:
             return 0
         rec = submit(cfg, script, num_tasks, indices, opts, ids_file=ids_file)
     except (RecipeError, ManifestError, FileNotFoundError, ValueError) as e:
-        return _usage_error(str(e))
+        return usage_error(str(e))
     except SlurmError as e:
         print(f"flowprep: error: {e}", file=sys.stderr)
         return 1
@@ -155,7 +149,7 @@ def cmd_slurm(args: argparse.Namespace) -> int:
     print(f"submitted array job {rec['job_id']} (tasks {rec['array']} of {num_tasks}): {script}")
     if rec.get("finalize_job_id"):
         print(f"finalize job {rec['finalize_job_id']} runs after it")
-    print(f"logs: {run_dir(store) / 'logs'}/{rec['job_id']}_<task>.out   progress: flowprep status {store}")
+    print(f"logs: {logs_dir(store)}/{rec['job_id']}_<task>.out   progress: flowprep status {store}")
     return 0
 
 

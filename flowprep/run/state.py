@@ -1,0 +1,315 @@
+"""Run state: the one owner of ``<name>.run/``, the bookkeeping folder beside a store.
+
+Nothing else knows this folder's layout; every other room asks here for a path.
+
+    <name>.run/
+      ledger/<task>.jsonl     one line per processed manifest row (append-only, per task)
+      index.json              every manifest row with its latest status (single-task run, finalize)
+      index/<task>.json       a cluster task's part of the index (its shard's rows)
+      run.json                recipe, manifest and task count of the latest run
+      staging/                videos being written, ``<task>--<video_id>--<random>``
+      slurm/                  sbatch scripts, jobs.jsonl (flowprep.run.slurm)
+      logs/                   cluster task logs
+
+The rules of a run live here too: a row is **done** when its video is complete in the store,
+**failed** when its latest ledger record failed, **pending** otherwise; ``is_retryable`` is the
+single retry rule that ``run --retry-failed``, ``status`` and ``slurm submit --retry-failed``
+share.
+
+Ledger records: ``{"key", "line", "status": "done"|"failed"|"skipped", "reason", "task", "time", ...}``.
+``key`` is the video id, or ``line:<n>`` for a row too malformed to have one.  Each task writes
+only its own file, so cluster tasks never write the same file; the latest record of a key (by
+time) wins when files are merged.  ``index.json`` is the merged view, rewritten atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from flowprep.run.shard import read_manifest
+from flowprep.store.zarr_store import FORMAT_VERSION, is_complete
+
+STATUSES = ("done", "failed", "skipped")
+
+# Failures that a rerun cannot fix: the row, the file or the video itself is the problem.
+# Everything else (network, timeouts, "internal" crashes, a full disk, out of memory, ...) is
+# worth a retry.  The one rule for `run --retry-failed`, `status` and `slurm submit --retry-failed`.
+NON_RETRYABLE = frozenset(
+    {"manifest", "source", "decode", "too_few_frames", "unavailable", "private", "copyright", "geo_blocked", "sign_in"}
+)
+
+
+def is_retryable(reason_class: str | None) -> bool:
+    return (reason_class or "other") not in NON_RETRYABLE
+
+
+def run_dir(store_path: str | Path) -> Path:
+    """The bookkeeping folder beside a store: ``out/demo.zarr`` -> ``out/demo.run``."""
+    p = Path(store_path)
+    return p.with_suffix(".run") if p.suffix == ".zarr" else p.with_name(p.name + ".run")
+
+
+def staging_dir(store_path: str | Path) -> Path:
+    return run_dir(store_path) / "staging"
+
+
+def staging_entry(store_path: str | Path, tag: str, video_id: str) -> Path:
+    """A fresh staging folder for one video of task ``tag`` (the tag lets the task find its debris)."""
+    folder = staging_dir(store_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{tag or 'local'}--{video_id}--{uuid.uuid4().hex[:8]}"
+
+
+def clean_staging(store_path: str | Path, tag: str = "") -> int:
+    """Remove staging debris left by killed runs of this task tag; returns how many entries."""
+    import shutil
+
+    staging = staging_dir(store_path)
+    if not staging.is_dir():
+        return 0
+    n = 0
+    for entry in staging.iterdir():
+        if entry.name.startswith(f"{tag or 'local'}--"):
+            shutil.rmtree(entry, ignore_errors=True)
+            n += 1
+    return n
+
+
+def index_path(store_path: str | Path, cfg: Any = None) -> Path:
+    """Where a run's index is: ``index.json``, or a cluster task's part ``index/<task>.json``."""
+    if cfg is not None and cfg.num_tasks > 1:
+        return run_dir(store_path) / "index" / f"{cfg.task}.json"
+    return run_dir(store_path) / "index.json"
+
+
+def run_json_path(store_path: str | Path) -> Path:
+    return run_dir(store_path) / "run.json"
+
+
+def slurm_dir(store_path: str | Path) -> Path:
+    return run_dir(store_path) / "slurm"
+
+
+def logs_dir(store_path: str | Path) -> Path:
+    return run_dir(store_path) / "logs"
+
+
+def ledger_dir(run_dir: Path) -> Path:
+    return run_dir / "ledger"
+
+
+class LedgerWriter:
+    """Appends records for one task; each record is flushed as it is written."""
+
+    def __init__(self, run_dir: Path, task: str):
+        folder = ledger_dir(run_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"{task}.jsonl"
+        self.task = task
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if record.get("status") not in STATUSES:
+            raise ValueError(f"ledger status must be one of {STATUSES}, got {record.get('status')!r}")
+        rec = {"time": time.time(), "task": self.task, **record}
+        self._f.write(json.dumps(rec, sort_keys=True) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> LedgerWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_latest(run_dir: Path, each: Callable[[dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
+    """The latest record of each key over all tasks' ledgers (a torn last line is ignored).
+    ``each``, if given, also sees every record on the way (``status`` counts finished videos)."""
+    latest: dict[str, dict[str, Any]] = {}
+    folder = ledger_dir(run_dir)
+    if not folder.is_dir():
+        return latest
+    for path in sorted(folder.glob("*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by a kill; the row is simply redone
+                key = rec.get("key")
+                if key is None:
+                    continue
+                if each is not None:
+                    each(rec)
+                old = latest.get(key)
+                if old is None or rec.get("time", 0) >= old.get("time", 0):
+                    latest[key] = rec
+    return latest
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    # pid alone is not unique on a shared file system (two hosts, same pid): add a random part
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    counts = Counter(r["status"] for r in records)
+    reasons = Counter(r.get("reason_class", "other") for r in records if r["status"] == "failed")
+    return {"rows": len(records), **{s: counts.get(s, 0) for s in STATUSES}, "failed_by_reason": dict(reasons)}
+
+
+# -- index parts --------------------------------------------------------------------------------
+
+
+def index_part_path(run_dir: Path, task: str) -> Path:
+    folder = run_dir / "index"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{task}.json"
+
+
+def read_index(run_dir: Path) -> dict[str, Any] | None:
+    """The index, merged on read: ``index.json`` overlaid with every task part written after it
+    (row by row, by manifest line).  None when there is neither."""
+    base_path = run_dir / "index.json"
+    base = json.loads(base_path.read_text()) if base_path.exists() else None
+    parts = sorted((run_dir / "index").glob("*.json")) if (run_dir / "index").is_dir() else []
+    fresh = []
+    for p in parts:
+        try:
+            part = json.loads(p.read_text())
+        except ValueError:
+            continue
+        if base is None or part.get("updated", "") >= base.get("updated", ""):
+            fresh.append(part)
+    if not fresh:
+        return base
+    merged = dict(base or {k: v for k, v in fresh[0].items() if k not in ("videos", "task", "num_tasks", "task_index")})
+    by_line = {v["line"]: v for v in (base or {}).get("videos", [])}
+    for part in sorted(fresh, key=lambda p: p.get("updated", "")):
+        by_line.update({v["line"]: v for v in part.get("videos", [])})
+        merged["updated"] = max(merged.get("updated", ""), part.get("updated", ""))
+    videos = [by_line[line] for line in sorted(by_line)]
+    merged["videos"] = videos
+    merged["counts"] = {s: sum(v["status"] == s for v in videos) for s in ("done", "failed", "pending")}
+    return merged
+
+
+# -- run.json: what a store was built from --------------------------------------------------------
+
+
+def record_run(run_dir: Path, recipe: Path, cfg: Any) -> None:
+    """Remember the recipe and task count beside the store (``status`` / ``finalize`` read it).
+    Every task of an array writes the same content, atomically; an equal file is left alone."""
+    info = {
+        "recipe": str(Path(recipe).resolve()),
+        "manifest": str(cfg.manifest),
+        "dataset": cfg.dataset,
+        "store": str(Path(cfg.out).resolve()),
+        "cache_dir": str(Path(cfg.cache_dir).resolve()),
+        "num_tasks": cfg.num_tasks,
+        "limit": cfg.limit,
+    }
+    path = run_dir / "run.json"
+    try:
+        if json.loads(path.read_text()) == info:
+            return
+    except (OSError, ValueError):
+        pass
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, info)
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "run.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path} not found: this store was not built by `flowprep run` (or by an older flowprep); "
+            "pass the recipe instead, with --out STORE"
+        ) from None
+
+
+# -- finalize -------------------------------------------------------------------------------------
+
+
+def finalize(cfg: Any) -> dict[str, Any]:
+    """Write the complete ``index.json`` from the manifest, all tasks' ledgers and the store;
+    run it once after every task has ended (`flowprep slurm submit` queues it as a dependent job)."""
+    return write_index(cfg, *read_manifest(cfg))
+
+
+# -- done / failed / pending -------------------------------------------------------------------
+
+
+def kept_failure(row: Any, previous: dict[str, Any] | None) -> dict[str, Any] | None:
+    """For ``--retry-failed``: the record that keeps a row's earlier non-retryable failure.
+
+    None (redo the row) unless its latest record failed with a class ``is_retryable`` refuses
+    (a removed or private video stays failed; a 429, a timeout or a crash is tried again).
+    """
+    if previous is None or previous.get("status") != "failed" or is_retryable(previous.get("reason_class")):
+        return None
+    return {
+        "key": row.video_id, "line": row.line, "label": row.label, "split": row.split, "status": "failed",
+        "reason_class": previous["reason_class"], "reason": previous.get("reason"), "kept": True,
+    }
+
+
+def write_index(
+    cfg: Any, rows: list[Any], row_errors: list[Any], dest: Path | None = None
+) -> dict[str, Any]:
+    """Rewrite ``index.json`` (or ``dest``, a task's part): every row with its status (done / failed / pending)."""
+    rdir = run_dir(cfg.out)
+    latest = read_latest(rdir)
+    videos = []
+    for row in rows:
+        rec = latest.get(row.video_id, {})
+        if is_complete(cfg.out, row.video_id):
+            status, reason = "done", None
+        elif rec.get("status") == "failed":
+            status, reason = "failed", rec.get("reason")
+        else:
+            status, reason = "pending", None
+        entry = {"id": row.video_id, "line": row.line, "label": row.label, "split": row.split, "status": status}
+        if reason:
+            entry["reason"] = reason
+            entry["reason_class"] = rec.get("reason_class", "other")
+        if rec.get("n_frames"):
+            entry["n_frames"] = rec["n_frames"]
+        videos.append(entry)
+    for e in row_errors:
+        videos.append({"id": None, "line": e.line, "status": "failed", "reason_class": "manifest", "reason": str(e)})
+    videos.sort(key=lambda v: v["line"])
+    index = {
+        "dataset": cfg.dataset,
+        "manifest": str(cfg.manifest),
+        "format_version": FORMAT_VERSION,
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "counts": {s: sum(v["status"] == s for v in videos) for s in ("done", "failed", "pending")},
+        "config": {"decode": asdict(cfg.decode), "flow": {
+                "backend": cfg.flow.backend, "device": cfg.flow.device, "batch": cfg.flow.batch,
+                "bound": cfg.flow.bound, "params": dict(cfg.flow.params),
+            }, "write": asdict(cfg.write)},
+        "videos": videos,
+    }
+    if dest is not None:
+        index.update(task=cfg.task, task_index=cfg.task_index, num_tasks=cfg.num_tasks)
+    write_json_atomic(dest or rdir / "index.json", index)
+    return index
