@@ -108,7 +108,7 @@ class RawframesClips(VideoClips):
         v = [cv2.imread(str(d / f"flow_y_{t + 1:05d}.jpg"), cv2.IMREAD_GRAYSCALE) for t in range(start, stop)]
         return np.stack([np.stack(u), np.stack(v)], -1)
 
-    def convert(self, stream: str, raw: np.ndarray, y: int, x: int, flip: bool) -> torch.Tensor:
+    def convert(self, stream: str, raw: np.ndarray, y: int, x: int, flip: bool, bound_px: float = 20.0) -> torch.Tensor:
         if stream == "rgb":
             return super().convert(stream, raw, y, x, flip)
         out = thwc_to_cthw_float(crop_flip_thwc(raw, y, x, self.clip.crop, flip)).mul_(1 / 127.5).sub_(1.0)

@@ -18,6 +18,7 @@ from flowprep.console import usage_error
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flowprep.dataset.manifest import ManifestError
+    from flowprep.run.lease import LeaseHeld
     from flowprep.run.pipeline import run
     from flowprep.run.recipe import RecipeError, load_recipe
     from flowprep.run.state import index_path
@@ -28,7 +29,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = load_recipe(
             recipe, out=args.out, cache_dir=args.cache_dir, jobs=args.jobs, overwrite=args.overwrite,
             limit=args.limit, backend=args.backend, device=args.device, progress=not args.no_progress,
-            retry_failed=args.retry_failed, fetch=_fetch_overrides(args), **_cluster_overrides(args),
+            retry_failed=args.retry_failed, repair=args.repair, allow_partial=args.allow_partial,
+            fetch=_fetch_overrides(args), **_cluster_overrides(args),
         )
         if not cfg.manifest.exists():
             from flowprep.dataset.manifests import missing_manifest_hint
@@ -37,7 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return usage_error(f"manifest {cfg.manifest} not found" + (f": {hint}" if hint else ""))
         _record_run(recipe, cfg)
         summary = run(cfg)
-    except (RecipeError, ManifestError, StoreError, ValueError, OSError) as e:
+    except (RecipeError, ManifestError, StoreError, LeaseHeld, ValueError, OSError) as e:
         return usage_error(str(e))
     fps = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
     print(
@@ -58,6 +60,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     from flowprep import open_store
     from flowprep.run.state import run_dir
+    from flowprep.store.verify import video_problems
     from flowprep.store.zarr_store import StoreError
 
     try:
@@ -75,17 +78,29 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(header)
     print("-" * len(header))
     motion: dict[str, float] = {}
+    damaged: dict[str, list[str]] = {}
     for vid in ids:
-        info = store.info(vid)
-        bound = float(info["flow"]["bound_px"])
-        mags, clipped, n = [], 0, 0
-        for start in range(0, info["n_flow"], 64):
-            q = store.read_flow_int8(vid, start, start + 64)
-            px = q.astype(np.float32) * (bound / 127)
-            m = np.hypot(px[..., 0], px[..., 1])
-            mags.append(np.percentile(m, [50, 95]).tolist() + [float(m.mean()), float(m.max())])
-            clipped += int((np.abs(q) == 127).any(-1).sum())
-            n += m.size
+        # both arrays: files, shard indexes and shapes; --verify also decodes every chunk
+        problems = video_problems(store.path / "videos" / vid, full=args.verify)
+        if problems:
+            damaged[vid] = problems
+            print(f"{vid:<28} DAMAGED: {'; '.join(problems)}")
+            continue
+        try:
+            info = store.info(vid)
+            bound = float(info["flow"]["bound_px"])
+            mags, clipped, n = [], 0, 0
+            for start in range(0, info["n_flow"], 64):
+                q = store.read_flow_int8(vid, start, start + 64)
+                px = q.astype(np.float32) * (bound / 127)
+                m = np.hypot(px[..., 0], px[..., 1])
+                mags.append(np.percentile(m, [50, 95]).tolist() + [float(m.mean()), float(m.max())])
+                clipped += int((np.abs(q) == 127).any(-1).sum())
+                n += m.size
+        except (StoreError, KeyError, TypeError, ValueError) as e:
+            damaged[vid] = [str(e)]
+            print(f"{vid:<28} DAMAGED: {e}")
+            continue
         a = np.array(mags)
         motion[vid] = float(a[:, 2].mean())
         print(
@@ -106,7 +121,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         vid = args.video or (max(motion, key=motion.__getitem__) if motion else None)
         if vid is None:
             return usage_error("no complete video to preview")
-        print(f"preview of {vid}: {save_preview(store, vid, args.preview)}")
+        try:
+            print(f"preview of {vid}: {save_preview(store, vid, args.preview)}")
+        except StoreError as e:
+            return usage_error(str(e))
+    if damaged:
+        print(f"{len(damaged)} damaged video(s): {', '.join(sorted(damaged))}; redo them with "
+              f"`flowprep run RECIPE --out {args.store} --repair`", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -139,6 +161,10 @@ def _add_run(p: argparse.ArgumentParser) -> None:
         help="redo failed rows only if their failure may pass (rate_limited, network, other); keep removed/private/... "
         "as failed.  Without it a rerun redoes every row that is not complete",
     )
+    p.add_argument("--repair", action="store_true",
+                   help="redo exactly the videos `flowprep verify` finds damaged (every chunk is read first)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="keep videos ffmpeg decodes only partly (truncated files), recorded as partial in the ledger")
     f = p.add_argument_group("fetch (rows with a youtube_id; these override the recipe's [fetch] and turn it on)")
     f.add_argument("--url-template", help="download URL, {youtube_id} substituted (a mirror; default YouTube)")
     f.add_argument("--cookies", help="Netscape cookies.txt for sign-in/age-gated videos")
@@ -206,6 +232,7 @@ def _add_inspect(p: argparse.ArgumentParser) -> None:
     p.add_argument("store", help="a store built by `flowprep run`, e.g. out/demo.zarr")
     p.add_argument("--video", help="only this video")
     p.add_argument("--preview", metavar="PNG", help="write a picture of frames and colour-coded flow")
+    p.add_argument("--verify", action="store_true", help="also read back every chunk (checksums); exit 1 on damage")
 
 
 def _cluster_overrides(args: argparse.Namespace) -> dict:
@@ -233,6 +260,7 @@ def _record_run(recipe: Path, cfg) -> None:
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "run": ("build a store from a recipe: decode, TV-L1 flow, write (resumable)", "flowprep.cli.main", "_add_run", "cmd_run"),
     "inspect": ("summarize a store; --preview writes a flow picture", "flowprep.cli.main", "_add_inspect", "cmd_inspect"),
+    "verify": ("check every chunk of a store; list damaged videos (exit 1 if any)", "flowprep.cli.verify", "add_arguments", "command"),
     "manifests": ("fetch and check official annotation files; build UCF-101/HMDB-51 manifests", "flowprep.cli.main", "_add_manifests", "cmd_manifests"),
     "status": ("done / failed / pending over all tasks, throughput, time left", "flowprep.cli.cluster", "_add_status", "cmd_status"),
     "finalize": ("write the store's index.json from all tasks' ledgers (after a cluster run)", "flowprep.cli.cluster", "_add_finalize", "cmd_finalize"),

@@ -7,6 +7,13 @@ ffmpeg (through ffmpeg-python) does all the work in one process per video:
 memory.  The ffmpeg binary is the one on PATH, else imageio-ffmpeg's static build.
 
 Errors become ``DecodeError`` carrying ffmpeg's last stderr lines, for the ledger.
+
+**Completeness.** ffmpeg exits 0 on many damaged files (a faststart mp4 cut in half decodes to
+a third of its frames and prints "partial file").  A decode is *partial* when ffmpeg printed
+such an error line, or when it yielded clearly fewer frames than the container's duration
+says for the requested range (fewer than 90% of them, and at least 3 fewer).  A partial decode
+raises ``DecodeError`` with ffmpeg's words, unless ``DecodeConfig.allow_partial`` (``run
+--allow-partial``) keeps it; then ``report["partial"]`` says why, for the ledger.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ class DecodeConfig:
     fps: float = 25.0
     short_side: int = 256
     block_frames: int = 64  # frames per yielded block (the writer's shard length)
+    allow_partial: bool = False  # keep a partial decode (recorded in the ledger) instead of failing it
 
     def __post_init__(self) -> None:
         if not (0 < self.fps <= 240):
@@ -55,6 +63,10 @@ def ffmpeg_exe() -> str:
 
 # "Stream #0:0: Video: rawvideo (RGB[24] / 0x18424752), rgb24(pc, ...), 454x256 [SAR 1:1 ...]"
 _OUT_STREAM = re.compile(r"Stream #0:\d+.*?: Video: rawvideo\b.*?, (\d{2,5})x(\d{2,5})\b")
+# "  Duration: 00:00:03.00, start: 0.000000, bitrate: ..." of the input
+_DURATION = re.compile(r"^\s*Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
+# lines by which ffmpeg says the input is damaged although it may still exit 0
+_DAMAGE = re.compile(r"partial file|Invalid data found|error while decoding|corrupt|truncat", re.IGNORECASE)
 
 
 def _build_command(path: str, cfg: DecodeConfig, start: float | None, end: float | None, exe: str) -> list[str]:
@@ -79,13 +91,25 @@ def _build_command(path: str, cfg: DecodeConfig, start: float | None, end: float
     return out.compile(cmd=exe)
 
 
+def expected_frames(duration: float | None, fps: float, start: float | None, end: float | None) -> float | None:
+    """Frames the container's duration promises for the requested range (None: unknown)."""
+    if duration is None:
+        return None
+    lo = start or 0.0
+    hi = duration if end is None else min(end, duration)
+    return max(0.0, hi - lo) * fps
+
+
 def decode_blocks(
-    path: str, cfg: DecodeConfig = DecodeConfig(), start: float | None = None, end: float | None = None
+    path: str, cfg: DecodeConfig = DecodeConfig(), start: float | None = None, end: float | None = None,
+    report: dict | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield uint8 blocks (n, H, W, 3) of the video at ``cfg.fps`` with smallest side ``cfg.short_side``.
 
-    Raises DecodeError (with ffmpeg's last stderr lines) if the file cannot be decoded or has no
-    video frames.  The ffmpeg process is always reaped, also when the caller stops early.
+    Raises DecodeError (with ffmpeg's last stderr lines) if the file cannot be decoded, has no
+    video frames, or decodes only partly (module docstring; ``cfg.allow_partial`` keeps it and
+    writes the reason to ``report["partial"]``, before the last block).  The ffmpeg process is
+    always reaped, also when the caller stops early.
     """
     if not os.path.exists(path):
         raise DecodeError(f"file not found: {path}")
@@ -97,6 +121,8 @@ def decode_blocks(
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     tail: deque[str] = deque(maxlen=400)
     size: list[tuple[int, int]] = []
+    duration: list[float] = []
+    damage: list[str] = []
     size_known = threading.Event()
 
     def read_stderr() -> None:
@@ -104,6 +130,12 @@ def decode_blocks(
         for raw in proc.stderr:
             line = raw.decode("utf-8", "replace").rstrip()
             tail.append(line)
+            if not duration:
+                d = _DURATION.match(line)
+                if d:
+                    duration.append(int(d.group(1)) * 3600 + int(d.group(2)) * 60 + float(d.group(3)))
+            if _DAMAGE.search(line) and len(damage) < 3:
+                damage.append(line.strip())
             if not size:
                 m = _OUT_STREAM.search(line)
                 if m:
@@ -139,6 +171,18 @@ def decode_blocks(
         reader.join()
         if proc.returncode != 0:
             raise DecodeError(_explain(proc.returncode, tail, "ffmpeg failed"))
+        n_all = n_total + len(block)
+        want = expected_frames(duration[0] if duration else None, cfg.fps, start, end)
+        why = []
+        if damage:
+            why.append("ffmpeg reported damage: " + "; ".join(damage))
+        if want is not None and n_all > 0 and n_all < 0.9 * want and want - n_all >= 3:
+            why.append(f"{n_all} frames decoded, the container's duration says {want:.0f}")
+        if why:
+            if not cfg.allow_partial:
+                raise DecodeError("partial decode: " + "; ".join(why) + " (run --allow-partial keeps such videos)")
+            if report is not None:
+                report["partial"] = "; ".join(why)
         if block:
             n_total += len(block)
             yield np.stack(block)

@@ -33,6 +33,12 @@ YOUTUBE_ID = re.compile(r"[A-Za-z0-9_-]{11}")
 # YouTube ids may start with "-" or "_"; a leading "." (hidden, "..") is refused.
 VIDEO_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Names a video id must not take: zarr's metadata files (an id "zarr.json" would be the videos
+# group's own metadata), the suffixes of flowprep's own
+# temporary entries, and names Windows / SMB shares cannot hold.  Compared case-insensitively.
+_RESERVED = {"zarr.json", "zarr.json.tmp", "videos", "zarray", "zgroup", "zattrs", "zmetadata"}
+_RESERVED_SUFFIXES = (".tmp", ".old", ".stale", ".creating", ".zarray", ".zgroup", ".zattrs", ".zmetadata")
+_WINDOWS = re.compile(r"(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,9 @@ def check_video_id(video_id: str) -> str | None:
         )
     if ".." in video_id:
         return f"bad video id {video_id!r}: must not contain '..'"
+    low = video_id.lower()
+    if low in _RESERVED or low.endswith(_RESERVED_SUFFIXES) or _WINDOWS.fullmatch(low):
+        return f"bad video id {video_id!r}: a name the store or file systems reserve; give the row another id"
     return None
 
 
@@ -175,6 +184,9 @@ def parse_manifest(path: str | Path) -> tuple[list[ManifestRow], list[RowError]]
     rows: list[ManifestRow] = []
     errors: list[RowError] = []
     seen: dict[str, int] = {}
+    # Ids that differ only in case are one folder on a case-folding file system (macOS, Windows,
+    # SMB, some NFS exports) and a store may be copied to one later: refused everywhere.
+    folded: dict[str, tuple[str, int]] = {}
     for rec in reader:
         line = reader.line_num
         if not any((v or "").strip() for k, v in rec.items() if k is not None) and None not in rec:
@@ -189,6 +201,15 @@ def parse_manifest(path: str | Path) -> tuple[list[ManifestRow], list[RowError]]
                 RowError(str(path), line, "id", f"duplicate video id {row.video_id!r} (first on line {seen[row.video_id]})")
             )
             continue
+        other = folded.get(row.video_id.casefold())
+        if other is not None:
+            errors.append(RowError(
+                str(path), line, "id",
+                f"video id {row.video_id!r} differs from {other[0]!r} (line {other[1]}) only in case: one folder "
+                "on a case-insensitive file system; give one of them another id",
+            ))
+            continue
         seen[row.video_id] = line
+        folded[row.video_id.casefold()] = (row.video_id, line)
         rows.append(row)
     return rows, errors

@@ -7,6 +7,13 @@
 a bad video (the reason goes into the record).  ``run`` does the bookkeeping in the parent:
 skip complete videos, fan rows out with joblib, append each record to the ledger, rewrite the
 index, print the summary.
+
+Who may write (issue 9): ``run`` holds the task tag's lease (``flowprep.run.lease``) for its
+whole life, so a second run of the same tag refuses; worker processes watch the main process
+(``flowprep.run.orphan``) and die with it; and a worker only *prepares* a video in staging
+(written and read back in full): the main process renames it into the store after checking its
+lease and the staged files, and then writes the ledger line.  So nothing is committed by a
+process nobody records, and a staged video removed under a run is never committed.
 """
 
 from __future__ import annotations
@@ -27,10 +34,13 @@ from flowprep.dataset.decode import DecodeError, decode_blocks
 from flowprep.dataset.manifest import ManifestRow, RowError
 from flowprep.dataset.source import SourceError, resolve_clip
 from flowprep.flow import api as flowmod
+from flowprep.run import orphan
+from flowprep.run.lease import Lease
 from flowprep.run.recipe import RunConfig
 from flowprep.run.shard import item_key, keep_only, read_manifest, shard_manifest
 from flowprep.run.state import (
     LedgerWriter,
+    acquire_lease,
     clean_staging,
     index_part_path,
     kept_failure,
@@ -40,7 +50,9 @@ from flowprep.run.state import (
     summarize,
     write_index,
 )
-from flowprep.store.zarr_store import FORMAT_VERSION, VideoWriter, create_store, is_complete
+from flowprep.store import fingerprint
+from flowprep.store.verify import verify_store
+from flowprep.store.zarr_store import FORMAT_VERSION, StoreError, VideoWriter, create_store, is_complete, publish
 
 log = logging.getLogger("flowprep")
 T = TypeVar("T")
@@ -91,8 +103,12 @@ def process_video(
     cfg: RunConfig,
     backend: str,
     progress: Callable[[int], None] | None = None,
+    commit: bool = True,
 ) -> dict[str, Any]:
-    """Decode, compute flow and write one video.  Returns its ledger record; never raises for bad input."""
+    """Decode, compute flow and write one video.  Returns its ledger record; never raises for bad input.
+
+    ``commit=False``: leave the finished, verified video in staging and name it in the record's
+    ``staged`` field; the caller commits it (``commit_staged``).  ``run`` does that in its parent."""
     t0 = time.time()
     record: dict[str, Any] = {"key": row.video_id, "line": row.line, "label": row.label, "split": row.split}
     writer: VideoWriter | None = None
@@ -101,7 +117,8 @@ def process_video(
         record["source"] = str(path)
         batch = _flow_batch(cfg, backend)
         prev_gray: np.ndarray | None = None
-        for block in decode_blocks(str(path), cfg.decode, start, end):
+        decoded: dict[str, Any] = {}
+        for block in decode_blocks(str(path), cfg.decode, start, end, report=decoded):
             if writer is None:
                 writer = VideoWriter(
                     cfg.out, row.video_id, block.shape[1], block.shape[2], cfg.write,
@@ -125,6 +142,7 @@ def process_video(
         if writer.n_frames < 2:
             raise TooFewFrames(f"too few frames: {writer.n_frames} decoded, flow needs at least 2")
         attrs = {
+            **({"partial_decode": decoded["partial"]} if decoded.get("partial") else {}),
             "video_id": row.video_id,
             "label": row.label,
             "split": row.split,
@@ -155,8 +173,13 @@ def process_video(
             "format_version": FORMAT_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        writer.commit(attrs, overwrite=cfg.overwrite)
+        if commit:
+            writer.commit(attrs, overwrite=cfg.overwrite)
+        else:
+            record["staged"] = str(writer.prepare(attrs))
         record.update(status="done", n_frames=writer.n_frames, height=attrs["height"], width=attrs["width"])
+        if decoded.get("partial"):
+            record["partial"] = decoded["partial"]  # kept under --allow-partial: the ledger says so
         writer = None
     except SourceError as e:
         # a fetch.FetchError carries its class (unavailable, private, rate_limited, ...)
@@ -179,9 +202,59 @@ def process_video(
     return record
 
 
-def _worker(row: ManifestRow, cfg: RunConfig, backend: str, q: Any) -> dict[str, Any]:
+def _worker(row: ManifestRow, cfg: RunConfig, backend: str, q: Any, parent_pid: int | None = None) -> dict[str, Any]:
+    if parent_pid is not None:
+        orphan.watch_parent(parent_pid)
     _set_threads(cfg.jobs)
-    return process_video(row, cfg, backend, q.put if q is not None else None)
+    return process_video(row, cfg, backend, q.put if q is not None else None, commit=False)
+
+
+def commit_staged(rec: dict[str, Any], cfg: RunConfig, lease: Lease | None) -> dict[str, Any]:
+    """In the lease holder: make a worker's prepared video visible, or turn the record into a failure."""
+    staged = rec.pop("staged", None)
+    if staged is None:
+        return rec
+    from pathlib import Path
+
+    try:
+        if lease is not None:
+            lease.check()
+        publish(cfg.out, rec["key"], Path(staged), overwrite=cfg.overwrite)
+    except (StoreError, OSError) as e:
+        import shutil
+
+        shutil.rmtree(staged, ignore_errors=True)
+        for k in ("n_frames", "height", "width"):
+            rec.pop(k, None)
+        rec.update(status="failed", reason_class="internal", reason=f"commit: {e}")
+    return rec
+
+
+def content_settings(cfg: RunConfig, backend: str) -> dict[str, Any]:
+    """The settings that change a store's content (its fingerprint; flowprep.store.fingerprint),
+    the same fields ``process_video`` writes into every video's attributes."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "decode": {"fps": cfg.decode.fps, "short_side": cfg.decode.short_side, "interpolation": "bilinear"},
+        "flow": {
+            "algorithm": "tv-l1", "backend": backend, "params": flowmod.resolve_params(cfg.flow.params),
+            "bound_px": cfg.flow.bound, "quantization": {"dtype": "int8", "scale": flowmod.QUANT_LEVELS},
+        },
+    }
+
+
+def _repair_rows(cfg: RunConfig, rows: list[ManifestRow]) -> list[ManifestRow]:
+    """``--repair``: the rows whose stored video is damaged (every chunk read); their groups are removed."""
+    import shutil
+
+    damaged = verify_store(cfg.out, full=True, ids=[r.video_id for r in rows])
+    for vid, problems in damaged.items():
+        log.warning("repair %s: %s", vid, "; ".join(problems))
+        trash = staging_entry(cfg.out, cfg.task, vid)
+        os.rename(cfg.out / "videos" / vid, trash)  # out of the store at once, then deleted
+        shutil.rmtree(trash, ignore_errors=True)
+    log.info("repair: %d damaged video(s) to redo", len(damaged))
+    return [r for r in rows if r.video_id in damaged]
 
 
 def _row_error_record(e: RowError) -> dict[str, Any]:
@@ -190,8 +263,6 @@ def _row_error_record(e: RowError) -> dict[str, Any]:
 
 def run(cfg: RunConfig) -> RunSummary:
     """Process every row of ``cfg.manifest`` into ``cfg.out``; see the module docstring."""
-    from joblib import Parallel, delayed
-    from tqdm import tqdm
 
     t0 = time.time()
     rows, row_errors = read_manifest(cfg)
@@ -202,9 +273,23 @@ def run(cfg: RunConfig) -> RunSummary:
     create_store(cfg.out, cfg.dataset)
     rdir = run_dir(cfg.out)
     rdir.mkdir(parents=True, exist_ok=True)
-    n_debris = clean_staging(cfg.out, cfg.task)
+    with acquire_lease(cfg.out, cfg.task) as lease:  # LeaseHeld: a live run owns this task tag
+        return _run_leased(cfg, lease, t0, rows, row_errors, index_rows, index_errors, backend, rdir)
+
+
+def _run_leased(
+    cfg: RunConfig, lease: Lease, t0: float, rows: list[ManifestRow], row_errors: list[RowError],
+    index_rows: list[ManifestRow], index_errors: list[RowError], backend: str, rdir: Any,
+) -> RunSummary:
+    from joblib import Parallel, delayed
+    from tqdm import tqdm
+
+    n_debris = clean_staging(cfg.out, cfg.task, held=lease)
     if n_debris:
         log.info("removed %d partial video(s) left by an interrupted run", n_debris)
+    fingerprint.check(cfg.out, content_settings(cfg, backend), cfg.overwrite)
+    if cfg.repair:  # exactly the damaged videos; malformed rows and pending ones are not repairs
+        rows, row_errors = _repair_rows(cfg, rows), []
 
     records: list[dict[str, Any]] = []
     with LedgerWriter(rdir, cfg.task) as ledger:
@@ -238,12 +323,10 @@ def run(cfg: RunConfig) -> RunSummary:
             stop = None
         elif cfg.jobs == 1:
             _set_threads(1)
-            results = (process_video(row, cfg, backend, pair_bar.update) for row in todo)
+            results = (process_video(row, cfg, backend, pair_bar.update, commit=False) for row in todo)
             stop = None
         else:
-            import multiprocessing
-
-            manager = multiprocessing.Manager()
+            manager = orphan.manager(os.getpid())
             q = manager.Queue()
             stop = threading.Event()
 
@@ -257,10 +340,11 @@ def run(cfg: RunConfig) -> RunSummary:
             drainer = threading.Thread(target=drain, daemon=True)
             drainer.start()
             results = Parallel(n_jobs=cfg.jobs, return_as="generator_unordered")(
-                delayed(_worker)(row, cfg, backend, q) for row in todo
+                delayed(_worker)(row, cfg, backend, q, os.getpid()) for row in todo
             )
         try:
             for rec in results:
+                rec = commit_staged(rec, cfg, lease)
                 ledger.write(rec)
                 records.append(rec)
                 frames += rec.get("n_frames", 0)

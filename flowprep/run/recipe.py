@@ -66,7 +66,8 @@ class RunConfig:
     task: str = "local"  # tag of this run's ledger and staging entries (one per cluster task)
     progress: bool = True
     fetch: Mapping[str, Any] | None = None  # fetch stage options; None = rows must name local files
-    retry_failed: bool = False  # redo only failures of a retryable class (fetch.RETRYABLE), keep the others
+    retry_failed: bool = False  # redo only failures of a retryable class (state.is_retryable), keep the others
+    repair: bool = False  # redo exactly the videos `flowprep verify` finds damaged
     # Cluster: this run does manifest items i with i % num_tasks == task_index (flowprep.run.shard).
     num_tasks: int = 1
     task_index: int = 0
@@ -115,7 +116,7 @@ def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
     """Read a recipe; ``overrides`` (from the command line) win over the file.
 
     Recognised overrides: out, cache_dir, jobs, overwrite, limit, task, progress, backend, device,
-    retry_failed, fetch (a dict of [fetch] keys; None values are ignored),
+    retry_failed, repair, allow_partial, fetch (a dict of [fetch] keys; None values are ignored),
     num_tasks, task_index, only_keys, executor, scheduler.
     """
     path = Path(path)
@@ -143,6 +144,8 @@ def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
             flow_section[key] = overrides[key]
     flow = _section({"flow": flow_section}, "flow", FlowConfig, path)
     write = _section(data, "write", WriteConfig, path)
+    if overrides.get("allow_partial"):
+        decode = replace(decode, allow_partial=True)
     if decode.block_frames != write.shard_frames:
         decode = replace(decode, block_frames=write.shard_frames)  # one decoded block = one shard
     out = Path(overrides.get("out") or f"out/{dataset}.zarr")
@@ -182,6 +185,7 @@ def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
         progress=bool(overrides.get("progress", True)),
         fetch=MappingProxyType(dict(fetch)) if fetch is not None else None,
         retry_failed=bool(overrides.get("retry_failed", False)),
+        repair=bool(overrides.get("repair", False)),
         num_tasks=num_tasks,
         task_index=task_index,
         only_keys=frozenset(overrides["only_keys"]) if overrides.get("only_keys") is not None else None,

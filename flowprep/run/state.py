@@ -8,6 +8,7 @@ Nothing else knows this folder's layout; every other room asks here for a path.
       index/<task>.json       a cluster task's part of the index (its shard's rows)
       run.json                recipe, manifest and task count of the latest run
       staging/                videos being written, ``<task>--<video_id>--<random>``
+      leases/<task>.json      the live process that owns a task tag (host, pid, heartbeat; run.lease)
       slurm/                  sbatch scripts, jobs.jsonl (flowprep.run.slurm)
       logs/                   cluster task logs
 
@@ -34,6 +35,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from flowprep.run.lease import Lease, live_owner
 from flowprep.run.shard import read_manifest
 from flowprep.store.zarr_store import FORMAT_VERSION, is_complete
 
@@ -68,16 +70,39 @@ def staging_entry(store_path: str | Path, tag: str, video_id: str) -> Path:
     return folder / f"{tag or 'local'}--{video_id}--{uuid.uuid4().hex[:8]}"
 
 
-def clean_staging(store_path: str | Path, tag: str = "") -> int:
-    """Remove staging debris left by killed runs of this task tag; returns how many entries."""
+def lease_path(store_path: str | Path, tag: str) -> Path:
+    """The lease file of task ``tag``: which live process owns its ledger and staging entries."""
+    return run_dir(store_path) / "leases" / f"{tag or 'local'}.json"
+
+
+def acquire_lease(store_path: str | Path, tag: str) -> Lease:
+    """Own task ``tag`` of this store until ``release``; raises ``LeaseHeld`` if a live run owns it."""
+    return Lease(lease_path(store_path, tag), f"store {store_path} (task {tag or 'local'})").acquire()
+
+
+def clean_staging(store_path: str | Path, tag: str = "", held: Lease | None = None) -> int:
+    """Remove staging debris whose owner is dead; returns how many entries.
+
+    An entry ``<tag>--...`` belongs to the process holding lease ``<tag>``: it is removed only
+    when that lease is absent or stale, or is ``held`` by the caller itself (a run cleans its own
+    tag's debris after taking the lease, since the previous holder must have died).  Entries of
+    a live run, on this host or another, are never touched.  ``tag`` is kept for callers that
+    name their own tag; every dead tag's debris is cleaned.
+    """
     import shutil
 
     staging = staging_dir(store_path)
     if not staging.is_dir():
         return 0
     n = 0
+    alive: dict[str, bool] = {}
     for entry in staging.iterdir():
-        if entry.name.startswith(f"{tag or 'local'}--"):
+        owner = entry.name.split("--", 1)[0]
+        if owner not in alive:
+            path = lease_path(store_path, owner)
+            ours = held is not None and held.path == path and not held.lost
+            alive[owner] = not ours and live_owner(path) is not None
+        if not alive[owner]:
             shutil.rmtree(entry, ignore_errors=True)
             n += 1
     return n

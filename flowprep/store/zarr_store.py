@@ -29,13 +29,11 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from flowprep.flow.api import dequantize_flow
+from flowprep.store import verify
+from flowprep.store.errors import StoreError
 
 FORMAT_NAME = "flowprep"
 FORMAT_VERSION = 1
-
-
-class StoreError(RuntimeError):
-    """A store cannot be opened or written; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +141,8 @@ class VideoWriter:
         self.video_id = video_id
         self.tmp = Path(tmp)
         group = zarr.open_group(str(self.tmp), mode="w")
-        codec = ZstdCodec(level=cfg.zstd_level)
+        # checksum=True: every chunk carries zstd's content checksum, so flipped bytes fail the read (issue 9)
+        codec = ZstdCodec(level=cfg.zstd_level, checksum=True)
 
         def array(name: str, tail: tuple[int, ...], dtype: str) -> zarr.Array:
             return group.create_array(
@@ -158,6 +157,8 @@ class VideoWriter:
                 # shard files sit directly in the array folder (c.0.0.0.0) instead of 4 nested
                 # folders each: 3 folders per video instead of 29 (~8M fewer inodes for Kinetics-400)
                 chunk_key_encoding={"name": "default", "separator": "."},
+                # every chunk is written, all-zero ones too: a missing shard or chunk is then damage (verify.py)
+                config={"write_empty_chunks": True},
             )
 
         self.group = group
@@ -172,25 +173,43 @@ class VideoWriter:
         self.n_frames += len(rgb_thwc)
         self.n_flow += len(flow_q_thw2)
 
-    def commit(self, attrs: dict[str, Any], overwrite: bool = False) -> None:
+    def prepare(self, attrs: dict[str, Any]) -> Path:
+        """Finish the video in staging and check it in full (every chunk read back); returns its folder.
+        ``publish`` then makes it visible; a pipeline's parent process does that (the lease holder)."""
         self.rgb.flush()
         self.flow.flush()
         if self.n_flow != self.n_frames - 1:
             raise StoreError(f"{self.video_id}: {self.n_frames} frames but {self.n_flow} flow fields")
         self.group.attrs.update({**attrs, "n_frames": self.n_frames, "n_flow": self.n_flow})
-        dest = self.store_path / "videos" / self.video_id
-        if dest.exists():
-            if not overwrite:
-                raise StoreError(f"{self.video_id} is already in the store (use --overwrite to redo it)")
-            trash = self.tmp.with_name(self.tmp.name + ".old")
-            os.rename(dest, trash)
-            os.rename(self.tmp, dest)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(self.tmp, dest)
+        problems = verify.video_problems(self.tmp, full=True)
+        if problems:
+            raise StoreError(f"{self.video_id}: written data do not read back: {'; '.join(problems)}")
+        return self.tmp
+
+    def commit(self, attrs: dict[str, Any], overwrite: bool = False) -> None:
+        publish(self.store_path, self.video_id, self.prepare(attrs), overwrite)
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def publish(store_path: str | Path, video_id: str, tmp: Path, overwrite: bool = False) -> None:
+    """Move a prepared staging folder into ``videos/`` with one rename, after checking that every
+    shard file and the frame counts are still there (another process may have removed staging)."""
+    problems = verify.video_problems(tmp, full=False)
+    if problems:
+        raise StoreError(f"{video_id}: staged data damaged before commit, not committed: {'; '.join(problems)}")
+    dest = Path(store_path) / "videos" / video_id
+    tmp = Path(tmp)
+    if dest.exists():
+        if not overwrite:
+            raise StoreError(f"{video_id} is already in the store (use --overwrite to redo it)")
+        trash = tmp.with_name(tmp.name + ".old")
+        os.rename(dest, trash)
+        os.rename(tmp, dest)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.rename(tmp, dest)
 
 
 class Store:
@@ -207,6 +226,7 @@ class Store:
         ) if videos.is_dir() else []
         self._known = set(self.video_ids)
         self._groups: dict[str, zarr.Group] = {}
+        self._arrays: dict[tuple[str, str], tuple[zarr.Array, verify.ArrayLayout, int]] = {}
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -219,19 +239,46 @@ class Store:
             raise KeyError(f"video {video_id!r} is not (completely) in {self.path}")
         g = self._groups.get(video_id)
         if g is None:
-            g = zarr.open_group(str(self.path / "videos" / video_id), mode="r")
+            try:
+                g = zarr.open_group(str(self.path / "videos" / video_id), mode="r")
+            except Exception as e:  # damaged zarr.json: a message, not a traceback
+                raise StoreError(f"video {video_id!r}: metadata unreadable ({type(e).__name__}: {e}); "
+                                 "flowprep verify; run --repair") from None
             self._groups[video_id] = g
         return g
+
+    def _read(self, video_id: str, name: str, start: int, stop: int | None) -> np.ndarray:
+        """Frames start:stop of array ``name``, checked (verify.check_read): damage is a StoreError, never fill values."""
+        got = self._arrays.get((video_id, name))
+        if got is None:
+            g = self._group(video_id)
+            count = "n_frames" if name == "rgb" else "n_flow"
+            expected = g.attrs.get(count)
+            if not isinstance(expected, int):
+                raise StoreError(f"video {video_id!r}: attribute {count!r} missing; flowprep verify; run --repair")
+            layout = verify.ArrayLayout(self.path / "videos" / video_id / name)
+            try:
+                arr = g[name]
+            except Exception as e:
+                raise StoreError(f"video {video_id!r}: {name} array unreadable ({type(e).__name__}: {e})") from None
+            got = self._arrays[(video_id, name)] = (arr, layout, expected)
+        arr, layout, expected = got
+        a, b, _ = slice(start, stop).indices(expected)
+        verify.check_read(video_id, name, layout, expected, a, b)
+        try:
+            return arr[start:stop]
+        except Exception as e:
+            raise verify.decode_error(video_id, name, arr, layout, a, b, e) from None
 
     def info(self, video_id: str) -> dict[str, Any]:
         """Attributes of a video: label, split, n_frames, n_flow, fps, height, width, source, flow, ..."""
         return dict(self._group(video_id).attrs)
 
     def read_rgb_uint8(self, video_id: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return self._group(video_id)["rgb"][start:stop]
+        return self._read(video_id, "rgb", start, stop)
 
     def read_flow_int8(self, video_id: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return self._group(video_id)["flow"][start:stop]
+        return self._read(video_id, "flow", start, stop)
 
     def read_rgb(self, video_id: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Frames ``start:stop`` as float32 (T, H, W, 3) in [-1, 1] (x / 127.5 - 1)."""

@@ -91,9 +91,15 @@ def rgb_thwc_to_cthw(raw_thwc: np.ndarray, y: int, x: int, size: int, flip: bool
     return out.mul_(1 / 127.5).sub_(1.0)
 
 
-def flow_thw2_to_cthw(raw_thw2: np.ndarray, y: int, x: int, size: int, flip: bool) -> torch.Tensor:
-    """int8 flow (T, H, W, 2) -> float32 (2, T, size, size) in [-1, 1]; a flip mirrors and negates u."""
-    out = thwc_to_cthw_float(crop_flip_thwc(raw_thw2, y, x, size, flip)).mul_(1 / 127)
+# Model input units: 1.0 = 20 px, I3D's convention.  A video stored with another flow.bound_px is
+# rescaled to these units (q / 127 * bound_px / 20), so stores of different bounds never mix scales.
+FLOW_UNIT_PX = 20.0
+
+
+def flow_thw2_to_cthw(raw_thw2: np.ndarray, y: int, x: int, size: int, flip: bool, bound_px: float = FLOW_UNIT_PX) -> torch.Tensor:
+    """int8 flow (T, H, W, 2) -> float32 (2, T, size, size), 1.0 = 20 px ([-1, 1] for the usual bound
+    of 20 px); ``bound_px``: the video's own bound.  A flip mirrors and negates u."""
+    out = thwc_to_cthw_float(crop_flip_thwc(raw_thw2, y, x, size, flip)).mul_(float(bound_px) / FLOW_UNIT_PX / 127)
     if flip:
         out[0].neg_()
     return out
@@ -128,6 +134,7 @@ class VideoRef:
     n_frames: int
     height: int
     width: int
+    bound_px: float = FLOW_UNIT_PX  # the video's flow bound (its attributes' flow.bound_px)
 
 
 def scan_stores(paths: Sequence[str | Path], split: str | None = None) -> list[tuple[int, str, dict[str, Any]]]:
@@ -189,7 +196,8 @@ class VideoClips(Dataset):
             label = str(info.get("label"))
             if label not in index:
                 raise ValueError(f"video {vid} has label {label!r}, not among the {len(self.classes)} classes of the model")
-            ref = VideoRef(s, vid, index[label], int(info["n_frames"]), int(info["height"]), int(info["width"]))
+            bound = float((info.get("flow") or {}).get("bound_px", FLOW_UNIT_PX))
+            ref = VideoRef(s, vid, index[label], int(info["n_frames"]), int(info["height"]), int(info["width"]), bound)
             if min(ref.height, ref.width) < clip.crop:
                 raise ValueError(
                     f"crop {clip.crop} is larger than video {vid} ({ref.height}x{ref.width}); use a crop <= {min(ref.height, ref.width)}"
@@ -226,10 +234,11 @@ class VideoClips(Dataset):
         read = store.read_rgb_uint8 if stream == "rgb" else store.read_flow_int8
         return read(ref.video_id, start, stop)
 
-    def convert(self, stream: str, raw: np.ndarray, y: int, x: int, flip: bool) -> torch.Tensor:
-        """Raw time steps -> float32 (C, T, crop, crop): crop, flip, then scale to [-1, 1]."""
-        convert = rgb_thwc_to_cthw if stream == "rgb" else flow_thw2_to_cthw
-        return convert(raw, y, x, self.clip.crop, flip)
+    def convert(self, stream: str, raw: np.ndarray, y: int, x: int, flip: bool, bound_px: float = FLOW_UNIT_PX) -> torch.Tensor:
+        """Raw time steps -> float32 (C, T, crop, crop): crop, flip, then scale (flow: by its video's ``bound_px``)."""
+        if stream == "rgb":
+            return rgb_thwc_to_cthw(raw, y, x, self.clip.crop, flip)
+        return flow_thw2_to_cthw(raw, y, x, self.clip.crop, flip, bound_px)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         if self.clip.train:
@@ -260,7 +269,7 @@ class VideoClips(Dataset):
             raw = self.read_raw(stream, ref, lo, hi)
             if len(t) != hi - lo or t[0] != lo:  # looped: pick the steps out of the span read
                 raw = raw[t - lo]
-            out[stream] = self.convert(stream, raw, y, x, flip)
+            out[stream] = self.convert(stream, raw, y, x, flip, ref.bound_px)
         return out
 
 

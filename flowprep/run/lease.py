@@ -1,0 +1,193 @@
+"""Leases: which live process owns a task tag's work in a store's run folder.
+
+A lease is one small JSON file per task tag (``flowprep.run.state.lease_path``) holding
+``host``, ``pid``, ``proc_start`` (the process's start time, so a reused pid is not mistaken for
+the owner), ``started``, ``heartbeat`` and a random ``token``.  A background thread rewrites the
+heartbeat every ``HEARTBEAT_S`` seconds.  Plain files and ``rename`` only, so it works on the
+shared (NFS, Lustre, GPFS) file system that SLURM tasks on many nodes see.
+
+A lease is **stale** when its process is gone (same host: the pid is not running, or runs a
+different process) or, from another host, when its heartbeat is older than ``STALE_AFTER_S``
+(a node that died or lost the file system).  Only a stale lease may be taken over; a live one
+makes ``acquire`` raise ``LeaseHeld`` with a one-line message.
+
+Why the owner re-reads its own lease before each commit (``Lease.check``): taking over a stale
+lease is a rename followed by an exclusive create, and two processes that both found the same
+stale lease could in a narrow window both believe they won.  Whoever's token is not in the file
+has lost and must stop; the heartbeat thread notices within one period and ``check`` at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+HEARTBEAT_S = 10.0
+# Three missed heartbeats and a few seconds of clock skew between nodes.
+STALE_AFTER_S = 60.0
+
+
+class LeaseHeld(RuntimeError):
+    """Another live process owns this task tag; the message says which and what to do."""
+
+
+class LeaseLost(RuntimeError):
+    """This process's lease was taken over (it was judged dead); it must stop writing."""
+
+
+def _proc_start(pid: int) -> str | None:
+    """The start time of ``pid`` in clock ticks since boot (Linux), None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after the last ")"
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def pid_alive(pid: int, proc_start: str | None = None) -> bool:
+    """Is ``pid`` running on this host (and, when ``proc_start`` is known, the same process)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    if proc_start is not None:
+        now = _proc_start(pid)
+        if now is not None and now != proc_start:
+            return False  # the pid was reused by another process
+    return True
+
+
+def read_lease(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_stale(info: dict[str, Any], now: float | None = None, stale_after: float = STALE_AFTER_S) -> bool:
+    now = time.time() if now is None else now
+    if info.get("host") == socket.gethostname():
+        return not pid_alive(int(info.get("pid", 0)), info.get("proc_start"))
+    return now - float(info.get("heartbeat", 0)) > stale_after
+
+
+def describe(info: dict[str, Any]) -> str:
+    age = time.time() - float(info.get("heartbeat", 0))
+    return f"pid {info.get('pid')} on {info.get('host')} (started {info.get('started_iso', '?')}, heartbeat {age:.0f} s ago)"
+
+
+def live_owner(path: Path, stale_after: float = STALE_AFTER_S) -> dict[str, Any] | None:
+    """The lease at ``path`` if a live process holds it, else None (absent or stale)."""
+    info = read_lease(path)
+    if info is None:
+        # absent, or being written this instant by its creator: a fresh unreadable file counts as live
+        try:
+            fresh = time.time() - path.stat().st_mtime < stale_after
+        except OSError:
+            return None
+        return {"host": "?", "pid": "?", "heartbeat": path.stat().st_mtime} if fresh else None
+    return None if is_stale(info, stale_after=stale_after) else info
+
+
+class Lease:
+    """Hold the lease at ``path`` for the life of a run: ``with Lease(path, what).acquire(): ...``."""
+
+    def __init__(self, path: Path, what: str, heartbeat_s: float = HEARTBEAT_S, stale_after: float = STALE_AFTER_S):
+        self.path = Path(path)
+        self.what = what  # for messages: "store out/demo.zarr, task local"
+        self.heartbeat_s = heartbeat_s
+        self.stale_after = stale_after
+        self.token = uuid.uuid4().hex
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        now = time.time()
+        self.info = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "proc_start": _proc_start(os.getpid()),
+            "started": now,
+            "started_iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            "heartbeat": now,
+            "token": self.token,
+        }
+
+    def acquire(self) -> Lease:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(5):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = live_owner(self.path, self.stale_after)
+                if owner is not None:
+                    raise LeaseHeld(
+                        f"{self.what} is being written by a live run ({describe(owner)}); wait for it to end, "
+                        f"or use another --out (if that process is truly gone, delete {self.path})"
+                    ) from None
+                # stale: move it aside (only one contender's rename finds it), then create ours
+                aside = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.stale")
+                try:
+                    os.rename(self.path, aside)
+                    os.unlink(aside)
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.info, f)
+            break
+        else:
+            raise LeaseHeld(f"{self.what}: could not take the lease {self.path} (contended); try again")
+        self._thread = threading.Thread(target=self._beat, name="flowprep-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def _write(self) -> None:
+        self.info["heartbeat"] = time.time()
+        tmp = self.path.with_name(f".{self.path.name}.{self.token[:8]}.tmp")
+        tmp.write_text(json.dumps(self.info))
+        os.replace(tmp, self.path)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            if not self._still_ours():
+                self.lost = True
+                return
+            try:
+                self._write()
+            except OSError:
+                pass  # a file-system hiccup: the next beat tries again
+
+    def _still_ours(self) -> bool:
+        info = read_lease(self.path)
+        return info is not None and info.get("token") == self.token
+
+    def check(self) -> None:
+        """Raise LeaseLost unless this process still holds the lease (called before each commit)."""
+        if self.lost or not self._still_ours():
+            self.lost = True
+            raise LeaseLost(f"{self.what}: this run's lease {self.path} was taken over by another run; stopping")
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._still_ours():
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
