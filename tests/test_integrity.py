@@ -431,3 +431,26 @@ def test_full_disk_then_retry_failed_completes_the_store(tmp_path):
         _assert_same(out, ref)
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+# -- clean edges ---------------------------------------------------------------------------------
+
+
+def test_bad_files_and_paths_are_one_line_errors_with_exit_2(built, tmp_path, capsys):
+    recipe, store = built
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a checkpoint\n")
+    cases = [
+        ["predict", str(tmp_path / "vids_missing.mp4"), "--weights", str(bad)],
+        ["train", "--store", str(store), "--stream", "rgb", "--out", str(tmp_path / "r"), "--init", "none",
+         "--crop", "32", "--resume", str(bad)],
+        ["evaluate", "--store", str(store), "--rgb", str(bad)],
+        ["evaluate", "--store", str(store), "--rgb", str(tmp_path / "absent.pt")],
+        ["slurm", "submit", str(recipe), "--out", str(tmp_path / "a\nb.zarr"), "--tasks", "2", "--dry-run"],
+    ]
+    for argv in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("flowprep: error:") and "Traceback" not in err[0], (argv, err)
+    assert not any("\n" in p.name for p in tmp_path.iterdir())  # the refused sbatch wrote nothing

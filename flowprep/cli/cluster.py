@@ -129,11 +129,12 @@ def cmd_slurm(args: argparse.Namespace) -> int:
             ids_file = write_ids_file(store, st.retry_keys)
             print(f"retrying {len(st.retry_keys)} row(s) ({st.pending} pending, {st.retryable_failed} retryable failures) "
                   f"in {len(indices)} task(s); ids: {ids_file}")
-        # so `flowprep status STORE` works from the moment the array is queued
-        record_run(run_dir(store), recipe, replace(cfg, num_tasks=num_tasks))
+        # rendered first: it refuses paths no sbatch script can hold before anything is written
         text = render_script(
             cfg, recipe, num_tasks, indices, opts, ids_file=ids_file, backend=args.backend, device=args.device
         )
+        # so `flowprep status STORE` works from the moment the array is queued
+        record_run(run_dir(store), recipe, replace(cfg, num_tasks=num_tasks))
         script = write_script(store, text, "retry" if args.retry_failed else "array")
         if args.dry_run:
             print(text, end="")

@@ -114,6 +114,11 @@ def render_script(
     python = python or sys.executable
     workdir = (workdir or Path.cwd()).resolve()
     rdir = run_dir(Path(cfg.out).resolve())
+    # #SBATCH lines cannot be quoted, and a newline in a path would start a new shell line: refuse
+    for what, value in (("--out", cfg.out), ("--cache-dir", cfg.cache_dir), ("recipe", recipe), ("working directory", workdir),
+                        ("python", python), ("--ids-from", ids_file or "")):
+        if re.search(r"[\x00-\x1f\x7f]", str(value)):
+            raise ValueError(f"{what} {str(value)!r}: a path with a newline or control character cannot go into an sbatch script")
     gpus = opts.gpus_per_task if opts.gpus_per_task is not None else int(uses_gpu(cfg))
     cmd = [
         python, "-m", "flowprep", "run", str(recipe.resolve()),

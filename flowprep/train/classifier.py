@@ -119,7 +119,15 @@ def save_checkpoint(path: Path, blob: Mapping[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    """A checkpoint of ``flowprep train``; a missing, truncated or foreign file is a ValueError
+    with a one-line message (never torch's traceback): the commands turn it into exit 2."""
+    if not Path(path).is_file():
+        raise ValueError(f"checkpoint {path} not found (or not a file)")
+    try:
+        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # zip reader, unpickler, EOF: torch raises many kinds for a bad file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {first[:200]})") from None
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a flowprep training checkpoint (written by `flowprep train`)")
     if blob.get("version") != CHECKPOINT_VERSION:
