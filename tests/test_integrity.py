@@ -454,3 +454,16 @@ def test_bad_files_and_paths_are_one_line_errors_with_exit_2(built, tmp_path, ca
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("flowprep: error:") and "Traceback" not in err[0], (argv, err)
     assert not any("\n" in p.name for p in tmp_path.iterdir())  # the refused sbatch wrote nothing
+
+
+def test_a_requeued_task_waits_for_the_lease_of_a_node_that_stopped_beating(tmp_path):
+    path = tmp_path / "leases" / "t0001.json"
+    path.parent.mkdir()
+    # another node, last heartbeat 1.5 s ago with beats every 0.5 s: probably dead, not yet stale
+    path.write_text(json.dumps({"host": "node-b", "pid": 7, "heartbeat": time.time() - 1.5, "token": "x"}))
+    t0 = time.monotonic()
+    lease = Lease(path, "store s", heartbeat_s=0.5, stale_after=3.0).acquire()
+    waited = time.monotonic() - t0
+    assert 1.0 <= waited <= 4.0  # waited until the lease went stale, then took it
+    assert json.loads(path.read_text())["token"] == lease.token
+    lease.release()

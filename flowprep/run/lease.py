@@ -123,17 +123,25 @@ class Lease:
 
     def acquire(self) -> Lease:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(5):
+        deadline = time.monotonic() + self.stale_after + 2 * self.heartbeat_s
+        takeovers = 0
+        while takeovers < 5 and time.monotonic() < deadline:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 owner = live_owner(self.path, self.stale_after)
+                if owner is not None and self._missing_beats(owner):
+                    # another node's run stopped beating (a preempted, requeued SLURM task, say):
+                    # wait for its lease to go stale instead of failing the requeued task
+                    time.sleep(min(self.heartbeat_s / 2, 5.0))
+                    continue
                 if owner is not None:
                     raise LeaseHeld(
                         f"{self.what} is being written by a live run ({describe(owner)}); wait for it to end, "
                         f"or use another --out (if that process is truly gone, delete {self.path})"
                     ) from None
                 # stale: move it aside (only one contender's rename finds it), then create ours
+                takeovers += 1
                 aside = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.stale")
                 try:
                     os.rename(self.path, aside)
@@ -149,6 +157,12 @@ class Lease:
         self._thread = threading.Thread(target=self._beat, name="flowprep-lease", daemon=True)
         self._thread.start()
         return self
+
+    def _missing_beats(self, owner: dict[str, Any]) -> bool:
+        """The owner is on another host and has missed two heartbeats (it may be dead)."""
+        if owner.get("host") in (socket.gethostname(), "?"):
+            return False
+        return time.time() - float(owner.get("heartbeat", 0)) > 2 * self.heartbeat_s
 
     def _write(self) -> None:
         self.info["heartbeat"] = time.time()
