@@ -298,8 +298,8 @@ def import_checkpoint(
     data = tf_bundle.data_path(prefix)
     if not data.is_file():
         raise WeightsError(
-            f"{data}: not found. The data files are in deepmind/kinetics-i3d's git history "
-            f"(data/checkpoints/{ckpt.folder}/, {ckpt.data_size:,} bytes): clone the repository, not an archive of it"
+            f"{data}: not found; it is data/checkpoints/{ckpt.folder}/{data.name} of deepmind/kinetics-i3d "
+            f"({ckpt.data_size:,} bytes, git blob id {ckpt.data_blob}): see README, 'Pretrained weights'"
         )
     data_blob = git_blob_id(data)
     pinned = index_pinned and data_blob == ckpt.data_blob

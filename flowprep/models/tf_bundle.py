@@ -67,7 +67,8 @@ class BundleError(ValueError):
 
 def crc32c(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
     """CRC-32C (Castagnoli) of ``data``, continuing from ``crc``; hardware-accelerated where it can be."""
-    return google_crc32c.extend(crc, bytes(data) if isinstance(data, memoryview) else data)
+    # the C extension takes read-only buffers only; one copy of a tensor costs far less than its CRC
+    return google_crc32c.extend(crc, data if isinstance(data, bytes) else bytes(data))
 
 
 def mask_crc(crc: int) -> int:
