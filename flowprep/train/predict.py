@@ -146,6 +146,27 @@ def print_top(title: str, logits: torch.Tensor, labels: list[str], k: int) -> No
         print(f"  {p:8.5f} {float(logits[i]):9.4f}  {labels[i]}")
 
 
+def parse_flow_params(items: list[str]) -> dict[str, int | float | bool]:
+    """``["warps=2", "scale_step=0.5"]`` -> ``{"warps": 2, "scale_step": 0.5}`` (checked by compute_flow)."""
+    out: dict[str, int | float | bool] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--flow-param {item!r}: expected KEY=VALUE, e.g. warps=5")
+        v = value.strip()
+        if v.lower() in ("true", "false"):
+            out[key.strip()] = v.lower() == "true"
+            continue
+        try:
+            out[key.strip()] = int(v)
+        except ValueError:
+            try:
+                out[key.strip()] = float(v)
+            except ValueError:
+                raise ValueError(f"--flow-param {item!r}: {v!r} is not a number or true/false") from None
+    return out
+
+
 def main(args: argparse.Namespace) -> int:
     if args.frames < 1 or args.top < 1:
         raise ValueError("--frames and --top must be >= 1")
@@ -177,7 +198,8 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"{rgb_weights} and {flow_weights} have different class lists: their logits cannot be fused")
     if flow_crop != crop:
         raise ValueError(f"{rgb_weights} was trained on {crop} px crops and {flow_weights} on {flow_crop}: give models of one crop")
-    result = two_stream(model, flow_model, frames, labels, crop=crop, device=device, flow_backend=args.flow_backend)
+    params = parse_flow_params(args.flow_param or [])
+    result = two_stream(model, flow_model, frames, labels, crop=crop, device=device, flow_backend=args.flow_backend, **params)
     print(where.format(n=result.frames) + f"; TV-L1 flow ({pick_backend(args.flow_backend)} backend) of {result.frames} frame pairs")
     for stream, name in (("rgb", rgb_weights), ("flow", flow_weights), ("fused", "sum of logits")):
         print_top(f"{stream} ({name})", result.logits[stream], labels, args.top)
@@ -200,6 +222,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--two-stream", action="store_true", help="also compute the window's TV-L1 flow, run the flow stream, fuse")
     p.add_argument("--flow-weights", help="flow stream: kinetics400-flow-imagenet (default), kinetics400-flow, or a flow checkpoint")
     p.add_argument("--flow-backend", default="auto", help="TV-L1 backend: auto (torch), torch, opencv")
+    p.add_argument("--flow-param", action="append", metavar="KEY=VALUE",
+                   help="a TV-L1 parameter (repeat; default: the stores' defaults, e.g. warps=5 scale_step=0.5): use the "
+                   "[flow.params] of the recipe that built the stores a checkpoint was trained on")
     p.add_argument("--labels", help="class names for a model imported without them (kinetics600-rgb): label_map_600.txt "
                    "or a Kinetics annotation CSV")
     p.add_argument("--frames", type=int, default=250, help="use up to N frames (25 fps) from --start (default: 250)")
