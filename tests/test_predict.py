@@ -38,6 +38,7 @@ def clip(tmp_path_factory):
     return synthetic_clip("translate", tmp_path_factory.mktemp("demo"))  # the demo's clip, 256x320
 
 
+@pytest.mark.slow
 def test_two_stream_is_both_models_on_frames_and_their_flow_and_the_sum(cache, clip):
     # 9 time steps: the fewest DeepMind's 2x7x7 logits pool takes (the trainer's head takes fewer)
     frames = decode_video(str(clip), DecodeConfig(fps=25.0, short_side=256))[:10]
@@ -72,6 +73,7 @@ def _sections(out):
     return sections
 
 
+@pytest.mark.slow
 def test_predict_two_stream_command(cache, clip, capsys):
     # the default flow backend (auto: torch TV-L1, on the GPU when there is one)
     args = ["predict", str(clip), "--two-stream", "--frames", "4", "--cache-dir", str(cache), "--device", "cpu", *FLOW_ARGS]
@@ -107,6 +109,7 @@ def test_predict_errors(cache, clip, capsys, tmp_path):
     assert parse_flow_params(["warps=2", "scale_step=0.5", "compile=false"]) == {"warps": 2, "scale_step": 0.5, "compile": False}
 
 
+@pytest.mark.slow
 def test_ucf101_recipe_commands_in_miniature(cache, tmp_path, capsys):
     """README's UCF-101 commands on a tiny store: train each stream from its Kinetics checkpoint
     (flow from the real flow weights, not averaged RGB), then evaluate fuses them."""
