@@ -167,8 +167,9 @@ def test_load_i3d_from_a_file_and_none(tmp_path):
         torch.testing.assert_close(loaded(x), trained(x), rtol=0, atol=0)
     fresh = load_i3d("none", num_classes=10)
     assert fresh.config.num_classes == 10 and not fresh.training
-    with pytest.raises(ValueError, match=r"must be one of \['kinetics400-rgb', 'none'\]"):
-        load_i3d("kinetics600-rgb")
+    with pytest.raises(ValueError, match=r"must be one of \['kinetics400-rgb', .*'kinetics600-rgb', 'none'\]"):
+        load_i3d("kinetics700-rgb")
+    assert load_i3d(path).config.in_channels == 2  # the file's own channels by default
     with pytest.raises(ValueError, match="only RGB weights"):
         load_i3d(path, in_channels=3)
 

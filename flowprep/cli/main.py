@@ -268,6 +268,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "train": ("train one I3D stream (rgb or flow) on stores; torchrun for several GPUs", "flowprep.train.train", "add_arguments", "command"),
     "evaluate": ("per-stream and fused top-1/top-5 of trained streams on whole videos", "flowprep.train.evaluate", "add_arguments", "command"),
     "predict": ("top Kinetics-400 classes of a video with the RGB I3D", "flowprep.train.predict", "add_arguments", "command"),
+    "weights": ("import DeepMind's TensorFlow I3D checkpoints (all five, no TensorFlow); list the cache", "flowprep.cli.weights", "add_arguments", "command"),
 }
 
 

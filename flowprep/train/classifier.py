@@ -26,11 +26,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from flowprep.models.i3d import ENDPOINTS, I3D, I3DConfig
-from flowprep.models.weights import FIRST_CONV, fetch_kinetics400_rgb, flow_state_dict_from_rgb, read_state_dict_file
+from flowprep.models.weights import (
+    CONVERTED_FILES,
+    FIRST_CONV,
+    flow_state_dict_from_rgb,
+    pretrained_state_dict,
+    read_state_dict_file,
+)
 
 CHECKPOINT_FORMAT = "flowprep-i3d-checkpoint"
 CHECKPOINT_VERSION = 1
-INITS = ("kinetics400-rgb", "none")
+INITS = (*CONVERTED_FILES, "none")  # DeepMind's models (flowprep weights import for all but kinetics400-rgb)
 
 
 class ClampedLogits(nn.Module):
@@ -71,7 +77,7 @@ TRUNK_ENDPOINTS = tuple(e for e in ENDPOINTS if e != "Logits")
 
 
 def initialise(model: Classifier, init: str, cache_dir: Path | None = None) -> str:
-    """Load ``init`` (``kinetics400-rgb``, ``none`` or a file) into ``model``; returns what it did.
+    """Load ``init`` (one of ``INITS`` or a file) into ``model``; returns what it did.
 
     RGB weights become a flow stream's by averaging the first conv over R, G, B; the blocks a
     shallow model lacks are ignored, and the logits are kept only when their shape fits (same
@@ -79,8 +85,8 @@ def initialise(model: Classifier, init: str, cache_dir: Path | None = None) -> s
     """
     if init == "none":
         return "random initialisation"
-    if init == "kinetics400-rgb":
-        state = fetch_kinetics400_rgb(cache_dir)
+    if init in CONVERTED_FILES:
+        state = pretrained_state_dict(init, cache_dir)
     elif Path(init).is_file():
         state = read_state_dict_file(Path(init))
     else:

@@ -322,7 +322,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", choices=("rgb", "flow"), required=True, help="which stream to train")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.jsonl, curves.png")
     p.add_argument("--split", default="train", help="videos of this split (default: train; 'all' for every video)")
-    p.add_argument("--init", default="kinetics400-rgb", help="kinetics400-rgb (default; flow: first conv averaged over RGB), none, or a .pt file")
+    p.add_argument("--init", default="kinetics400-rgb", help="kinetics400-rgb (default; flow: first conv averaged over RGB), kinetics400-rgb-imagenet, "
+                   "kinetics400-flow[-imagenet], kinetics600-rgb (after `flowprep weights import`), none, or a .pt file")
     p.add_argument("--classes", help="file with one class name per line, in logit order (default: sorted labels)")
     p.add_argument("--resume", nargs="?", const="auto", help="continue from a checkpoint; bare --resume: <out>/checkpoint.pt if it exists, else start")
     p.add_argument("--clip-len", type=int, default=64, help="time steps per training clip (default: 64)")
