@@ -23,8 +23,8 @@ Sampling (pure functions first, ``VideoClips`` after):
   and to move between processes.  ``clips_to_model(batch, stream, device)`` then flips (negating
   u), converts and scales on the training device (``x / 127.5 - 1`` for RGB, ``q / 127`` for
   flow, as the store's reader does) into (B, C, T, H, W) float32 with channels-last memory.
-  Measured (``make bench-store``): converting to float32 and collating in the workers was most
-  of a sample's time.
+  Measured (``make bench-store``, FORMAT.md): against rawframes normalised in the workers this
+  gains 1.1-1.2x for RGB; decoding the window (JPEG for both, FFV1 or zstd for flow) is the rest.
 
 Each training index is a pair ``(video_index, seed)`` (``TrainSampler`` makes them): the
 augmentation of a sample depends on its seed only, not on the worker or the order, so a resumed
@@ -84,8 +84,9 @@ def thwc_to_cthw_float(crop_thwc: np.ndarray) -> torch.Tensor:
     """float32 copy of (T, H, W, C) values, returned as a (C, T, H, W) view: channels-last memory.
 
     Keeping channels last makes the conversion one contiguous pass (moving channels first in
-    the same copy doubled the time of a whole RGB sample); ``collate_clips`` keeps the layout,
-    and cuDNN's 3D convolutions prefer it under bf16.  ``.contiguous()`` gives the classic layout.
+    the same copy doubled the time of a whole RGB sample), and cuDNN's 3D convolutions prefer it
+    under bf16.  ``.contiguous()`` gives the classic layout.  (Per-sample path, e.g. ``predict``;
+    batches go through ``raw_to_model``.)
     """
     return torch.from_numpy(crop_thwc.astype(np.float32)).permute(3, 0, 1, 2)
 
