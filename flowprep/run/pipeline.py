@@ -240,6 +240,7 @@ def content_settings(cfg: RunConfig, backend: str) -> dict[str, Any]:
             "algorithm": "tv-l1", "backend": backend, "params": flowmod.resolve_params(cfg.flow.params),
             "bound_px": cfg.flow.bound, "quantization": {"dtype": "int8", "scale": flowmod.QUANT_LEVELS},
         },
+        "codecs": cfg.write.codecs(),  # a JPEG store and a lossless one must not mix
     }
 
 

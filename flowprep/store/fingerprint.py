@@ -44,6 +44,7 @@ def from_video_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
                    "interpolation": dec.get("interpolation")},
         "flow": {"algorithm": flow.get("algorithm"), "backend": flow.get("backend"), "params": flow.get("params"),
                  "bound_px": flow.get("bound_px"), "quantization": {"dtype": q.get("dtype"), "scale": q.get("scale")}},
+        "codecs": attrs.get("codecs"),
     })
 
 

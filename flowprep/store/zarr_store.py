@@ -2,8 +2,13 @@
 
     <name>.zarr/                      zarr v3 group; attributes["flowprep"] = {format, format_version, dataset}
       videos/<video_id>/              one group per complete video; attributes: see FORMAT.md
-        rgb    uint8 (T, H, W, 3)     chunks (8, H, W, 3) in shards of (64, H, W, 3), zstd 3
-        flow   int8  (T-1, H, W, 2)   same layout; q = round(clip(px, -20, 20) / 20 * 127)
+        rgb    uint8 (T, H, W, 3)     dims (t, y, x, c); chunks (8, H, W, 3) in shards of (64, H, W, 3)
+        flow   int8  (T-1, H, W, 2)   dims (t_flow, y, x, uv); same layout; q = round(clip(px, -20, 20) / 20 * 127)
+
+Format 2 (written now): each array's codec is chosen by ``WriteConfig.rgb_codec`` / ``flow_codec``
+(``flowprep.store.codecs``: JPEG q95 RGB and exact FFV1 flow by default) and recorded in its
+zarr.json and in the video's ``codecs`` attribute; flow has its own time and channel dimension
+names so xarray opens a video group.  Format 1 (zstd 3, dims t, y, x, c for both) still reads.
 
 The bookkeeping beside the store (``<name>.run/``, staging included) belongs to
 ``flowprep.run.state``; this module only writes into the staging folder it is handed.
@@ -26,21 +31,26 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
 
 from flowprep.flow.api import dequantize_flow
 from flowprep.store import verify
+from flowprep.store.codecs import FLOW_CODECS, RGB_CODECS, array_codecs, codec_record
 from flowprep.store.errors import StoreError
 
 FORMAT_NAME = "flowprep"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: zstd only, flow dims named like RGB's (xarray cannot open a video group)
+DIMENSIONS = {"rgb": ("t", "y", "x", "c"), "flow": ("t_flow", "y", "x", "uv")}
 
 
 @dataclass(frozen=True)
 class WriteConfig:
     shard_frames: int = 64  # frames per shard file: a 64-frame window touches at most 2 shards
     chunk_frames: int = 8  # frames per compressed chunk inside a shard (the unit of a read)
-    zstd_level: int = 3  # measured: RGB 1.9x, int8 flow 6x at level 3
+    zstd_level: int = 3  # for the exact zstd codecs; measured: RGB 1.9x, int8 flow 6x at level 3
+    rgb_codec: str = "jpeg"  # "jpeg" (as faithful as JPEG rawframes at the same quality), "jpegxl", "lossless"
+    rgb_quality: int = 95  # JPEG / JPEG XL quality; 95 = mmaction2's rawframes
+    flow_codec: str = "ffv1"  # exact either way: "ffv1" (smallest), "zstd" (fastest to decode)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.chunk_frames, int) and self.chunk_frames >= 1):
@@ -51,6 +61,19 @@ class WriteConfig:
             )
         if not (isinstance(self.zstd_level, int) and 1 <= self.zstd_level <= 22):
             raise ValueError(f"write.zstd_level={self.zstd_level!r}: must be an integer in [1, 22]")
+        if self.rgb_codec not in RGB_CODECS:
+            raise ValueError(f"write.rgb_codec={self.rgb_codec!r}: allowed: {', '.join(RGB_CODECS)}")
+        if self.flow_codec not in FLOW_CODECS:
+            raise ValueError(f"write.flow_codec={self.flow_codec!r}: allowed: {', '.join(FLOW_CODECS)} (flow is always exact)")
+        if not (isinstance(self.rgb_quality, int) and 50 <= self.rgb_quality <= 100):
+            raise ValueError(f"write.rgb_quality={self.rgb_quality!r}: must be an integer in [50, 100]")
+
+    def codecs(self) -> dict[str, dict[str, Any]]:
+        """The video attribute ``codecs``: per array, its codec's name and settings."""
+        return {
+            "rgb": codec_record("rgb", self.rgb_codec, quality=self.rgb_quality, zstd_level=self.zstd_level),
+            "flow": codec_record("flow", self.flow_codec, quality=self.rgb_quality, zstd_level=self.zstd_level),
+        }
 
 
 def create_store(path: str | Path, dataset: str) -> None:
@@ -62,7 +85,7 @@ def create_store(path: str | Path, dataset: str) -> None:
     """
     path = Path(path)
     if (path / "zarr.json").exists():
-        _check_root(path)
+        _check_writable(path, _check_root(path))
         return
     if path.exists() and any(path.iterdir()) and not (path / "zarr.json").exists():  # re-check: a task may have won meanwhile
         raise StoreError(f"{path} exists and is not a flowprep store; choose another --out")
@@ -82,6 +105,16 @@ def create_store(path: str | Path, dataset: str) -> None:
     _check_root(path)
 
 
+def _check_writable(path: Path, info: dict[str, Any]) -> None:
+    if info.get("format_version") != FORMAT_VERSION:
+        # one store, one format: its root says how every video in it is laid out
+        raise StoreError(
+            f"{path} is a format {info.get('format_version')} store; this flowprep writes format {FORMAT_VERSION} "
+            f"(it still reads it). Write new videos into a new store (--out), or finish this one with the flowprep "
+            f"that started it."
+        )
+
+
 def _check_root(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads((path / "zarr.json").read_text())
@@ -91,11 +124,11 @@ def _check_root(path: Path) -> dict[str, Any]:
     if meta.get("zarr_format") != 3 or not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
         raise StoreError(f"{path} is not a flowprep store (no 'flowprep' attributes in a zarr v3 root group)")
     version = info.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise StoreError(
-            f"{path} has flowprep format version {version!r}; this flowprep ({FORMAT_VERSION}) reads only "
-            f"version {FORMAT_VERSION}. Rebuild the store with this version, or use a flowprep that "
-            f"matches it."
+            f"{path} has flowprep format version {version!r}; this flowprep (format {FORMAT_VERSION}) reads "
+            f"versions {', '.join(map(str, READABLE_VERSIONS))}. Rebuild the store with this version, or use a "
+            f"flowprep that matches it."
         )
     return info
 
@@ -141,19 +174,19 @@ class VideoWriter:
         self.video_id = video_id
         self.tmp = Path(tmp)
         group = zarr.open_group(str(self.tmp), mode="w")
-        # checksum=True: every chunk carries zstd's content checksum, so flipped bytes fail the read (issue 9)
-        codec = ZstdCodec(level=cfg.zstd_level, checksum=True)
+        self.cfg = cfg
 
         def array(name: str, tail: tuple[int, ...], dtype: str) -> zarr.Array:
+            codec = cfg.rgb_codec if name == "rgb" else cfg.flow_codec
             return group.create_array(
                 name,
                 shape=(0, *tail),
                 dtype=dtype,
                 chunks=(cfg.chunk_frames, *tail),
                 shards=(cfg.shard_frames, *tail),
-                compressors=codec,
+                **array_codecs(name, codec, quality=cfg.rgb_quality, zstd_level=cfg.zstd_level),
                 fill_value=0,
-                dimension_names=("t", "y", "x", "c"),
+                dimension_names=DIMENSIONS[name],
                 # shard files sit directly in the array folder (c.0.0.0.0) instead of 4 nested
                 # folders each: 3 folders per video instead of 29 (~8M fewer inodes for Kinetics-400)
                 chunk_key_encoding={"name": "default", "separator": "."},
@@ -180,7 +213,7 @@ class VideoWriter:
         self.flow.flush()
         if self.n_flow != self.n_frames - 1:
             raise StoreError(f"{self.video_id}: {self.n_frames} frames but {self.n_flow} flow fields")
-        self.group.attrs.update({**attrs, "n_frames": self.n_frames, "n_flow": self.n_flow})
+        self.group.attrs.update({**attrs, "n_frames": self.n_frames, "n_flow": self.n_flow, "codecs": self.cfg.codecs()})
         problems = verify.video_problems(self.tmp, full=True)
         if problems:
             raise StoreError(f"{self.video_id}: written data do not read back: {'; '.join(problems)}")
@@ -247,7 +280,9 @@ class Store:
             self._groups[video_id] = g
         return g
 
-    def _read(self, video_id: str, name: str, start: int, stop: int | None) -> np.ndarray:
+    def _read(
+        self, video_id: str, name: str, start: int, stop: int | None, ys: slice = slice(None), xs: slice = slice(None)
+    ) -> np.ndarray:
         """Frames start:stop of array ``name``, checked (verify.check_read): damage is a StoreError, never fill values."""
         got = self._arrays.get((video_id, name))
         if got is None:
@@ -266,7 +301,7 @@ class Store:
         a, b, _ = slice(start, stop).indices(expected)
         verify.check_read(video_id, name, layout, expected, a, b)
         try:
-            return arr[start:stop]
+            return arr[start:stop, ys, xs]
         except Exception as e:
             raise verify.decode_error(video_id, name, arr, layout, a, b, e) from None
 
@@ -274,11 +309,16 @@ class Store:
         """Attributes of a video: label, split, n_frames, n_flow, fps, height, width, source, flow, ..."""
         return dict(self._group(video_id).attrs)
 
-    def read_rgb_uint8(self, video_id: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return self._read(video_id, "rgb", start, stop)
+    def read_rgb_uint8(
+        self, video_id: str, start: int = 0, stop: int | None = None, *, ys: slice = slice(None), xs: slice = slice(None)
+    ) -> np.ndarray:
+        """Raw frames ``start:stop`` (rows ``ys``, columns ``xs``): only the chunks of those frames are read."""
+        return self._read(video_id, "rgb", start, stop, ys, xs)
 
-    def read_flow_int8(self, video_id: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return self._read(video_id, "flow", start, stop)
+    def read_flow_int8(
+        self, video_id: str, start: int = 0, stop: int | None = None, *, ys: slice = slice(None), xs: slice = slice(None)
+    ) -> np.ndarray:
+        return self._read(video_id, "flow", start, stop, ys, xs)
 
     def read_rgb(self, video_id: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Frames ``start:stop`` as float32 (T, H, W, 3) in [-1, 1] (x / 127.5 - 1)."""

@@ -17,14 +17,19 @@ Sampling (pure functions first, ``VideoClips`` after):
 * **crop and flip**: one random crop (training) or centre crop (evaluation) and one random
   horizontal flip per sample, identical for RGB and flow; flipping flow mirrors it *and
   negates u* (a motion to the right seen in a mirror goes to the left).
-* **values**: raw uint8 / int8 are cropped (and flipped) first and converted after
-  (``x / 127.5 - 1`` for RGB, ``q / 127`` for flow, as the store's reader does), on a fraction of
-  the pixels.  Tensors are (C, T, H, W) with channels-last memory (see ``thwc_to_cthw_float``);
-  use ``collate_clips`` in the DataLoader to keep that layout in batches.
+* **hand-over**: a worker reads only the window's chunks and only the crop's rows and columns
+  (``Store.read_*(..., ys=, xs=)``) and hands over the raw crop, uint8 RGB / int8 flow
+  (T, crop, crop, C), unflipped, with its ``flip`` flag: a quarter of float32's bytes to collate
+  and to move between processes.  ``clips_to_model(batch, stream, device)`` then flips (negating
+  u), converts and scales on the training device (``x / 127.5 - 1`` for RGB, ``q / 127`` for
+  flow, as the store's reader does) into (B, C, T, H, W) float32 with channels-last memory.
+  Measured (``make bench-store``, FORMAT.md): against rawframes normalised in the workers this
+  gains 1.1-1.2x for RGB; decoding the window (JPEG for both, FFV1 or zstd for flow) is the rest.
 
-Each training index is a pair ``(video_index, seed)``: the augmentation of a sample depends on
-its seed only, not on the worker or the order, so a resumed run draws the same clips
-(``TrainSampler`` makes the pairs).
+Each training index is a pair ``(video_index, seed)`` (``TrainSampler`` makes them): the
+augmentation of a sample depends on its seed only, not on the worker or the order, so a resumed
+run draws the same clips.  A plain int index (``DataLoader(dataset, shuffle=True)``) draws the
+seed from torch's generator, which the DataLoader seeds per worker from its base seed.
 """
 
 from __future__ import annotations
@@ -79,8 +84,9 @@ def thwc_to_cthw_float(crop_thwc: np.ndarray) -> torch.Tensor:
     """float32 copy of (T, H, W, C) values, returned as a (C, T, H, W) view: channels-last memory.
 
     Keeping channels last makes the conversion one contiguous pass (moving channels first in
-    the same copy doubled the time of a whole RGB sample); ``collate_clips`` keeps the layout,
-    and cuDNN's 3D convolutions prefer it under bf16.  ``.contiguous()`` gives the classic layout.
+    the same copy doubled the time of a whole RGB sample), and cuDNN's 3D convolutions prefer it
+    under bf16.  ``.contiguous()`` gives the classic layout.  (Per-sample path, e.g. ``predict``;
+    batches go through ``raw_to_model``.)
     """
     return torch.from_numpy(crop_thwc.astype(np.float32)).permute(3, 0, 1, 2)
 
@@ -164,9 +170,11 @@ class VideoClips(Dataset):
     crop and flip).  ``classes``: label names in logit order (default: sorted labels of the
     selected videos); a video whose label is not among them is an error.
 
-    Item: a dict with one (C, T, H, W) float tensor per stream, ``label``, ``video`` (index into
+    Item: a dict with one raw (T, crop, crop, C) tensor per stream (uint8 RGB, int8 flow,
+    unflipped; ``clips_to_model`` finishes it on the device), ``label``, ``video`` (index into
     ``videos``, to pool clip predictions per video), and the sampling (``start``, ``y``, ``x``,
-    ``flip``).  Training items are indexed by ``(video_index, seed)``, evaluation items by int.
+    ``flip``).  Training items are indexed by ``(video_index, seed)`` (``TrainSampler``) or by a
+    plain video index (any sampler, e.g. ``shuffle=True``); evaluation items by int.
     """
 
     def __init__(
@@ -228,23 +236,24 @@ class VideoClips(Dataset):
             self._pid = os.getpid()
         return self._stores[i]
 
-    def read_raw(self, stream: str, ref: VideoRef, start: int, stop: int) -> np.ndarray:
-        """Raw time steps ``start:stop`` of a stream: uint8 (T, H, W, 3) RGB or int8 (T, H, W, 2) flow."""
+    def read_raw(self, stream: str, ref: VideoRef, start: int, stop: int, y: int = 0, x: int = 0) -> np.ndarray:
+        """Raw time steps ``start:stop`` of a stream, the crop at (y, x) only: uint8 (T, crop, crop, 3)
+        RGB or int8 (T, crop, crop, 2) flow.  Only the chunks of those steps are read."""
         store = self._store(ref.store)
         read = store.read_rgb_uint8 if stream == "rgb" else store.read_flow_int8
-        return read(ref.video_id, start, stop)
+        s = self.clip.crop
+        return read(ref.video_id, start, stop, ys=slice(y, y + s), xs=slice(x, x + s))
 
-    def convert(self, stream: str, raw: np.ndarray, y: int, x: int, flip: bool, bound_px: float = FLOW_UNIT_PX) -> torch.Tensor:
-        """Raw time steps -> float32 (C, T, crop, crop): crop, flip, then scale (flow: by its video's ``bound_px``)."""
-        if stream == "rgb":
-            return rgb_thwc_to_cthw(raw, y, x, self.clip.crop, flip)
-        return flow_thw2_to_cthw(raw, y, x, self.clip.crop, flip, bound_px)
+    def convert(self, stream: str, raw: np.ndarray) -> torch.Tensor:
+        """The raw crop as handed over: a contiguous (T, crop, crop, C) uint8 / int8 tensor."""
+        return torch.from_numpy(np.ascontiguousarray(raw))
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         if self.clip.train:
-            if not isinstance(key, (tuple, list)):
-                raise TypeError("training items are indexed by (video_index, seed); use TrainSampler")
-            v, seed = int(key[0]), int(key[1])
+            if isinstance(key, (tuple, list)):
+                v, seed = int(key[0]), int(key[1])
+            else:  # a plain sampler: torch's generator, seeded per DataLoader worker, draws the augmentation
+                v, seed = int(key), int(torch.randint(0, 2**62, ()).item())
             ref = self.videos[v]
             rng = np.random.default_rng(seed)
             length = self.length(ref)
@@ -259,6 +268,8 @@ class VideoClips(Dataset):
             flip = False
             clip_len = self.clip.clip_len
         out: dict[str, Any] = {"label": ref.label, "video": v, "start": start, "y": y, "x": x, "flip": flip}
+        if "flow" in self.streams:  # model units per int8 step / (1 / 127): this video's own bound
+            out["flow_scale"] = ref.bound_px / FLOW_UNIT_PX
         for stream in self.streams:
             n = ref.n_frames if stream == "rgb" else ref.n_frames - 1
             if clip_len == 0:  # whole video: each stream all of its own time steps
@@ -266,22 +277,53 @@ class VideoClips(Dataset):
             else:
                 t = window_indices(self.length(ref), clip_len, start)
             lo, hi = int(t.min()), int(t.max()) + 1
-            raw = self.read_raw(stream, ref, lo, hi)
+            raw = self.read_raw(stream, ref, lo, hi, y, x)
             if len(t) != hi - lo or t[0] != lo:  # looped: pick the steps out of the span read
                 raw = raw[t - lo]
-            out[stream] = self.convert(stream, raw, y, x, flip, ref.bound_px)
+            out[stream] = self.convert(stream, raw)
         return out
 
 
 def collate_clips(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """``default_collate``, except that clips keep their channels-last memory (no transposition):
-    (B, C, T, H, W) tensors with the strides of (B, T, H, W, C)."""
-    out = default_collate([{k: v for k, v in item.items() if k not in STREAMS} for item in batch])
-    for stream in STREAMS:
-        if stream in batch[0]:
-            # stacking the contiguous (T, H, W, C) views is a plain copy (into shared memory in a worker)
-            out[stream] = default_collate([item[stream].permute(1, 2, 3, 0) for item in batch]).permute(0, 4, 1, 2, 3)
-    return out
+    """``default_collate`` (kept as a name for callers): raw crops stack to (B, T, H, W, C)."""
+    return default_collate(batch)
+
+
+def raw_to_model(
+    raw_bthwc: torch.Tensor, stream: str, flip_b: torch.Tensor | None = None, scale_b: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Raw crops (B, T, H, W, C) uint8 RGB / int8 flow -> float32 (B, C, T, H, W) in [-1, 1].
+
+    Pure and device-agnostic (runs where ``raw_bthwc`` is).  ``flip_b``: bool (B,), mirror those
+    samples left-right, and for flow negate their u.  ``scale_b`` (flow): float (B,), each video's
+    ``bound_px / 20``, so flow of stores with other bounds arrives in the same units (1.0 = 20 px).  The result is a
+    (B, C, T, H, W) view of
+    channels-last memory (``torch.channels_last_3d``), as cuDNN's 3D convolutions prefer.
+    """
+    x = raw_bthwc.float()
+    if stream == "rgb":
+        x.mul_(1 / 127.5).sub_(1.0)
+    else:
+        x.mul_(1 / 127)
+        if scale_b is not None:
+            x.mul_(scale_b.to(x.device, x.dtype).view(-1, 1, 1, 1, 1))
+    if flip_b is not None and bool(flip_b.any()):
+        f = flip_b.to(x.device).view(-1, 1, 1, 1)
+        x = torch.where(f[..., None], x.flip(3), x)  # W is dim 3 of (B, T, H, W, C)
+        if stream == "flow":  # a motion to the right seen in a mirror goes to the left
+            x[..., 0] = torch.where(f, -x[..., 0], x[..., 0])
+    return x.permute(0, 4, 1, 2, 3)
+
+
+def clips_to_model(batch: dict[str, Any], stream: str, device: torch.device | str) -> torch.Tensor:
+    """A collated batch's stream on ``device``, ready for the model: moved raw (a quarter of float32's
+    bytes), then flipped, converted and scaled there (``raw_to_model``)."""
+    raw = batch[stream].to(device, non_blocking=True)
+    flip = batch.get("flip")
+    scale = batch.get("flow_scale") if stream == "flow" else None
+    return raw_to_model(
+        raw, stream, flip if isinstance(flip, torch.Tensor) else None, scale if isinstance(scale, torch.Tensor) else None
+    )
 
 
 # --- sampling for training --------------------------------------------------------------------

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from flowprep.console import usage_error
 from flowprep.train.classifier import Classifier, classifier_from_checkpoint, load_checkpoint
-from flowprep.train.data import ClipConfig, VideoClips, collate_clips
+from flowprep.train.data import ClipConfig, VideoClips, clips_to_model, collate_clips
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -43,7 +43,7 @@ def evaluate(
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     for batch in loader:
         for stream, model in models.items():
-            x = batch[stream].to(device, non_blocking=True, memory_format=fmt)
+            x = clips_to_model(batch, stream, device).contiguous(memory_format=fmt)  # uint8/int8 until here
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(x).float().cpu().double()
             sums[stream].index_add_(0, batch["video"], logits)

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from flowprep.console import usage_error
 from flowprep.models.i3d import I3DConfig
 from flowprep.train.classifier import Classifier, initialise, load_checkpoint, save_checkpoint
-from flowprep.train.data import CHANNELS, ClipConfig, TrainSampler, VideoClips, collate_clips
+from flowprep.train.data import CHANNELS, ClipConfig, TrainSampler, VideoClips, clips_to_model, collate_clips
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -118,7 +118,7 @@ def train_one_epoch(
     t_last = time.perf_counter()
     while step < stop:
         batch = next(batches)
-        x = batch[stream].to(device, non_blocking=True, memory_format=fmt)
+        x = clips_to_model(batch, stream, device).contiguous(memory_format=fmt)  # uint8/int8 until here
         y = batch["label"].to(device, non_blocking=True)
         lr = optimizer.param_groups[0]["lr"]
         loss, correct = train_step(model, criterion, optimizer, x, y, amp=amp)
