@@ -26,8 +26,9 @@ frames at short side 256, one core:
   (12.4 / 7.9 KB, lossy) and 3x below zstd (30.9 / 17.0 KB).  Measured and not chosen: JPEG XL
   lossless (12.6 KB at effort 3 but 50 fields/s decode), JPEG-LS (18 KB), PNG (26 KB), deltas
   along x / y / t + zstd (17-28 KB; level 19 encodes 4 fields/s), bit-plane shuffle + zstd
-  (47 KB).  ``"zstd"`` (today's layout) decodes ~10x faster for a loader that must not spend
-  CPU on flow, at 3x the bytes.
+  (47 KB).  ``"zstd"`` (format 1's layout) decodes ~15x faster for a loader that must not
+  spend CPU on flow (FFV1: ~170 fields/s per core, 0.22x rawframes' training clips/s), at 2-3x
+  the bytes.
 """
 
 from __future__ import annotations
