@@ -379,7 +379,7 @@ def test_rerun_with_other_short_side_or_bound_refuses_naming_the_fields(tmp_path
 
 
 def test_data_reader_scales_flow_by_each_videos_bound(tmp_path):
-    from flowprep.train.data import ClipConfig, VideoClips
+    from flowprep.train.data import ClipConfig, VideoClips, clips_to_model, collate_clips
 
     manifest = _manifest(tmp_path, n=1, frames=8)
     stores = []
@@ -391,7 +391,8 @@ def test_data_reader_scales_flow_by_each_videos_bound(tmp_path):
         run(cfg)
         stores.append(cfg.out)
     clips = [VideoClips([p], streams=("flow",), clip=ClipConfig(clip_len=0, crop=32, train=False)) for p in stores]
-    f20, f10 = (c[0]["flow"].numpy() for c in clips)
+    # workers hand over int8; the scale is applied where the model runs (clips_to_model)
+    f20, f10 = (clips_to_model(collate_clips([c[0]]), "flow", "cpu")[0].numpy() for c in clips)
     q20, q10 = (open_store(p).read_flow_int8("clip0").astype(int) for p in stores)
     assert np.abs(f10).max() <= 0.5 + 1e-6  # a 10 px bound reaches at most half of I3D's 20 px unit
     # the same motion in the same units, whatever the bound: agree to a quantization step of the coarser

@@ -267,7 +267,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "slurm": ("run a recipe as a SLURM job array: `flowprep slurm submit RECIPE --tasks N`", "flowprep.cli.cluster", "_add_slurm", "cmd_slurm"),
     "train": ("train one I3D stream (rgb or flow) on stores; torchrun for several GPUs", "flowprep.train.train", "add_arguments", "command"),
     "evaluate": ("per-stream and fused top-1/top-5 of trained streams on whole videos", "flowprep.train.evaluate", "add_arguments", "command"),
-    "predict": ("top Kinetics-400 classes of a video with the RGB I3D", "flowprep.train.predict", "add_arguments", "command"),
+    "predict": ("top Kinetics classes of a video: the RGB I3D, or both streams with --two-stream", "flowprep.train.predict", "add_arguments", "command"),
     "weights": ("import DeepMind's TensorFlow I3D checkpoints (all five, no TensorFlow); list the cache", "flowprep.cli.weights", "add_arguments", "command"),
     "export": ("write a store as mmaction2 rawframes: `flowprep export rawframes STORE OUT`", "flowprep.cli.rawframes", "_add_export", "cmd_export"),
     "import": ("rawframes / denseflow folders into a store: `flowprep import rawframes ROOT STORE`", "flowprep.cli.rawframes", "_add_import", "cmd_import"),
