@@ -26,6 +26,7 @@ import csv
 import io
 import os
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -54,7 +55,8 @@ def is_video_file(path: Path) -> bool:
 def dataset_name(path: Path, fallback: str) -> str:
     """A recipe dataset name (``[A-Za-z0-9_-]{1,64}``) from a folder or file name."""
     stem = path.name if path.is_dir() else path.stem
-    name = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_")[:64]
+    ascii_ = "".join(c for c in unicodedata.normalize("NFKD", stem) if not unicodedata.combining(c))
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", ascii_).strip("_")[:64]
     return name or fallback
 
 
