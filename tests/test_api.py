@@ -31,7 +31,11 @@ def test_shipped_recipes_are_found_by_name_from_any_folder(tmp_path, monkeypatch
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out
     assert "demo" in out and "ready" in out and "flowprep manifests fetch kinetics400" in out
-    assert main(["recipes", "demo"]) == 0 and 'manifest = "demo.csv"' in capsys.readouterr().out
+    assert main(["recipes", "demo"]) == 0
+    copy = tmp_path / "my.toml"
+    copy.write_text(capsys.readouterr().out)
+    assert f'manifest = "{RECIPES_DIR / "demo.csv"}"' in copy.read_text() and load_recipe(copy).manifest == cfg.manifest
+    assert main(["recipes", "kinetics"]) == 0 and 'manifest = "data:kinetics400/validate.csv"' in capsys.readouterr().out
 
 
 def test_manifests_folder_rule(tmp_path):

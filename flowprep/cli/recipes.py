@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 
@@ -112,14 +113,21 @@ def prepare_target(target: str, out: str | None, split: str | None) -> tuple[Pat
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", nargs="?", help="print this recipe's file (copy it to make your own)")
+    p.add_argument("name", nargs="?", help="print this recipe (its manifest path made absolute): save it to make your own")
 
 
 def command(args: argparse.Namespace) -> int:
     from flowprep.run.recipe import RecipeError, load_recipe
 
     if args.name:
-        print(find_recipe(args.name).read_text(encoding="utf-8"), end="")
+        path = find_recipe(args.name)
+        text = path.read_text(encoding="utf-8")
+
+        def absolute(m: re.Match) -> str:  # so a copy saved anywhere still finds its manifest
+            value = m.group(2)
+            return m.group(0) if value.startswith("data:") else m.group(1) + _toml_str(str((path.parent / value).resolve()))
+
+        print(re.sub(r'(?m)^(manifest\s*=\s*)"([^"]*)"', absolute, text, count=1), end="")
         return 0
     print(f"shipped recipes ({RECIPES_DIR}); run one with `flowprep run NAME`:")
     for name, path in shipped_recipes().items():
