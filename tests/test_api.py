@@ -175,3 +175,13 @@ def test_flow_progress_total_is_known_before_decoding(tmp_path):
     assert expected_pairs(rows, tmp_path, 25.0) == 9 + 24 + 49
     assert expected_pairs(rows[:1], tmp_path, 12.5) == 4
     assert expected_pairs([ManifestRow(5, "d", youtube_id="abcdefghijk")], tmp_path, 25.0) is None
+
+
+def test_architecture_cli_row_lists_every_command():
+    from flowprep.cli.main import COMMANDS
+
+    row = next(ln for ln in (Path(__file__).resolve().parents[1] / "ARCHITECTURE.md").read_text().splitlines() if ln.startswith("| CLI |"))
+    import re
+
+    listed = re.search(r"registry \(`([^`]*)`", row).group(1).split(" / ")
+    assert sorted(listed) == sorted(COMMANDS), "add new commands to ARCHITECTURE.md's CLI row"
