@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -19,8 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", str(ROOT), "--no-deps", "-w", str(out)],
-                   check=True, capture_output=True, text=True, cwd=out)
+    # a copy of the source tree: an in-tree build/ left by an older build could add stale files
+    src = out / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "out", "__pycache__", ".pytest_cache", ".ruff_cache", "weights"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", ".", "--no-deps", "-w", str(out)],
+                   check=True, capture_output=True, text=True, cwd=src)
     (whl,) = out.glob("flowprep-*.whl")
     return whl
 
