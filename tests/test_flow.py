@@ -1,15 +1,21 @@
+import functools
+
 import numpy as np
 import pytest
 
 from flowprep.dataset.demo import Motion, render, true_flow
+from flowprep.flow import api
 from flowprep.flow.api import (
     DEFAULT_TVL1_PARAMS,
     FLOW_BOUND,
-    compute_flow,
     dequantize_flow,
     quantize_flow,
     rgb_to_gray,
 )
+
+# These tests pin down the reference backend (OpenCV); compute_flow's default is now "auto"
+# (torch here), which tests/test_flow_torch.py checks against this reference.
+compute_flow = functools.partial(api.compute_flow, backend="opencv")
 
 
 def _gray(motion, n=3, h=64, w=80):

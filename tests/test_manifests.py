@@ -12,7 +12,7 @@ from flowprep.dataset import manifests as m
 from flowprep.dataset.manifest import ManifestError, parse_manifest
 
 SHARED = Path(os.environ.get("FLOWPREP_SHARED_MANIFESTS", Path(__file__).resolve().parents[2] / "shared" / "manifests"))
-SAMPLES = Path(__file__).resolve().parents[1] / "data_manifests" / "samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "flowprep" / "recipes" / "samples"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real annotation files not at {SHARED}")
 
 
@@ -145,19 +145,17 @@ def test_build_ucf101_manifest_from_a_local_root(tmp_path, capsys):
 
 
 def test_recipes_load_and_missing_manifest_says_what_to_run(tmp_path):
+    from flowprep.cli.recipes import RECIPES_DIR
     from flowprep.run.recipe import load_recipe
 
-    pipelines = Path(__file__).resolve().parents[1] / "pipelines"
     for name in ("kinetics400", "kinetics600", "kinetics700", "kinetics700-2020", "ucf101", "hmdb51"):
-        cfg = load_recipe(pipelines / f"{name}.toml")
-        assert cfg.manifest.parent.name == name
+        cfg = load_recipe(RECIPES_DIR / f"{name}.toml")
+        assert cfg.manifest.parent.name == name and cfg.manifest.parent.parent == m.DATA_MANIFESTS  # data:<name>/...
         assert (cfg.fetch is not None) == name.startswith("kinetics")
-    # a recipe whose manifest has not been fetched yet fails with the command to run
-    (tmp_path / "pipelines").mkdir()
-    (tmp_path / "pipelines" / "kinetics400.toml").write_text((pipelines / "kinetics400.toml").read_text())
+    # a shipped recipe whose manifest has not been fetched yet fails with the command to run
     out = subprocess.run(
         [sys.executable, "-m", "flowprep", "run", "kinetics", "--out", str(tmp_path / "k.zarr")],
-        capture_output=True, text=True, cwd=tmp_path, check=False,
+        capture_output=True, text=True, cwd=tmp_path, check=False, env={**os.environ, "FLOWPREP_DATA": str(tmp_path / "data")},
     )
     assert out.returncode == 2
     assert "validate.csv not found: run `flowprep manifests fetch kinetics400` first" in out.stderr

@@ -176,7 +176,7 @@ def _add_slurm(p: argparse.ArgumentParser) -> None:
     s.add_argument("--tasks", type=int, help="number of array tasks N (with --retry-failed: default the last submission's)")
     s.add_argument("--out", help="store path (default: out/<dataset>.zarr); must be on a file system all nodes share")
     s.add_argument("--partition", help="SLURM partition")
-    s.add_argument("--gpus-per-task", type=int, help="GPUs per task (default: 1 if the recipe's flow backend uses a GPU, else 0)")
+    s.add_argument("--gpus-per-task", type=int, help="GPUs per task (default: 1 if the recipe or --device asks for cuda, else 0)")
     s.add_argument("--cpus", type=int, default=1, help="CPUs per task (default: 1); a CPU-only task runs that many videos at once")
     s.add_argument("--mem", help="memory per task, e.g. 16G")
     s.add_argument("--time", help="time limit per task, e.g. 4:00:00")

@@ -12,7 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from flowprep.cli.recipes import find_recipe
+from flowprep import __version__
+from flowprep.cli.recipes import prepare_target
 from flowprep.console import usage_error
 
 
@@ -24,7 +25,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flowprep.run.state import index_path
     from flowprep.store.zarr_store import StoreError
 
-    recipe = find_recipe(args.recipe)
+    recipe, args.out = prepare_target(args.recipe, args.out, args.split)  # a folder / video: a generated recipe
     try:
         cfg = load_recipe(
             recipe, out=args.out, cache_dir=args.cache_dir, jobs=args.jobs, overwrite=args.overwrite,
@@ -147,7 +148,10 @@ def _synthetic_epe(store, vid: str, source: str) -> float:
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", help="recipe file (pipelines/demo.toml) or dataset name (demo, kinetics, ucf101, ...)")
+    p.add_argument("recipe", metavar="TARGET",
+                   help="a shipped recipe's name (demo, kinetics, ucf101, ...: `flowprep recipes`), a recipe file (my.toml),"
+                   " a folder of videos (class subfolders become labels) or one video file")
+    p.add_argument("--split", help="folder / video: the split of videos not under a train/val/test folder (default: none)")
     p.add_argument("--out", help="store path (default: out/<dataset>.zarr)")
     p.add_argument("--jobs", type=int, default=1, help="videos processed in parallel (default: 1)")
     p.add_argument("--overwrite", action="store_true", help="redo videos that are already complete")
@@ -190,6 +194,7 @@ def cmd_manifests(args: argparse.Namespace) -> int:
     root = Path(args.dir) if args.dir else m.DATA_MANIFESTS
     try:
         if args.action == "list":
+            print(f"manifests folder: {root}")
             for ds in m.DATASETS.values():
                 have = "present" if (root / ds.name / "SHA256SUMS").is_file() else "not fetched"
                 print(f"{ds.name:<18} {have:<12} {ds.url}")
@@ -217,15 +222,16 @@ def cmd_manifests(args: argparse.Namespace) -> int:
 
 def _add_manifests(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=("fetch", "build", "list"),
-                   help="fetch: official annotation files into data_manifests/ (checked); build: UCF-101/HMDB-51 manifest"
+                   help="fetch: official annotation files into the manifests folder (checked); build: UCF-101/HMDB-51 manifest"
                    " from split lists + your video folder; list: datasets and what is present")
     p.add_argument("dataset", nargs="?", help="kinetics400 (kinetics), kinetics600, kinetics700, kinetics700-2020, ucf101, hmdb51")
     p.add_argument("--from", dest="source", metavar="PATH", help="fetch: a hand-downloaded archive or a folder of the files, not the network")
     p.add_argument("--force", action="store_true", help="fetch again although the files are present and pass their checks")
-    p.add_argument("--dir", help="manifest folder (default: the project's data_manifests/)")
+    p.add_argument("--dir", help="manifests folder (default: $FLOWPREP_DATA/manifests, a clone's data_manifests/,"
+                   " else ~/.local/share/flowprep/manifests; `manifests list` prints it)")
     p.add_argument("--root", help="build: folder holding the unpacked videos ({class}/{name}.avi)")
     p.add_argument("--split", type=int, default=1, choices=(1, 2, 3), help="build: official split number (default 1)")
-    p.add_argument("--out", help="build: manifest CSV to write (default data_manifests/<dataset>/<dataset>_split<N>.csv)")
+    p.add_argument("--out", help="build: manifest CSV to write (default <manifests folder>/<dataset>/<dataset>_split<N>.csv)")
 
 
 def _add_inspect(p: argparse.ArgumentParser) -> None:
@@ -258,7 +264,7 @@ def _record_run(recipe: Path, cfg) -> None:
 # name -> (help, module, its add-arguments function, its handler).  Modules are imported only for
 # the command being run, so `flowprep --help` and `flowprep run` never import torch.
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "run": ("build a store from a recipe: decode, TV-L1 flow, write (resumable)", "flowprep.cli.main", "_add_run", "cmd_run"),
+    "run": ("build a store from a recipe, a folder of videos or a video: decode, TV-L1 flow, write (resumable)", "flowprep.cli.main", "_add_run", "cmd_run"),
     "inspect": ("summarize a store; --preview writes a flow picture", "flowprep.cli.main", "_add_inspect", "cmd_inspect"),
     "verify": ("check every chunk of a store; list damaged videos (exit 1 if any)", "flowprep.cli.verify", "add_arguments", "command"),
     "manifests": ("fetch and check official annotation files; build UCF-101/HMDB-51 manifests", "flowprep.cli.main", "_add_manifests", "cmd_manifests"),
@@ -266,11 +272,12 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "finalize": ("write the store's index.json from all tasks' ledgers (after a cluster run)", "flowprep.cli.cluster", "_add_finalize", "cmd_finalize"),
     "slurm": ("run a recipe as a SLURM job array: `flowprep slurm submit RECIPE --tasks N`", "flowprep.cli.cluster", "_add_slurm", "cmd_slurm"),
     "train": ("train one I3D stream (rgb or flow) on stores; torchrun for several GPUs", "flowprep.train.train", "add_arguments", "command"),
-    "evaluate": ("per-stream and fused top-1/top-5 of trained streams on whole videos", "flowprep.train.evaluate", "add_arguments", "command"),
+    "evaluate": ("per-stream and fused top-1 / top-k (k = min(5, classes)) of trained streams on whole videos", "flowprep.train.evaluate", "add_arguments", "command"),
     "predict": ("top Kinetics classes of a video: the RGB I3D, or both streams with --two-stream", "flowprep.train.predict", "add_arguments", "command"),
     "weights": ("import DeepMind's TensorFlow I3D checkpoints (all five, no TensorFlow); list the cache", "flowprep.cli.weights", "add_arguments", "command"),
     "export": ("write a store as mmaction2 rawframes: `flowprep export rawframes STORE OUT`", "flowprep.cli.rawframes", "_add_export", "cmd_export"),
     "import": ("rawframes / denseflow folders into a store: `flowprep import rawframes ROOT STORE`", "flowprep.cli.rawframes", "_add_import", "cmd_import"),
+    "recipes": ("the shipped recipes (flowprep run NAME) and whether their manifests are here", "flowprep.cli.recipes", "add_arguments", "command"),
 }
 
 
@@ -282,6 +289,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         epilog="Start with: flowprep run demo && flowprep inspect out/demo.zarr --preview out/demo.png",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    parser.add_argument("--version", action="version", version=f"flowprep {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_, module, add, handler) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
@@ -295,6 +303,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     only = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(only if only in COMMANDS else None).parse_args(argv)
+    if only is None and "--version" in argv:
+        only = ""  # no command module (nor torch) to import for the version
+    args = build_parser(only if only in COMMANDS or only == "" else None).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     return args.handler(args)

@@ -20,11 +20,13 @@ group name), and only after ``check_video_id``.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 KNOWN_COLUMNS = ("id", "path", "youtube_id", "label", "split", "time_start", "time_end", "is_cc")
 SPLITS = ("train", "val", "test", "unused")
@@ -82,6 +84,43 @@ def check_video_id(video_id: str) -> str | None:
     if low in _RESERVED or low.endswith(_RESERVED_SUFFIXES) or _WINDOWS.fullmatch(low):
         return f"bad video id {video_id!r}: a name the store or file systems reserve; give the row another id"
     return None
+
+
+_UNSAFE_RUN = re.compile(r"[^A-Za-z0-9_.-]+|\.{2,}")
+
+
+def _safe_part(part: str) -> str:
+    ascii_ = "".join(c for c in unicodedata.normalize("NFKD", part) if not unicodedata.combining(c))
+    return _UNSAFE_RUN.sub("_", ascii_)
+
+
+def safe_video_id(rel_path: str, force_hash: bool = False) -> str:
+    """A store-safe, readable, unique video id from a file's path relative to its folder.
+
+    The rule (``flowprep run DIR`` / ``flowprep run VIDEO``): drop the extension; per path
+    component, fold accents to ASCII (NFKD, ``é`` -> ``e``) and replace each run of other
+    characters, or of two or more dots, by ``_``; join the components with ``__``
+    (``walking/0001.mp4`` -> ``walking__0001``).  When that was not lossless (a character was
+    replaced, a component is empty, starts or ends with ``_`` or holds ``__``, a leading ``.``)
+    or gives more than 128 characters, or ``force_hash``, the id is cut to 119 characters and
+    ``-`` plus the first 8 hex digits of the SHA-1 of the whole relative path (extension
+    included) is appended: ``my clip (1).mp4`` -> ``my_clip_1_-5c2e...``.  So an id depends only on
+    its own path, and two paths give the same id only if the SHA-1 prefixes collide.  The result
+    always passes ``check_video_id``.
+    """
+    p = PurePosixPath(rel_path)
+    parts = [*p.parent.parts, p.stem] if str(p.parent) != "." else [p.stem]
+    safe_parts = [_safe_part(x) for x in parts]
+    lossy = force_hash or any(
+        s != x or not s or s.startswith("_") or s.endswith("_") or "__" in s for s, x in zip(safe_parts, parts, strict=True)
+    )
+    text = "__".join(safe_parts)
+    if text.startswith("."):
+        text, lossy = "_" + text[1:], True
+    if lossy or len(text) > 128:
+        text = f"{text[:119] or 'v'}-{hashlib.sha1(rel_path.encode()).hexdigest()[:8]}"
+    assert check_video_id(text) is None, text
+    return text
 
 
 def kinetics_video_id(youtube_id: str, start: float, end: float) -> str:

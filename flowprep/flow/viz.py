@@ -7,29 +7,58 @@ from pathlib import Path
 import numpy as np
 
 
-def flow_to_color(flow_hw2: np.ndarray, max_magnitude: float | None = None) -> np.ndarray:
-    """Flow (H, W, 2) -> uint8 RGB (H, W, 3): hue = direction, brightness = magnitude.
+def middlebury_wheel() -> np.ndarray:
+    """The 55 colours of the Middlebury flow colour code, float (55, 3) in [0, 255].
 
-    The usual optical-flow colour code: right = red, down = yellow-green, left = cyan,
-    up = blue/purple; black = still.  ``max_magnitude`` maps to full brightness (default: the
-    99th percentile of this field, so a few outliers do not darken the picture).
+    Baker et al., "A Database and Evaluation Methodology for Optical Flow" (IJCV 2011), after
+    the Middlebury ``colorcode.cpp``: hue segments red-yellow 15, yellow-green 6, green-cyan 4,
+    cyan-blue 11, blue-magenta 13, magenta-red 6, sampled so perceptually close hues get about
+    as many colours as far ones.
     """
-    import cv2
+    segments = ((15, (255, 0, 0), (255, 255, 0)), (6, (255, 255, 0), (0, 255, 0)), (4, (0, 255, 0), (0, 255, 255)),
+                (11, (0, 255, 255), (0, 0, 255)), (13, (0, 0, 255), (255, 0, 255)), (6, (255, 0, 255), (255, 0, 0)))
+    rows = []
+    for n, a, b in segments:
+        i = np.arange(n, dtype=np.float64)[:, None]
+        # colorcode.cpp steps each channel by floor(255 * i / n)
+        rows.append(np.array(a, np.float64) + np.floor(255 * i / n) * np.sign(np.array(b, np.float64) - np.array(a)))
+    return np.concatenate(rows)
 
-    u, v = flow_hw2[..., 0].astype(np.float32), flow_hw2[..., 1].astype(np.float32)
-    mag, ang = cv2.cartToPolar(u, v, angleInDegrees=True)  # y down: angle grows clockwise on screen
+
+_WHEEL = middlebury_wheel()
+
+
+def flow_to_color(flow_hw2: np.ndarray, max_magnitude: float | None = None) -> np.ndarray:
+    """Flow (H, W, 2) in px (u right, v down) -> uint8 RGB (H, W, 3), Middlebury colour code.
+
+    The code of optical-flow papers (Baker et al. 2011; torchvision's ``flow_to_image``):
+    white = still, hue = direction (right = red, down = yellow, left = cyan-blue, up = violet;
+    ``color_wheel`` draws the key),
+    saturation = magnitude relative to ``max_magnitude`` (default: the largest magnitude of
+    this field, as torchvision does; ``save_preview`` passes one shared scale).  Magnitudes
+    above ``max_magnitude`` are darkened to 75 %, as in colorcode.cpp.
+    """
+    u = np.asarray(flow_hw2[..., 0], np.float64)
+    v = np.asarray(flow_hw2[..., 1], np.float64)
+    mag = np.hypot(u, v)
     if max_magnitude is None:
-        max_magnitude = float(np.percentile(mag, 99)) if mag.size else 1.0
-    max_magnitude = max(max_magnitude, 1e-6)
-    hsv = np.zeros((*u.shape, 3), np.uint8)
-    hsv[..., 0] = (ang / 2).astype(np.uint8)  # OpenCV hue is 0..179
-    hsv[..., 1] = 255
-    hsv[..., 2] = np.clip(mag / max_magnitude * 255, 0, 255).astype(np.uint8)
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+        max_magnitude = float(mag.max()) if mag.size else 1.0
+    max_magnitude = max(float(max_magnitude), 1e-6)
+    rad = mag / max_magnitude
+    ncols = len(_WHEEL)
+    a = np.arctan2(-v, -u) / np.pi  # in [-1, 1]
+    fk = (a + 1) / 2 * (ncols - 1)
+    k0 = np.floor(fk).astype(int)
+    k1 = (k0 + 1) % ncols
+    f = (fk - k0)[..., None]
+    col = ((1 - f) * _WHEEL[k0] + f * _WHEEL[k1]) / 255.0
+    inside = (rad <= 1)[..., None]
+    col = np.where(inside, 1 - np.minimum(rad, 1)[..., None] * (1 - col), col * 0.75)
+    return np.clip(np.floor(255 * col), 0, 255).astype(np.uint8)
 
 
 def color_wheel(size: int = 64) -> np.ndarray:
-    """The legend for flow_to_color: the colour of each direction, brighter outwards."""
+    """The legend for flow_to_color: the colour of each direction, white at the centre, saturated at the rim."""
     r = (size - 1) / 2
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
     flow = np.stack([xs - r, ys - r], -1)
@@ -51,6 +80,7 @@ def save_preview(store, video_id: str, path: str | Path, n_times: int = 4) -> Pa
     bound = float(info["flow"]["bound_px"])
     fig, axes = plt.subplots(len(times), 2, figsize=(8, 2.4 * len(times) + 0.6), squeeze=False)
     flows_px = [store.read_flow(video_id, t, t + 1)[0] * bound for t in times]
+    # one scale for all rows (99th percentile, so a few outliers do not wash the picture out)
     scale = max(float(np.percentile(np.hypot(f[..., 0], f[..., 1]), 99)) for f in flows_px) or 1.0
     for row, (t, f) in enumerate(zip(times, flows_px, strict=True)):
         rgb = store.read_rgb_uint8(video_id, t, t + 1)[0]

@@ -32,6 +32,7 @@ import numpy as np
 
 from flowprep.dataset.decode import DecodeError, decode_blocks
 from flowprep.dataset.manifest import ManifestRow, RowError
+from flowprep.dataset.probe import expected_pairs
 from flowprep.dataset.source import SourceError, resolve_clip
 from flowprep.flow import api as flowmod
 from flowprep.run import orphan
@@ -318,7 +319,8 @@ def _run_leased(
         )
         frames = 0
         video_bar = tqdm(total=len(todo), unit="video", desc="videos", disable=not cfg.progress, position=0)
-        pair_bar = tqdm(unit="pair", desc="flow", disable=not cfg.progress, position=1, leave=False)
+        total = expected_pairs(todo, cfg.manifest.parent, cfg.decode.fps) if cfg.progress else None  # an estimate
+        pair_bar = tqdm(total=total, unit="pair", desc="flow", disable=not cfg.progress, position=1, leave=False)
         if cfg.executor != "local":
             results = parallel_results(cfg, _worker, [(row, cfg, backend, None) for row in todo])
             stop = None
@@ -384,7 +386,9 @@ def parallel_results(cfg: Any, fn: Callable[..., T], args_list: list[tuple[Any, 
     try:
         from distributed import Client
     except ImportError:
-        raise RuntimeError("--executor dask needs the 'distributed' package: pip install distributed") from None
+        from flowprep.dataset.extras import missing_module_message
+
+        raise RuntimeError(missing_module_message("distributed")) from None
     with Client(cfg.scheduler), parallel_config(backend="dask"):
         n_jobs = cfg.jobs if cfg.jobs > 1 else -1  # -1: as many as the cluster has threads
         yield from Parallel(n_jobs=n_jobs, return_as="generator_unordered")(delayed(fn)(*a) for a in args_list)

@@ -1,4 +1,7 @@
-"""Recipes: one TOML file per dataset in pipelines/, read into a frozen, checked RunConfig.
+"""Recipes: one TOML file per dataset (shipped ones in flowprep/recipes/), read into a frozen, checked RunConfig.
+
+``manifest`` is a path relative to the recipe file, or ``data:<dataset>/<file>`` for a file in
+the manifests folder that ``flowprep manifests fetch/build`` writes (flowprep.dataset.manifests).
 
 Config flows one way: command line -> recipe -> RunConfig -> each stage gets its own part.
 Unknown keys are errors that list the known ones; every value is checked before work starts.
@@ -93,6 +96,16 @@ def _section(data: Mapping[str, Any], name: str, cls: type, src: Path) -> Any:
         raise RecipeError(f"{src}: [{name}] {e}") from None
 
 
+def _manifest_path(recipe: Path, value: Any) -> Path:
+    if not isinstance(value, str) or not value:
+        raise RecipeError(f"{recipe}: manifest={value!r}: a path relative to the recipe, or data:<dataset>/<file>")
+    if value.startswith("data:"):
+        from flowprep.dataset.manifests import DATA_MANIFESTS
+
+        return (DATA_MANIFESTS / value[len("data:"):]).resolve()
+    return (recipe.parent / value).resolve()
+
+
 def check_cluster_overrides(overrides: Mapping[str, Any]) -> tuple[int, int, str, str | None]:
     """Checked (num_tasks, task_index, executor, scheduler) from load_recipe's overrides."""
     num_tasks = 1 if overrides.get("num_tasks") is None else overrides["num_tasks"]
@@ -126,6 +139,8 @@ def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
         raise RecipeError(f"recipe {path} not found") from None
     except tomllib.TOMLDecodeError as e:
         raise RecipeError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path} is not a recipe (not UTF-8 text; a recipe is a TOML file)") from None
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
         raise RecipeError(f"{path}: unknown key(s) {unknown}; known: {sorted(_TOP_KEYS)}")
@@ -136,7 +151,7 @@ def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
         raise RecipeError(f"{path}: dataset={dataset!r}: 1-64 characters of letters, digits, '_', '-'")
     if "manifest" not in data:
         raise RecipeError(f"{path}: missing key 'manifest' (path of the manifest CSV, relative to the recipe)")
-    manifest = (path.parent / data["manifest"]).resolve()
+    manifest = _manifest_path(path, data["manifest"])
     decode = _section(data, "decode", DecodeConfig, path)
     flow_section = dict(data.get("flow", {}))
     for key in ("backend", "device"):

@@ -39,8 +39,9 @@ _TIME = re.compile(r"(\d+-)?\d+(:\d+){0,2}|\d+-\d+")
 
 @dataclass(frozen=True)
 class SlurmOptions:
-    """What each array task asks SLURM for.  ``gpus_per_task`` None: 1 when the recipe's flow
-    backend runs on a GPU, else 0 (CPU-only partitions need nothing else)."""
+    """What each array task asks SLURM for.  ``gpus_per_task`` None: 1 when the recipe or the
+    command asks for CUDA (``device = "cuda"``, ``--device cuda``), else 0 (CPU-only partitions
+    need nothing else)."""
 
     partition: str | None = None
     gpus_per_task: int | None = None
@@ -73,11 +74,14 @@ class SlurmOptions:
 
 
 def uses_gpu(cfg: Any) -> bool:
-    """Whether the recipe's flow runs on a GPU (the torch backend on CUDA)."""
-    from flowprep.flow.api import pick_backend
+    """Whether the recipe (or ``--device``) asks for CUDA.
 
+    Only an explicit ``cuda``/``cuda:N`` device counts: ``auto`` / no device means "CUDA if the
+    node has one", which is no reason to request a GPU (the submit host often has none, and
+    the README says CPU partitions need no flag); ``--gpus-per-task N`` asks for GPUs outright.
+    """
     device = cfg.flow.device
-    return pick_backend(cfg.flow.backend, device) == "torch" and (device is None or device.startswith("cuda"))
+    return device is not None and device.startswith("cuda")
 
 
 def array_spec(task_indices: list[int], max_running: int | None = None) -> str:

@@ -11,6 +11,7 @@ Nothing else knows this folder's layout; every other room asks here for a path.
       leases/<task>.json      the live process that owns a task tag (host, pid, heartbeat; run.lease)
       slurm/                  sbatch scripts, jobs.jsonl (flowprep.run.slurm)
       logs/                   cluster task logs
+      input/                  recipe.toml + manifest.csv that `flowprep run DIR|VIDEO` generated
 
 The rules of a run live here too: a row is **done** when its video is complete in the store,
 **failed** when its latest ledger record failed, **pending** otherwise; ``is_retryable`` is the
@@ -57,6 +58,11 @@ def run_dir(store_path: str | Path) -> Path:
     """The bookkeeping folder beside a store: ``out/demo.zarr`` -> ``out/demo.run``."""
     p = Path(store_path)
     return p.with_suffix(".run") if p.suffix == ".zarr" else p.with_name(p.name + ".run")
+
+
+def input_dir(store_path: str | Path) -> Path:
+    """Where ``flowprep run DIR`` / ``run VIDEO`` keep the recipe and manifest they generate."""
+    return run_dir(store_path) / "input"
 
 
 def staging_dir(store_path: str | Path) -> Path:

@@ -110,10 +110,17 @@ def initialise(model: Classifier, init: str, cache_dir: Path | None = None) -> s
 
 
 def save_checkpoint(path: Path, blob: Mapping[str, Any]) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then ``os.replace``."""
+    """``torch.save`` to a temporary file beside ``path``, fsync, then ``os.replace``.
+
+    The file gets the mode of any other output (0666 less the umask: 0644 usually), not
+    mkstemp's 0600, so lab-mates who can read the run folder can load the checkpoint.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **blob}, f)
             f.flush()

@@ -5,7 +5,7 @@
 Each video is read once for both streams (same centre crop).  A stream's video logits are its
 logits on the whole video (``--clip-len 0``, the default: I3D is fully convolutional in time),
 or the mean over consecutive windows of ``--clip-len`` steps.  Fused logits are the sum of the
-streams' video logits.  Writes ``report.json`` (top-1, top-5, per-class accuracy, confusion
+streams' video logits.  Writes ``report.json`` (top-1, top-k with k = min(5, classes), per-class accuracy, confusion
 matrix, per-video predictions) and ``confusion.png``; prints a summary.
 """
 
@@ -153,6 +153,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"{len(dataset.videos)} videos, {len(classes)} classes (chance {1 / len(classes):.3f}); "
           + ", ".join(f"{s}: {'whole videos' if n == 0 else f'{n}-step windows'}" for s, n in clip_lens.items())
           + f", centre crop {crop}")
+    if k < 5:  # say why the column is not top-5
+        print(f"top-{k}: top-5 capped at the number of classes ({len(classes)})")
     print(f"{'stream':<8} {'top-1':>7} {f'top-{k}':>7}")
     for s, m in report["streams"].items():
         print(f"{s:<8} {m['top1']:>7.3f} {m[f'top{k}']:>7.3f}")

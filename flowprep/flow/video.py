@@ -1,0 +1,98 @@
+"""One video to RGB + TV-L1 flow in memory, in one call (``flowprep.video_flow``).
+
+The same steps and numbers as ``flowprep run`` writes to a store (decode at ``fps`` with the
+smallest side ``short_side``, BT.601 luma, TV-L1, clip to ``bound``, int8 quantization), so
+what a model sees from ``video_flow`` equals what it would read from the store.  Touches only the
+video file (one ffmpeg process); everything is kept in memory, so use a store for long videos.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flowprep.flow.api import FLOW_BOUND, compute_flow, dequantize_flow, pick_backend, quantize_flow, rgb_to_gray
+
+
+def iter_video_flow(
+    path: str | Path,
+    *,
+    fps: float = 25.0,
+    short_side: int = 256,
+    start: float | None = None,
+    end: float | None = None,
+    backend: str = "auto",
+    device: str | None = None,
+    bound: float = FLOW_BOUND,
+    block_frames: int = 64,
+    **params: Any,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Blocks ``(rgb_uint8 (n, H, W, 3), flow_int8 (m, H, W, 2))`` as ``flowprep run`` writes them.
+
+    The first block has ``m = n - 1`` flow fields, every later one ``m = n`` (its first field
+    maps the previous block's last frame to its first frame).  ``params``: TV-L1 parameters and
+    backend options as for ``compute_flow``; the recipes use ``scale_step=0.5`` (the default).
+    Raises flowprep.dataset.decode.DecodeError when ffmpeg cannot read the file.
+    """
+    from flowprep.dataset.decode import DecodeConfig, decode_blocks
+
+    backend = pick_backend(backend, device)
+    cfg = DecodeConfig(fps=fps, short_side=short_side, block_frames=block_frames)
+    prev: np.ndarray | None = None
+    for block in decode_blocks(str(path), cfg, start, end):
+        gray = rgb_to_gray(block)
+        if prev is not None:
+            gray = np.concatenate([prev[None], gray])
+        if len(gray) >= 2:
+            flow_q = quantize_flow(compute_flow(gray, backend=backend, device=device, **params), bound)
+        else:
+            flow_q = np.zeros((0, *block.shape[1:3], 2), np.int8)
+        yield block, flow_q
+        prev = gray[-1]
+
+
+def video_flow(
+    path: str | Path,
+    *,
+    fps: float = 25.0,
+    short_side: int = 256,
+    start: float | None = None,
+    end: float | None = None,
+    backend: str = "auto",
+    device: str | None = None,
+    bound: float = FLOW_BOUND,
+    raw: bool = False,
+    **params: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """RGB frames and TV-L1 flow of one video, with the store's conventions.
+
+    Returns ``(rgb, flow)``:
+
+    * ``rgb``: float32 (T, H, W, 3) in [-1, 1] (``uint8 / 127.5 - 1``), frames at ``fps`` with the
+      smallest side ``short_side`` (bilinear, aspect kept), as ``Store.read_rgb``;
+    * ``flow``: float32 (T-1, H, W, 2) in [-1, 1]: ``flow[t]`` maps frame t to t+1, channel 0 =
+      u (right), 1 = v (down), pixels clipped to [-bound, bound] and divided by ``bound``,
+      on the int8 grid of the store (multiples of 1/127), exactly as ``Store.read_flow``.
+
+    ``raw=True`` returns the uint8 frames and int8 flow instead (``Store.read_rgb_uint8`` /
+    ``read_flow_int8``; 4x less memory).  ``start`` / ``end``: seconds to cut.  ``backend``:
+    "auto" (torch, else OpenCV), "torch" or "opencv"; ``device``: None (CUDA when available),
+    "cpu", "cuda[:N]".  ``params``: TV-L1 parameters (flowprep.flow.api.DEFAULT_TVL1_PARAMS).
+    Needs at least 2 frames (ValueError otherwise).
+    """
+    rgbs, flows = [], []
+    for rgb_u8, flow_q in iter_video_flow(
+        path, fps=fps, short_side=short_side, start=start, end=end, backend=backend, device=device, bound=bound, **params
+    ):
+        rgbs.append(rgb_u8)
+        flows.append(flow_q)
+    rgb_u8 = np.concatenate(rgbs)
+    if len(rgb_u8) < 2:
+        raise ValueError(f"{path}: {len(rgb_u8)} frame(s) decoded, flow needs at least 2")
+    flow_q = np.concatenate(flows)
+    if raw:
+        return rgb_u8, flow_q
+    return rgb_u8.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0), dequantize_flow(flow_q)
