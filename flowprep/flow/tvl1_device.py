@@ -1,0 +1,244 @@
+"""Device engine of the TV-L1 solver: masked, sync-free iterations in fusable functional code.
+
+``tvl1_flow_device`` computes exactly the TV-L1 of ``flowprep.flow.tvl1_torch`` (same pyramid,
+bicubic warp, median filter, iteration and per-pair stopping rule; the numerics are shared, only
+the control flow differs), written for an accelerator, where what costs is not arithmetic but
+kernel launches and host synchronizations:
+
+* **No host synchronization inside a block of iterations.**  Each pair carries an ``active``
+  flag on the device.  An iteration computes every pair's update and keeps it only where the
+  pair is still active (``torch.where``); then ``active &= err > epsilon^2 h w``.  So a pair stops
+  updating at the very iteration OpenCV's rule stops it (that iteration's u and p update is kept,
+  as in OpenCV, whose loop tests the error after estimateU/estimateDualVariables), and the median
+  filter at the start of each outer iteration only touches active pairs (OpenCV's outer loop
+  stops too).  The host reads ``active.any()`` once per block of ``check_every`` iterations
+  (default: one outer iteration, ``inner_iterations``), the only synchronization in a warp; a
+  block that starts with every pair converged is not run, so no work is wasted beyond the
+  masked pairs of a block.  The batch is never compacted (compaction needs the count on the host).
+* **Few launches per iteration.**  One iteration is one pure function of tensors,
+  ``masked_iteration`` (``tvl1_torch.tvl1_iteration`` plus the mask), and one block is a loop of
+  them with the masked median: straight-line code that ``torch.compile`` (Inductor) fuses into a
+  few Triton kernels per iteration on CUDA (the u-update with its per-pair error reduction, the
+  dual update), and with ``mode="reduce-overhead"`` replays a whole block as one CUDA graph, so
+  the launch overhead is paid once per block.  Compiled by default on CUDA (falling back to eager,
+  with a warning, if compiling fails); eager by default on the CPU, where the same code runs for
+  the tests (the CPU engine, ``tvl1_torch``'s blocked in-place kernels, is the fast one there).
+  Why not hand-written Triton: the Triton wheel is ~440 MB (too big for the test extra) and its
+  interpreter is far too slow for tests on real 256x340 frames; Inductor emits Triton kernels on
+  CUDA from the very code the CPU tests check.
+* **Bytes moved by design.**  A fused iteration reads u1, u2, p11..p22, I1wx, I1wy, nig, rho_c
+  and writes u1, u2 in the u-kernel (12 floats per pixel), reads u1, u2, p11..p22 and writes the
+  four p in the p-kernel (10): ``BYTES_PER_PIXEL_ITERATION`` = 88 bytes, 7.66 MB per pair-iteration
+  at 256x340.
+* Pyramid (separable matrix products), centred gradient, bicubic warp (``grid_sample``) and the
+  exact median network all run on the device, as in ``tvl1_torch``.
+
+``DeviceStats`` counts what the engine did (host syncs, blocks, iterations, pair-iterations in
+finest-level equivalents) for benchmarks; counting pair-iterations adds one device reduction per
+block and one read at the end, so it is off unless a ``DeviceStats`` is passed.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from flowprep.flow import tvl1_torch as tt
+
+# floats per pixel read + written by one fused iteration (see the module docstring)
+FLOATS_PER_PIXEL_ITERATION = 22
+BYTES_PER_PIXEL_ITERATION = 4 * FLOATS_PER_PIXEL_ITERATION
+
+
+@dataclass
+class DeviceStats:
+    """What one or more ``tvl1_flow_device`` calls did; filled when passed as ``stats``."""
+
+    host_syncs: int = 0  # reads of device values by the host inside the solver (active.any())
+    warps: int = 0  # warps run (levels x warps per call)
+    blocks: int = 0  # blocks of iterations launched
+    iterations: int = 0  # iterations launched (per batch, all pairs together)
+    finest_pixels: int = 0  # h * w of the last call's finest level
+    # pair-iterations actually updating, per level (pixels of that level, count)
+    pair_iterations: dict[int, int] = field(default_factory=dict)
+    # per level (coarsest first) of the last call: iterations each pair updated, all warps
+    per_pair: list[list[int]] = field(default_factory=list)
+
+    @property
+    def finest_equivalent_pair_iterations(self) -> float:
+        """Pair-iterations weighted by level size, in finest-level iterations."""
+        if not self.finest_pixels:
+            return 0.0
+        return sum(px * n for px, n in self.pair_iterations.items()) / self.finest_pixels
+
+
+def masked_iteration(
+    u: list[torch.Tensor],
+    p: list[torch.Tensor],
+    consts: tuple[torch.Tensor, ...],
+    active: torch.Tensor,
+    l_t: float,
+    theta: float,
+    taut: float,
+    gamma: float,
+    thresh: float,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """One TV-L1 iteration of the active pairs (``active``: bool (B,)); the others keep their
+    state.  Returns ``(u, p, active)`` with ``active`` cleared for pairs whose update was small
+    (OpenCV's rule: the converging iteration's update is kept)."""
+    if len(u) == 3:
+        out = tt.tvl1_iteration_gamma(*u, *p, *consts, l_t, theta, taut, gamma)
+    else:
+        out = tt.tvl1_iteration(*u, *p, *consts, l_t, theta, taut)
+    a = active[:, None, None]
+    nu = len(u)
+    new_u = [torch.where(a, n, o) for n, o in zip(out[:nu], u, strict=True)]
+    new_p = [torch.where(a, n, o) for n, o in zip(out[nu:-1], p, strict=True)]
+    return new_u, new_p, active & (out[-1] > thresh)
+
+
+def iteration_block(
+    u: list[torch.Tensor],
+    p: list[torch.Tensor],
+    consts: tuple[torch.Tensor, ...],
+    active: torch.Tensor,
+    count: torch.Tensor,
+    start: int,
+    n: int,
+    inner_iterations: int,
+    median_filtering: int,
+    l_t: float,
+    theta: float,
+    taut: float,
+    gamma: float,
+    thresh: float,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Iterations ``start .. start + n - 1`` of a warp, with the median filter of u1, u2 (active
+    pairs only) where an outer iteration starts; ``count`` (int (B,)) adds one per pair and
+    iteration it updated.  Pure and straight-line: one graph for torch.compile."""
+    for k in range(start, start + n):
+        if median_filtering > 1 and k % inner_iterations == 0:
+            a = active[:, None, None]
+            u = [torch.where(a, tt.median_filter(x, median_filtering), x) if i < 2 else x for i, x in enumerate(u)]
+        count = count + active.to(count.dtype)
+        u, p, active = masked_iteration(u, p, consts, active, l_t, theta, taut, gamma, thresh)
+    return u, p, active, count
+
+
+class _Block:
+    """``iteration_block``, compiled (one graph per distinct static arguments; CUDA graphs with
+    ``reduce-overhead`` on CUDA) or eager; a failure to compile warns once and runs eagerly."""
+
+    _compiled: Callable[..., Any] | None = None
+    _error: BaseException | None = None
+
+    @classmethod
+    def run(cls, compile: bool, *args: Any) -> Any:
+        if compile and cls._error is None:
+            try:
+                if cls._compiled is None:
+                    mode = "reduce-overhead" if args[0][0].device.type == "cuda" else None
+                    cls._compiled = torch.compile(iteration_block, dynamic=True, mode=mode)
+                return cls._compiled(*args)
+            except Exception as e:  # noqa: BLE001 - any failure to compile means: run eagerly
+                cls._error = e
+                warnings.warn(
+                    f"torch.compile of the device TV-L1 block failed, running eagerly: {type(e).__name__}: {str(e)[:300]}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        return iteration_block(*args)
+
+
+def compile_works() -> bool:
+    """Whether compiling the device engine's block has not failed so far in this process."""
+    return _Block._error is None
+
+
+def tvl1_flow_device(
+    i0_bhw: torch.Tensor,
+    i1_bhw: torch.Tensor,
+    *,
+    tau: float = 0.25,
+    lambda_: float = 0.15,
+    theta: float = 0.3,
+    nscales: int = 5,
+    scale_step: float = 0.5,
+    warps: int = 5,
+    epsilon: float = 0.01,
+    inner_iterations: int = 30,
+    outer_iterations: int = 10,
+    gamma: float = 0.0,
+    median_filtering: int = 5,
+    compile: bool | None = None,
+    check_every: int | None = None,
+    stats: DeviceStats | None = None,
+) -> torch.Tensor:
+    """As ``tvl1_torch.tvl1_flow`` (same parameters, same flow), with the device engine.
+
+    ``compile=None``: compiled on CUDA, eager elsewhere.  ``check_every``: iterations between the
+    host's convergence checks (default ``inner_iterations``); the result does not depend on it.
+    """
+    b, h, w = tt.check_inputs(i0_bhw, i1_bhw, median_filtering, scale_step)
+    if b == 0:
+        return torch.zeros((0, h, w, 2), dtype=torch.float32, device=i0_bhw.device)
+    if compile is None:
+        compile = i0_bhw.device.type == "cuda"
+    block = check_every or inner_iterations
+    if block < 1:
+        raise ValueError(f"check_every={check_every!r}: must be >= 1")
+    sizes, i0s, i1s = tt.build_pyramids(i0_bhw, i1_bhw, nscales, scale_step)
+    if stats is not None:
+        stats.finest_pixels = h * w
+        stats.per_pair = []
+    run_block = functools.partial(_Block.run, compile)
+    n_u = 3 if gamma != 0.0 else 2
+    ch, cw = sizes[-1]
+    u = [i0s[-1].new_zeros((b, ch, cw)) for _ in range(n_u)]
+    n_iter = outer_iterations * inner_iterations
+    for s in range(len(sizes) - 1, -1, -1):
+        i0, i1 = i0s[s], i1s[s]
+        lh, lw = sizes[s]
+        thresh = epsilon * epsilon * lh * lw
+        l_t, taut = lambda_ * theta, tau / theta
+        i1x, i1y = tt.centered_gradient(i1)
+        i1_stack = torch.stack((i1, i1x, i1y), dim=1)
+        del i1x, i1y
+        p = [torch.zeros_like(i0) for _ in range(2 * n_u)]
+        u = [x.contiguous() for x in u]
+        count = torch.zeros(b, dtype=torch.int32, device=i0.device)
+        for _ in range(warps):
+            i1w, i1wx, i1wy = tt._warp_bhw(i1_stack, u[0], u[1])
+            i1wx, i1wy = i1wx.contiguous(), i1wy.contiguous()
+            consts = (i1wx, i1wy, tt.neg_inv_grad2(i1wx, i1wy), i1w - i1wx * u[0] - i1wy * u[1] - i0)
+            del i1w
+            active = torch.ones(b, dtype=torch.bool, device=i0.device)
+            for start in range(0, n_iter, block):
+                n = min(block, n_iter - start)
+                u, p, active, count = run_block(
+                    u, p, consts, active, count, start, n, inner_iterations, median_filtering,
+                    l_t, theta, taut, gamma, thresh,
+                )
+                if stats is not None:
+                    stats.blocks += 1
+                    stats.iterations += n
+                if start + n < n_iter:
+                    # the one host synchronization of a block: is any pair still iterating?
+                    if stats is not None:
+                        stats.host_syncs += 1
+                    if not bool(active.any()):
+                        break
+            if stats is not None:
+                stats.warps += 1
+        if stats is not None:
+            stats.per_pair.append(count.tolist())
+            stats.pair_iterations[lh * lw] = stats.pair_iterations.get(lh * lw, 0) + sum(stats.per_pair[-1])
+        del i0s[s], i1s[s]
+        if s > 0:
+            u = tt.upsample_flow(u, sizes[s - 1], sizes[s], scale_step)
+    return torch.stack((u[0], u[1]), dim=-1)
