@@ -27,7 +27,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         cfg = load_recipe(
             recipe, out=args.out, cache_dir=args.cache_dir, jobs=args.jobs, overwrite=args.overwrite,
-            limit=args.limit, backend=args.backend, device=args.device, progress=not args.no_progress,
+            limit=args.limit, backend=args.backend, device=args.device, devices=args.devices,
+            progress=not args.no_progress,
             retry_failed=args.retry_failed, fetch=_fetch_overrides(args), **_cluster_overrides(args),
         )
         if not cfg.manifest.exists():
@@ -132,6 +133,11 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="process only the first K manifest rows")
     p.add_argument("--backend", help="flow backend: auto (fastest here), opencv, torch")
     p.add_argument("--device", help="device for the torch backend: cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument(
+        "--devices",
+        help="flow workers, one per device, solving pairs gathered across videos while --jobs workers decode and "
+        "write: 'cuda:0,cuda:1', 'cpu', or 'off' (default: every visible GPU with the torch backend on CUDA, else off)",
+    )
     p.add_argument("--cache-dir", help="downloads and generated clips (default: <out folder>/cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(

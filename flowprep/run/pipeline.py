@@ -91,8 +91,12 @@ def process_video(
     cfg: RunConfig,
     backend: str,
     progress: Callable[[int], None] | None = None,
+    flow_fn: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Decode, compute flow and write one video.  Returns its ledger record; never raises for bad input."""
+    """Decode, compute flow and write one video.  Returns its ledger record; never raises for bad input.
+
+    ``flow_fn`` (gray uint8 (n+1, H, W) -> int8 flow (n, H, W, 2)) computes a whole block's flow
+    elsewhere (a flow worker, ``flowprep.run.flow_worker``); by default it is computed here."""
     t0 = time.time()
     record: dict[str, Any] = {"key": row.video_id, "line": row.line, "label": row.label, "split": row.split}
     writer: VideoWriter | None = None
@@ -111,7 +115,11 @@ def process_video(
             if prev_gray is not None:
                 gray = np.concatenate([prev_gray[None], gray])
             flows = []
-            for i in range(0, len(gray) - 1, batch):
+            if flow_fn is not None and len(gray) > 1:
+                flows.append(flow_fn(gray))
+                if progress:
+                    progress(len(gray) - 1)
+            for i in range(0, len(gray) - 1 if flow_fn is None else 0, batch):
                 f = flowmod.compute_flow(
                     gray[i : i + batch + 1], backend=backend, device=cfg.flow.device, **cfg.flow.params
                 )
@@ -233,8 +241,15 @@ def run(cfg: RunConfig) -> RunSummary:
         frames = 0
         video_bar = tqdm(total=len(todo), unit="video", desc="videos", disable=not cfg.progress, position=0)
         pair_bar = tqdm(unit="pair", desc="flow", disable=not cfg.progress, position=1, leave=False)
+        from flowprep.run import flow_worker
+
+        devices = flow_worker.flow_devices(cfg, backend)
         if cfg.executor != "local":
             results = parallel_results(cfg, _worker, [(row, cfg, backend, None) for row in todo])
+            stop = None
+        elif devices:
+            log.info("flow workers on %s; %d decode/write worker(s)", ", ".join(devices), cfg.jobs)
+            results = flow_worker.results(cfg, backend, todo, devices, pair_bar.update)
             stop = None
         elif cfg.jobs == 1:
             _set_threads(1)
