@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from flowprep.flow import evaluation as flow_eval
-from flowprep.flow import tvl1_torch
+from flowprep.flow import tvl1_device, tvl1_torch
 from flowprep.flow.api import compute_flow
 from flowprep.flow.tvl1_device import DeviceStats, tvl1_flow_device
 
@@ -44,7 +44,7 @@ def test_device_engine_solves_synthetic_warps_as_well_as_opencv():
     i0 = torch.from_numpy(np.stack([p[0] for p in pairs]))
     i1 = torch.from_numpy(np.stack([p[1] for p in pairs]))
     dev = tvl1_flow_device(i0, i1).numpy()
-    cpu = tvl1_torch.tvl1_flow(i0, i1, engine="cpu").numpy()
+    cpu = tvl1_torch.tvl1_flow(i0, i1).numpy()
     for (name, f), (a, b), d, c in zip(fields.items(), pairs, dev, cpu, strict=True):
         cv = compute_flow(np.stack([a, b]), backend="opencv")[0]
         mask = flow_eval.interior_mask(f, border=8)
@@ -93,7 +93,7 @@ def test_check_every_changes_syncs_not_the_flow(bikes):
 def test_gamma_term_runs_on_the_device_engine(bikes):
     i0, i1 = _pairs(bikes[:2])
     dev = tvl1_flow_device(i0, i1, gamma=0.1).numpy()
-    cpu = tvl1_torch.tvl1_flow(i0, i1, gamma=0.1, engine="cpu").numpy()
+    cpu = tvl1_torch.tvl1_flow(i0, i1, gamma=0.1).numpy()
     assert np.isfinite(dev).all() and flow_eval.epe(dev, cpu) < 0.02
 
 
@@ -103,16 +103,14 @@ def test_engine_option_is_checked_and_defaults_by_device(bikes, monkeypatch):
         compute_flow(bikes[:2], backend="torch", device="cpu", engine="gpu")
     with pytest.raises(ValueError, match="engine.*only accepted by backend.*torch"):
         compute_flow(bikes[:2], backend="opencv", engine="cpu")
-    assert tvl1_torch.resolve_engine(None, torch.device("cpu")) == "cpu"
-    assert tvl1_torch.resolve_engine(None, torch.device("cuda")) == "device"
+    assert tvl1_device.resolve_engine(None, torch.device("cpu")) == "cpu"
+    assert tvl1_device.resolve_engine(None, torch.device("cuda")) == "device"
     calls = []
     real = tvl1_flow_device
 
     def spy(*a, **k):
         calls.append(k.get("compile"))
         return real(*a, **k)
-
-    import flowprep.flow.tvl1_device as tvl1_device
 
     monkeypatch.setattr(tvl1_device, "tvl1_flow_device", spy)
     compute_flow(bikes[:2], backend="torch", device="cpu")  # CPU: the CPU engine
@@ -124,7 +122,7 @@ def test_engine_option_is_checked_and_defaults_by_device(bikes, monkeypatch):
 @needs_cuda
 def test_cuda_device_engine_matches_cpu_engine(bikes):
     i0, i1 = _pairs(bikes)
-    cpu = tvl1_torch.tvl1_flow(i0, i1, engine="cpu").numpy()
+    cpu = tvl1_torch.tvl1_flow(i0, i1).numpy()
     stats = DeviceStats()
     cuda = tvl1_flow_device(i0.cuda(), i1.cuda(), stats=stats).cpu().numpy()
     eager = tvl1_flow_device(i0.cuda(), i1.cuda(), compile=False).cpu().numpy()

@@ -149,12 +149,14 @@ def _opencv_tvl1(gray_thw: np.ndarray, device: str | None, params: Mapping[str, 
 
 
 def _torch_tvl1(gray_thw: np.ndarray, device: str | None, params: Mapping[str, Any]) -> np.ndarray:
+    import flowprep.flow.tvl1_device as tvl1_device
     import flowprep.flow.tvl1_torch as tvl1_torch
 
     p = dict(params)
     batch_size, compile_mode, engine = p.pop("batch_size"), p.pop("compile"), p.pop("engine")
+    solver = tvl1_device.engine_solver(engine, tvl1_torch.resolve_device(device))
     return tvl1_torch.flow_video(
-        gray_thw, device=device, batch_size=batch_size, compile=compile_mode, engine=engine, **p
+        gray_thw, device=device, batch_size=batch_size, compile=compile_mode, solver=solver, **p
     )
 
 

@@ -155,6 +155,28 @@ class _Block:
         return iteration_block(*args)
 
 
+ENGINES = ("cpu", "device")
+
+
+def resolve_engine(engine: str | None, device: torch.device) -> str:
+    """None -> "device" on CUDA, "cpu" elsewhere; anything but ENGINES is an error."""
+    if engine is None:
+        return "device" if device.type == "cuda" else "cpu"
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r}: allowed: {', '.join(ENGINES)} (or None: by device)")
+    return engine
+
+
+def engine_solver(engine: str | None, device: torch.device) -> Callable[..., torch.Tensor]:
+    """The solver function of ``engine`` (None: by ``device``), with ``tvl1_torch.tvl1_flow``'s signature."""
+    return tvl1_flow_device if resolve_engine(engine, device) == "device" else tt.tvl1_flow
+
+
+def tvl1_flow_engine(i0_bhw: torch.Tensor, i1_bhw: torch.Tensor, *, engine: str | None = None, **params: Any) -> torch.Tensor:
+    """TV-L1 flow with the engine named (None: "device" on CUDA, "cpu" elsewhere)."""
+    return engine_solver(engine, i0_bhw.device)(i0_bhw, i1_bhw, **params)
+
+
 def compile_works() -> bool:
     """Whether compiling the device engine's block has not failed so far in this process."""
     return _Block._error is None

@@ -511,30 +511,18 @@ def tvl1_flow(
     gamma: float = 0.0,
     median_filtering: int = 5,
     compile: bool | None = False,
-    engine: str | None = None,
 ) -> torch.Tensor:
     """TV-L1 flow from each ``i0_bhw[b]`` to ``i1_bhw[b]``: float32 ``(B, H, W, 2)`` in pixels.
 
     Inputs are (B, H, W) intensities on the 0..255 scale (uint8 or float), on any device; the
-    computation runs there in float32.  ``engine`` picks how the iterations run (the flow is the
-    same up to float rounding): ``"cpu"``, this module's blocked in-place kernels (one host check
-    per iteration, converged pairs skipped; the fastest on the CPU), or ``"device"``,
-    ``flowprep.flow.tvl1_device`` (masked, no host synchronization inside a block of iterations,
-    compiled on CUDA); ``None``: "device" on CUDA, "cpu" elsewhere.  ``compile=True`` runs the CPU
-    engine's iteration and median filter through ``torch.compile`` (falling back to eager, with a
-    warning, if that fails); ``None`` means False for the CPU engine and the device engine's own
-    default (compiled on CUDA) for it.
+    computation runs there in float32.  This is the "cpu" engine: blocked in-place kernels, one
+    host check of convergence per iteration, converged pairs skipped (the fastest on the CPU);
+    ``flowprep.flow.tvl1_device`` is the "device" engine (the same flow, masked iterations and
+    one host check per block; the default on CUDA), and ``tvl1_device.tvl1_flow_engine`` picks
+    either by name.  ``compile=True`` runs the iteration and the median filter through
+    ``torch.compile`` (falling back to eager, with a warning, if that fails); the result is the
+    same up to float rounding.
     """
-    engine = resolve_engine(engine, i0_bhw.device)
-    params = dict(
-        tau=tau, lambda_=lambda_, theta=theta, nscales=nscales, scale_step=scale_step, warps=warps,
-        epsilon=epsilon, inner_iterations=inner_iterations, outer_iterations=outer_iterations,
-        gamma=gamma, median_filtering=median_filtering,
-    )
-    if engine == "device":
-        from flowprep.flow.tvl1_device import tvl1_flow_device
-
-        return tvl1_flow_device(i0_bhw, i1_bhw, compile=compile, **params)
     b, h, w = check_inputs(i0_bhw, i1_bhw, median_filtering, scale_step)
     if b == 0:
         return torch.zeros((0, h, w, 2), dtype=torch.float32, device=i0_bhw.device)
@@ -564,18 +552,6 @@ def tvl1_flow(
         if s > 0:
             u = upsample_flow(u, sizes[s - 1], sizes[s], scale_step)
     return torch.stack((u[0], u[1]), dim=-1)
-
-
-ENGINES = ("cpu", "device")
-
-
-def resolve_engine(engine: str | None, device: torch.device) -> str:
-    """None -> "device" on CUDA, "cpu" elsewhere; anything but ENGINES is an error."""
-    if engine is None:
-        return "device" if device.type == "cuda" else "cpu"
-    if engine not in ENGINES:
-        raise ValueError(f"engine={engine!r}: allowed: {', '.join(ENGINES)} (or None: by device)")
-    return engine
 
 
 def check_inputs(i0_bhw: torch.Tensor, i1_bhw: torch.Tensor, median_filtering: int, scale_step: float) -> tuple[int, int, int]:
@@ -862,17 +838,17 @@ def flow_video(
     device: str | torch.device | None = None,
     batch_size: int | None = None,
     compile: bool | None = None,
-    engine: str | None = None,
+    solver: Callable[..., torch.Tensor] | None = None,
     **params: Any,
 ) -> np.ndarray:
     """TV-L1 flow between consecutive uint8 frames: float32 numpy (T-1, H, W, 2), pixels.
 
     Frames go to ``device`` ``batch_size`` + 1 at a time as uint8 (never the whole video as
-    float); ``batch_size=None`` picks it from free memory (``auto_batch_size``).  ``engine`` and
-    ``compile`` as in ``tvl1_flow``.
+    float); ``batch_size=None`` picks it from free memory (``auto_batch_size``).  ``solver``:
+    ``tvl1_flow`` (None) or another engine with its signature (``tvl1_device.tvl1_flow_device``).
     """
     dev = resolve_device(device)
-    engine = resolve_engine(engine, dev)
+    solve = solver or tvl1_flow
     t, h, w = gray_thw.shape
     n = t - 1
     bs = batch_size or auto_batch_size(h, w, dev)
@@ -880,6 +856,6 @@ def flow_video(
     for s in range(0, n, bs):
         e = min(n, s + bs)
         frames = torch.from_numpy(np.array(gray_thw[s : e + 1])).to(dev)
-        flow = tvl1_flow(frames[:-1], frames[1:], compile=compile, engine=engine, **params)
+        flow = solve(frames[:-1], frames[1:], compile=compile, **params)
         out[s:e] = flow.cpu().numpy()
     return out

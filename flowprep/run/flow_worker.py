@@ -142,7 +142,7 @@ def _load_cfg(blob: bytes) -> RunConfig:
 def _flow_main(device: str, cfg_blob: bytes, requests: Any, replies: list[Any], out: Any) -> None:
     import torch
 
-    from flowprep.flow import tvl1_torch
+    from flowprep.flow import tvl1_device, tvl1_torch
 
     cfg = _load_cfg(cfg_blob)
     dev = torch.device(device)
@@ -186,7 +186,7 @@ def _flow_main(device: str, cfg_blob: bytes, requests: Any, replies: list[Any], 
             for s in range(0, len(i0), max_pairs):
                 a = i0[s : s + max_pairs].to(dev, non_blocking=True)
                 b = i1[s : s + max_pairs].to(dev, non_blocking=True)
-                q = quantize_torch(tvl1_torch.tvl1_flow(a, b, **params), cfg.flow.bound)
+                q = quantize_torch(tvl1_device.tvl1_flow_engine(a, b, **params), cfg.flow.bound)
                 parts.append(q.cpu().numpy())
             flow_q = np.concatenate(parts)
             error = None
@@ -208,12 +208,12 @@ def _flow_main(device: str, cfg_blob: bytes, requests: Any, replies: list[Any], 
 
 
 def _decode_main(
-    wid: int, cfg_blob: bytes, backend: str, rows: Any, requests: Any, reply: Any, out: Any, failed: Any
+    wid: int, cfg_blob: bytes, backend: str, work: tuple[Callable[..., dict[str, Any]], Callable[[int], None]],
+    rows: Any, requests: Any, reply: Any, out: Any, failed: Any,
 ) -> None:
-    from flowprep.run import pipeline
-
+    process_video, set_threads = work
     cfg = _load_cfg(cfg_blob)
-    pipeline._set_threads(cfg.jobs)
+    set_threads(cfg.jobs)
     seq = 0
 
     def flow_fn(gray: np.ndarray) -> np.ndarray:
@@ -234,7 +234,7 @@ def _decode_main(
             return result
 
     while (row := rows.get()) is not None:
-        rec = pipeline.process_video(row, cfg, backend, lambda n: out.put(("pairs", n)), flow_fn=flow_fn)
+        rec = process_video(row, cfg, backend, lambda n: out.put(("pairs", n)), flow_fn=flow_fn)
         out.put(("record", rec))
 
 
@@ -246,11 +246,14 @@ def results(
     backend: str,
     todo: list[ManifestRow],
     devices: list[str],
+    work: tuple[Callable[..., dict[str, Any]], Callable[[int], None]],
     progress: Callable[[int], None] | None = None,
     stats: list[FlowWorkerStats] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Ledger records of ``todo`` as videos finish, computed by ``cfg.jobs`` decode/write workers
-    and one flow worker per device; ``stats`` (a list) receives each flow worker's figures."""
+    and one flow worker per device; ``stats`` (a list) receives each flow worker's figures.
+    ``work`` = (``pipeline.process_video``, ``pipeline._set_threads``), passed in so that this
+    module does not import the pipeline that starts it."""
     if not todo:
         return
     # spawn: a CUDA context does not survive fork, and the parent may have one
@@ -265,7 +268,7 @@ def results(
     ]
     decoders = [
         ctx.Process(
-            target=_decode_main, args=(i, blob, backend, rows, requests, replies[i], out, failed),
+            target=_decode_main, args=(i, blob, backend, work, rows, requests, replies[i], out, failed),
             name=f"flowprep-decode-{i}", daemon=True,
         )
         for i in range(n_decode)

@@ -249,7 +249,7 @@ def run(cfg: RunConfig) -> RunSummary:
             stop = None
         elif devices:
             log.info("flow workers on %s; %d decode/write worker(s)", ", ".join(devices), cfg.jobs)
-            results = flow_worker.results(cfg, backend, todo, devices, pair_bar.update)
+            results = flow_worker.results(cfg, backend, todo, devices, (process_video, _set_threads), pair_bar.update)
             stop = None
         elif cfg.jobs == 1:
             _set_threads(1)
