@@ -85,6 +85,9 @@ def test_check_every_changes_syncs_not_the_flow(bikes):
     b = tvl1_flow_device(i0, i1, stats=rare)  # one check per outer iteration (30)
     assert torch.equal(a, b)
     assert every.per_pair == rare.per_pair
+    # once one pair converged the other ran alone (compacted working set): fewer pair-iterations
+    # computed than iterations times pairs, and the same flow
+    assert every.computed_pair_iterations < 2 * every.iterations
     assert every.host_syncs > rare.host_syncs
     # at most one host read per block, none inside one: syncs < blocks <= iterations / block
     assert rare.host_syncs <= rare.blocks and rare.blocks * 30 >= rare.iterations >= rare.blocks
@@ -130,3 +133,12 @@ def test_cuda_device_engine_matches_cpu_engine(bikes):
     assert stats.host_syncs <= stats.blocks
     auto = compute_flow(bikes, backend="torch", device="cuda")  # default engine on CUDA: device
     assert flow_eval.epe(auto, cpu) < 0.02
+
+
+def test_fused_iteration_equals_the_reference_iteration():
+    from flowprep.flow.tvl1_device import fused_iteration
+
+    g = torch.Generator().manual_seed(0)
+    args = [torch.randn((2, 9, 11), generator=g) for _ in range(10)]
+    for a, b in zip(fused_iteration(*args, 0.045, 0.3, 0.83), tvl1_torch.tvl1_iteration(*args, 0.045, 0.3, 0.83), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from flowprep.flow import tvl1_torch as tt
 
@@ -63,6 +64,7 @@ class DeviceStats:
     warps: int = 0  # warps run (levels x warps per call)
     blocks: int = 0  # blocks of iterations launched
     iterations: int = 0  # iterations launched (per batch, all pairs together)
+    computed_pair_iterations: int = 0  # pair-iterations computed, masked ones included
     finest_pixels: int = 0  # h * w of the last call's finest level
     # pair-iterations actually updating, per level (pixels of that level, count)
     pair_iterations: dict[int, int] = field(default_factory=dict)
@@ -75,6 +77,47 @@ class DeviceStats:
         if not self.finest_pixels:
             return 0.0
         return sum(px * n for px, n in self.pair_iterations.items()) / self.finest_pixels
+
+
+def _forward_gradient(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # u[i+1] - u[i], 0 on the last column / row: tvl1_torch's, as a slice difference and a zero
+    # pad (pointwise with a mask for Inductor; torch.diff's append is a concatenation it
+    # materializes)
+    return F.pad(u[:, :, 1:] - u[:, :, :-1], (0, 1)), F.pad(u[:, 1:] - u[:, :-1], (0, 0, 0, 1))
+
+
+def _divergence(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
+    # p[i] - p[i-1] with p[-1] = 0 (backward differences), the same values as tvl1_torch's
+    return (p1 - F.pad(p1[:, :, :-1], (1, 0))) + (p2 - F.pad(p2[:, :-1], (0, 0, 1, 0)))
+
+
+def fused_iteration(
+    u1: torch.Tensor,
+    u2: torch.Tensor,
+    p11: torch.Tensor,
+    p12: torch.Tensor,
+    p21: torch.Tensor,
+    p22: torch.Tensor,
+    i1wx: torch.Tensor,
+    i1wy: torch.Tensor,
+    nig: torch.Tensor,
+    rho_c: torch.Tensor,
+    l_t: float,
+    theta: float,
+    taut: float,
+) -> tuple[torch.Tensor, ...]:
+    """``tvl1_torch.tvl1_iteration`` (the same arithmetic in the same order), with stencils that
+    Inductor fuses: the u-update with its per-pair error sum, then the dual update."""
+    step = ((rho_c + i1wx * u1 + i1wy * u2) * nig).clamp(-l_t, l_t)
+    d1 = step * i1wx + theta * _divergence(p11, p12)
+    d2 = step * i1wy + theta * _divergence(p21, p22)
+    n1, n2 = u1 + d1, u2 + d2
+    err = (d1 * d1 + d2 * d2).sum(dim=(1, 2))
+    u1x, u1y = _forward_gradient(n1)
+    u2x, u2y = _forward_gradient(n2)
+    ng1 = 1.0 + taut * torch.hypot(u1x, u1y)
+    ng2 = 1.0 + taut * torch.hypot(u2x, u2y)
+    return n1, n2, (p11 + taut * u1x) / ng1, (p12 + taut * u1y) / ng1, (p21 + taut * u2x) / ng2, (p22 + taut * u2y) / ng2, err
 
 
 def masked_iteration(
@@ -94,7 +137,7 @@ def masked_iteration(
     if len(u) == 3:
         out = tt.tvl1_iteration_gamma(*u, *p, *consts, l_t, theta, taut, gamma)
     else:
-        out = tt.tvl1_iteration(*u, *p, *consts, l_t, theta, taut)
+        out = fused_iteration(*u, *p, *consts, l_t, theta, taut)
     a = active[:, None, None]
     nu = len(u)
     new_u = [torch.where(a, n, o) for n, o in zip(out[:nu], u, strict=True)]
@@ -130,6 +173,59 @@ def iteration_block(
     return u, p, active, count
 
 
+class _Working:
+    """The pairs a warp still computes: all at first; at a block boundary where at most half
+    are active, the active ones (padded with converged ones, which stay masked, to a power of
+    two: few distinct shapes for compiled graphs), so that a batch does not cost its slowest
+    pair's iterations for every pair.  ``finish`` scatters the state back into the full batch."""
+
+    def __init__(self, u: list[torch.Tensor], p: list[torch.Tensor], consts: tuple[torch.Tensor, ...], count: torch.Tensor):
+        self.full = (u, p, count)
+        self.u, self.p, self.consts, self.count = u, p, consts, count
+        self.all_consts = consts
+        self.active = torch.ones(len(count), dtype=torch.bool, device=count.device)
+        self.idx: torch.Tensor | None = None  # working rows -> pairs; None: all pairs in order
+
+    def _write_back(self) -> None:
+        if self.idx is None:
+            return
+        fu, fp, fc = self.full
+        for full, part in zip([*fu, *fp, fc], [*self.u, *self.p, self.count], strict=True):
+            full[self.idx] = part
+
+    def compact(self, active_host: torch.Tensor) -> bool:
+        """After a block, with its active flags on the host: False when every pair is done."""
+        n_act = int(active_host.sum())
+        if n_act == 0:
+            return False
+        size = len(active_host)
+        keep = 1 << (n_act - 1).bit_length()  # next power of two
+        if keep * 2 > size:
+            return True
+        order = torch.cat((active_host.nonzero().squeeze(1), (~active_host).nonzero().squeeze(1)))[:keep]
+        rows = order.to(self.count.device)
+        if self.idx is None:  # the working set is the whole batch: it becomes the full state
+            self.full = ([x.clone() for x in self.u], [x.clone() for x in self.p], self.count.clone())
+            idx = rows
+        else:
+            self._write_back()
+            idx = self.idx[rows]
+        fu, fp, fc = self.full
+        self.u = [x.index_select(0, idx) for x in fu]
+        self.p = [x.index_select(0, idx) for x in fp]
+        self.count = fc.index_select(0, idx)
+        self.consts = tuple(x.index_select(0, idx) for x in self.all_consts)
+        self.active = self.active.index_select(0, rows)
+        self.idx = idx
+        return True
+
+    def finish(self) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        if self.idx is None:
+            return self.u, self.p, self.count
+        self._write_back()
+        return self.full
+
+
 class _Block:
     """``iteration_block``, compiled (one graph per distinct static arguments; CUDA graphs with
     ``reduce-overhead`` on CUDA) or eager; a failure to compile warns once and runs eagerly."""
@@ -141,10 +237,17 @@ class _Block:
     def run(cls, compile: bool, *args: Any) -> Any:
         if compile and cls._error is None:
             try:
+                cuda = args[0][0].device.type == "cuda"
                 if cls._compiled is None:
-                    mode = "reduce-overhead" if args[0][0].device.type == "cuda" else None
-                    cls._compiled = torch.compile(iteration_block, dynamic=True, mode=mode)
-                return cls._compiled(*args)
+                    cls._compiled = torch.compile(iteration_block, dynamic=True, mode="reduce-overhead" if cuda else None)
+                if not cuda:
+                    return cls._compiled(*args)
+                # CUDA graphs: outputs live in the graph's pool and the next replay overwrites
+                # them, so each replay is a new step and its outputs are copied out (one copy of
+                # the state per block of iterations)
+                torch.compiler.cudagraph_mark_step_begin()
+                u, p, active, count = cls._compiled(*args)
+                return [x.clone() for x in u], [x.clone() for x in p], active.clone(), count.clone()
             except Exception as e:  # noqa: BLE001 - any failure to compile means: run eagerly
                 cls._error = e
                 warnings.warn(
@@ -239,22 +342,25 @@ def tvl1_flow_device(
             i1wx, i1wy = i1wx.contiguous(), i1wy.contiguous()
             consts = (i1wx, i1wy, tt.neg_inv_grad2(i1wx, i1wy), i1w - i1wx * u[0] - i1wy * u[1] - i0)
             del i1w
-            active = torch.ones(b, dtype=torch.bool, device=i0.device)
+            state = _Working(u, p, consts, count)
             for start in range(0, n_iter, block):
                 n = min(block, n_iter - start)
-                u, p, active, count = run_block(
-                    u, p, consts, active, count, start, n, inner_iterations, median_filtering,
+                w = state
+                w.u, w.p, w.active, w.count = run_block(
+                    w.u, w.p, w.consts, w.active, w.count, start, n, inner_iterations, median_filtering,
                     l_t, theta, taut, gamma, thresh,
                 )
                 if stats is not None:
                     stats.blocks += 1
                     stats.iterations += n
+                    stats.computed_pair_iterations += n * len(w.active)
                 if start + n < n_iter:
-                    # the one host synchronization of a block: is any pair still iterating?
+                    # the one host synchronization of a block: which pairs still iterate?
                     if stats is not None:
                         stats.host_syncs += 1
-                    if not bool(active.any()):
+                    if not state.compact(w.active.cpu()):
                         break
+            u, p, count = state.finish()
             if stats is not None:
                 stats.warps += 1
         if stats is not None:
