@@ -142,3 +142,37 @@ def test_fused_iteration_equals_the_reference_iteration():
     args = [torch.randn((2, 9, 11), generator=g) for _ in range(10)]
     for a, b in zip(fused_iteration(*args, 0.045, 0.3, 0.83), tvl1_torch.tvl1_iteration(*args, 0.045, 0.3, 0.83), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+TINY = dict(nscales=2, warps=2, outer_iterations=2, inner_iterations=10)
+
+
+def test_compile_failure_falls_back_to_eager(bikes, monkeypatch):
+    from flowprep.flow.tvl1_device import _Block
+
+    def broken(*a, **k):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(_Block, "_kernels", None)
+    monkeypatch.setattr(_Block, "_error", None)
+    i0, i1 = _pairs(bikes[:2, :32, :40])
+    with pytest.warns(RuntimeWarning, match="no compiler here"):
+        got = tvl1_flow_device(i0, i1, compile=True, **TINY)
+    assert not tvl1_device.compile_works()
+    assert torch.equal(got, tvl1_flow_device(i0, i1, compile=False, **TINY))
+
+
+def test_compiled_kernels_match_eager(bikes, monkeypatch):
+    from flowprep.flow.tvl1_device import _Block
+
+    monkeypatch.setattr(_Block, "_kernels", None)
+    monkeypatch.setattr(_Block, "_error", None)
+    # one pair, one level and warp: compiling (the slow part on the CPU) sees one set of shapes
+    one = dict(nscales=1, warps=1, outer_iterations=2, inner_iterations=5, median_filtering=3)
+    i0, i1 = _pairs(bikes[:2, :24, :32])
+    compiled = tvl1_flow_device(i0, i1, compile=True, **one)
+    if not tvl1_device.compile_works():
+        pytest.skip("torch.compile does not work on this machine (the fallback is tested above)")
+    eager = tvl1_flow_device(i0, i1, compile=False, **one)
+    assert flow_eval.epe(compiled.numpy(), eager.numpy()) < 0.01 and np.abs(eager.numpy()).mean() > 0.1

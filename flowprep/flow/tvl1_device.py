@@ -16,16 +16,21 @@ kernel launches and host synchronizations:
   block that starts with every pair converged is not run, so no work is wasted beyond the
   masked pairs of a block.  The batch is never compacted (compaction needs the count on the host).
 * **Few launches per iteration.**  One iteration is one pure function of tensors,
-  ``masked_iteration`` (``tvl1_torch.tvl1_iteration`` plus the mask), and one block is a loop of
-  them with the masked median: straight-line code that ``torch.compile`` (Inductor) fuses into a
-  few Triton kernels per iteration on CUDA (the u-update with its per-pair error reduction, the
-  dual update), and with ``mode="reduce-overhead"`` replays a whole block as one CUDA graph, so
-  the launch overhead is paid once per block.  Compiled by default on CUDA (falling back to eager,
-  with a warning, if compiling fails); eager by default on the CPU, where the same code runs for
-  the tests (the CPU engine, ``tvl1_torch``'s blocked in-place kernels, is the fast one there).
-  Why not hand-written Triton: the Triton wheel is ~440 MB (too big for the test extra) and its
-  interpreter is far too slow for tests on real 256x340 frames; Inductor emits Triton kernels on
-  CUDA from the very code the CPU tests check.
+  ``masked_iteration`` (``tvl1_torch.tvl1_iteration``'s arithmetic with stencils written as
+  slices and zero pads, plus the mask), and a block is a loop of them with the masked median.
+  On CUDA each is compiled by ``torch.compile`` (Inductor fuses an iteration into a few Triton
+  kernels: the u-update with its per-pair error sum, the dual update), and with
+  ``cuda_graphs=True`` a whole block replays as one CUDA graph (see ``_Block`` for why that is
+  opt-in).  Eager on the CPU, where the same code runs for the tests (the CPU engine,
+  ``tvl1_torch``'s blocked in-place kernels, is the fast one there).  ``bench_flow.py`` counts
+  the launches and syncs.  Why not hand-written Triton: the Triton wheel is ~440 MB (too big for
+  the test extra) and its interpreter far too slow for tests on real 256x340 frames; Inductor
+  emits Triton kernels on CUDA from the very code the CPU tests check.
+* **No straggler cost.**  Masking alone would make a batch cost its slowest pair's iterations
+  for every pair (on real frames a warp takes ~33 iterations on average, some pairs 300).  At a
+  block's check, when at most half the pairs are still active, the working set shrinks to them
+  (padded to a power of two with converged, masked pairs, so compiled code sees few shapes); the
+  host already reads the flags there, so this costs no extra synchronization.
 * **Bytes moved by design.**  A fused iteration reads u1, u2, p11..p22, I1wx, I1wy, nig, rho_c
   and writes u1, u2 in the u-kernel (12 floats per pixel), reads u1, u2, p11..p22 and writes the
   four p in the p-kernel (10): ``BYTES_PER_PIXEL_ITERATION`` = 88 bytes, 7.66 MB per pair-iteration
@@ -125,15 +130,17 @@ def masked_iteration(
     p: list[torch.Tensor],
     consts: tuple[torch.Tensor, ...],
     active: torch.Tensor,
+    count: torch.Tensor,
     l_t: float,
     theta: float,
     taut: float,
     gamma: float,
     thresh: float,
-) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """One TV-L1 iteration of the active pairs (``active``: bool (B,)); the others keep their
-    state.  Returns ``(u, p, active)`` with ``active`` cleared for pairs whose update was small
-    (OpenCV's rule: the converging iteration's update is kept)."""
+    state.  Returns ``(u, p, active, count)``: ``active`` cleared for pairs whose update was small
+    (OpenCV's rule: the converging iteration's update is kept), ``count`` (int (B,)) plus one
+    for each pair this iteration updated."""
     if len(u) == 3:
         out = tt.tvl1_iteration_gamma(*u, *p, *consts, l_t, theta, taut, gamma)
     else:
@@ -142,10 +149,18 @@ def masked_iteration(
     nu = len(u)
     new_u = [torch.where(a, n, o) for n, o in zip(out[:nu], u, strict=True)]
     new_p = [torch.where(a, n, o) for n, o in zip(out[nu:-1], p, strict=True)]
-    return new_u, new_p, active & (out[-1] > thresh)
+    return new_u, new_p, active & (out[-1] > thresh), count + active.to(count.dtype)
 
 
-def iteration_block(
+def masked_median(u: list[torch.Tensor], active: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """The median filter of u1, u2 (not u3, as OpenCV) of the active pairs."""
+    a = active[:, None, None]
+    return [torch.where(a, tt.median_filter(x, size), x) if i < 2 else x for i, x in enumerate(u)]
+
+
+def _block_loop(
+    iteration: Callable[..., Any],
+    median: Callable[..., Any],
     u: list[torch.Tensor],
     p: list[torch.Tensor],
     consts: tuple[torch.Tensor, ...],
@@ -161,16 +176,18 @@ def iteration_block(
     gamma: float,
     thresh: float,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Iterations ``start .. start + n - 1`` of a warp, with the median filter of u1, u2 (active
-    pairs only) where an outer iteration starts; ``count`` (int (B,)) adds one per pair and
-    iteration it updated.  Pure and straight-line: one graph for torch.compile."""
     for k in range(start, start + n):
         if median_filtering > 1 and k % inner_iterations == 0:
-            a = active[:, None, None]
-            u = [torch.where(a, tt.median_filter(x, median_filtering), x) if i < 2 else x for i, x in enumerate(u)]
-        count = count + active.to(count.dtype)
-        u, p, active = masked_iteration(u, p, consts, active, l_t, theta, taut, gamma, thresh)
+            u = median(u, active, median_filtering)
+        u, p, active, count = iteration(u, p, consts, active, count, l_t, theta, taut, gamma, thresh)
     return u, p, active, count
+
+
+def iteration_block(*args: Any) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Iterations ``start .. start + n - 1`` of a warp (arguments as ``_block_loop`` after its
+    two functions), with the masked median where an outer iteration starts: straight-line, pure
+    code, no host synchronization; one graph for torch.compile in "graphs" mode."""
+    return _block_loop(masked_iteration, masked_median, *args)
 
 
 class _Working:
@@ -226,35 +243,56 @@ class _Working:
         return self.full
 
 
-class _Block:
-    """``iteration_block``, compiled (one graph per distinct static arguments; CUDA graphs with
-    ``reduce-overhead`` on CUDA) or eager; a failure to compile warns once and runs eagerly."""
+def _warn_eager(e: BaseException) -> None:
+    warnings.warn(
+        f"torch.compile of the device TV-L1 engine failed, running eagerly: {type(e).__name__}: {str(e)[:300]}",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
-    _compiled: Callable[..., Any] | None = None
+
+class _Block:
+    """Runs a block of iterations in one of three modes:
+
+    * "eager": ``iteration_block`` as is (the CPU default: the tests' mode);
+    * "kernels" (compiled, the CUDA default): ``masked_iteration`` and ``masked_median`` each
+      compiled (Inductor fuses an iteration into a few Triton kernels), the block's loop in
+      Python, still without a host synchronization; compiling takes seconds, as the graphs are
+      small, and at the batch sizes the flow worker uses (hundreds of 256x340 pairs: ~2 GB
+      moved per iteration) launch overhead is a small fraction of an iteration;
+    * "graphs": the whole ``iteration_block`` compiled with ``mode="reduce-overhead"`` (CUDA
+      graphs), one graph replay per block: no per-iteration launch overhead (what small batches
+      and coarse levels need), at the price of compiling a block's unrolled iterations (minutes)
+      and one graph per shape; opt-in (``cuda_graphs=True``) until measured on a GPU.
+
+    A failure to compile warns once and runs eagerly from then on."""
+
+    _kernels: tuple[Callable[..., Any], Callable[..., Any]] | None = None
+    _graphs: Callable[..., Any] | None = None
     _error: BaseException | None = None
 
     @classmethod
-    def run(cls, compile: bool, *args: Any) -> Any:
-        if compile and cls._error is None:
+    def run(cls, mode: str, *args: Any) -> Any:
+        if mode != "eager" and cls._error is None:
             try:
-                cuda = args[0][0].device.type == "cuda"
-                if cls._compiled is None:
-                    cls._compiled = torch.compile(iteration_block, dynamic=True, mode="reduce-overhead" if cuda else None)
-                if not cuda:
-                    return cls._compiled(*args)
+                if mode == "kernels":
+                    if cls._kernels is None:
+                        cls._kernels = (
+                            torch.compile(masked_iteration, dynamic=True),
+                            torch.compile(masked_median, dynamic=True),
+                        )
+                    return _block_loop(*cls._kernels, *args)
+                if cls._graphs is None:
+                    cls._graphs = torch.compile(iteration_block, dynamic=True, mode="reduce-overhead")
                 # CUDA graphs: outputs live in the graph's pool and the next replay overwrites
                 # them, so each replay is a new step and its outputs are copied out (one copy of
                 # the state per block of iterations)
                 torch.compiler.cudagraph_mark_step_begin()
-                u, p, active, count = cls._compiled(*args)
+                u, p, active, count = cls._graphs(*args)
                 return [x.clone() for x in u], [x.clone() for x in p], active.clone(), count.clone()
             except Exception as e:  # noqa: BLE001 - any failure to compile means: run eagerly
                 cls._error = e
-                warnings.warn(
-                    f"torch.compile of the device TV-L1 block failed, running eagerly: {type(e).__name__}: {str(e)[:300]}",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
+                _warn_eager(e)
         return iteration_block(*args)
 
 
@@ -301,13 +339,16 @@ def tvl1_flow_device(
     gamma: float = 0.0,
     median_filtering: int = 5,
     compile: bool | None = None,
+    cuda_graphs: bool = False,
     check_every: int | None = None,
     stats: DeviceStats | None = None,
 ) -> torch.Tensor:
     """As ``tvl1_torch.tvl1_flow`` (same parameters, same flow), with the device engine.
 
-    ``compile=None``: compiled on CUDA, eager elsewhere.  ``check_every``: iterations between the
-    host's convergence checks (default ``inner_iterations``); the result does not depend on it.
+    ``compile=None``: compiled on CUDA, eager elsewhere; ``cuda_graphs=True`` (with compile)
+    replays each block of iterations as one CUDA graph (see ``_Block``).  ``check_every``:
+    iterations between the host's convergence checks (default ``inner_iterations``); the result
+    does not depend on either.
     """
     b, h, w = tt.check_inputs(i0_bhw, i1_bhw, median_filtering, scale_step)
     if b == 0:
@@ -321,7 +362,8 @@ def tvl1_flow_device(
     if stats is not None:
         stats.finest_pixels = h * w
         stats.per_pair = []
-    run_block = functools.partial(_Block.run, compile)
+    mode = "eager" if not compile else ("graphs" if cuda_graphs and i0_bhw.device.type == "cuda" else "kernels")
+    run_block = functools.partial(_Block.run, mode)
     n_u = 3 if gamma != 0.0 else 2
     ch, cw = sizes[-1]
     u = [i0s[-1].new_zeros((b, ch, cw)) for _ in range(n_u)]
