@@ -70,6 +70,10 @@ class FlowWorkerStats:
         return self.busy_s / self.wall_s if self.wall_s > 0 else 0.0
 
 
+# The flow workers' figures of the last ``results`` run in this process (benchmarks read them).
+last_stats: list[FlowWorkerStats] = []
+
+
 def flow_devices(cfg: RunConfig, backend: str) -> list[str]:
     """The flow workers' devices for this run; [] = the default topology (no flow workers)."""
     spec = cfg.flow.devices
@@ -254,6 +258,7 @@ def results(
     and one flow worker per device; ``stats`` (a list) receives each flow worker's figures.
     ``work`` = (``pipeline.process_video``, ``pipeline._set_threads``), passed in so that this
     module does not import the pipeline that starts it."""
+    last_stats.clear()
     if not todo:
         return
     # spawn: a CUDA context does not survive fork, and the parent may have one
@@ -315,6 +320,7 @@ def results(
                     "flow worker %s: %d pairs in %d batches, busy %.0f%%",
                     value.device, value.pairs, value.batches, 100 * value.busy_fraction,
                 )
+                last_stats.append(value)
                 if stats is not None:
                     stats.append(value)
         for p in flows + decoders:
