@@ -111,10 +111,36 @@ class PeakMemory:
             self.peak = max(self.peak, _rss_bytes() - self.base)
 
 
+SKIP_DEVICE_CPU = False
+BASELINE: dict = {}  # "module": tvl1_torch as it was at --baseline REF
+
+
+def _load_baseline(ref: str) -> None:
+    """tvl1_torch.py as committed at ``ref``, imported as its own module (it needs only numpy and
+    torch), so that the CPU engine before and after a change run side by side in one process."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src = subprocess.run(
+        ["git", "-C", root, "show", f"{ref}:flowprep/flow/tvl1_torch.py"], check=True, capture_output=True, text=True
+    ).stdout
+    path = os.path.join(tempfile.mkdtemp(prefix="bench-baseline-"), "tvl1_baseline.py")
+    with open(path, "w") as f:
+        f.write(src)
+    spec = importlib.util.spec_from_file_location("tvl1_baseline", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    BASELINE.update(module=mod, ref=ref)
+
+
 def _run(gray_thw: np.ndarray, backend: str, device: str | None, args: argparse.Namespace) -> np.ndarray:
-    """``backend``: "opencv" or a target key "cpu-engine@cpu", "device-engine@cuda", ..."""
+    """``backend``: "opencv" or a target key "cpu-engine@cpu", "device-engine@cuda", "baseline@cpu"."""
     if backend == "opencv":
         return compute_flow(gray_thw, backend="opencv")
+    if backend == "baseline@cpu":
+        return BASELINE["module"].flow_video(gray_thw, device="cpu")
     engine, dev = _target(backend)
     compile_mode = args.compile if engine == "cpu" else None  # the device engine's own default
     return compute_flow(gray_thw, backend="torch", device=dev, engine=engine, compile=compile_mode)
@@ -126,10 +152,14 @@ def _target(key: str) -> tuple[str, str]:
 
 
 def _targets(devices: list[str]) -> list[str]:
-    return [f"{e}-engine@{d}" for d in devices for e in ("cpu", "device")]
+    base = ["baseline@cpu"] if BASELINE else []
+    keys = [f"{e}-engine@{d}" for d in devices for e in ("cpu", "device")]
+    return base + [k for k in keys if not (SKIP_DEVICE_CPU and k == "device-engine@cpu")]
 
 
 def _target_pairs(key: str, args: argparse.Namespace) -> int:
+    if key == "baseline@cpu":
+        return args.torch_pairs
     # the device engine runs eagerly on the CPU (for tests), several times slower: fewer pairs
     return args.device_cpu_pairs if key == "device-engine@cpu" else args.torch_pairs
 
@@ -141,7 +171,8 @@ def bench_size(h: int, w: int, real_thw: np.ndarray, src_hw: np.ndarray, args, d
     rows = {"opencv": Row(f"{h}x{w}", "opencv (cpu)")}
     targets = _targets(devices)
     for key in targets:
-        rows[key] = Row(f"{h}x{w}", key.replace("-engine@", " @"))
+        label = f"cpu @cpu ({BASELINE['ref']})" if key == "baseline@cpu" else key.replace("-engine@", " @")
+        rows[key] = Row(f"{h}x{w}", label)
 
     # warm-up / compilation on a round's worth of pairs, not counted
     for dev in targets:
@@ -192,6 +223,12 @@ def bench_size(h: int, w: int, real_thw: np.ndarray, src_hw: np.ndarray, args, d
     )
     for dev in targets:
         engine, d = _target(dev)
+        if engine == "baseline":
+            out = BASELINE["module"].tvl1_flow(torch.from_numpy(i0), torch.from_numpy(i1)).numpy()
+            rows[dev].epe_synth = float(
+                np.mean([flow_eval.epe(f, t, m) for f, t, m in zip(out, truth, masks, strict=True)])
+            )
+            continue
         out = tvl1_device.tvl1_flow_engine(
             torch.from_numpy(i0).to(d), torch.from_numpy(i1).to(d), engine=engine,
             compile=_compile_flag(args) if engine == "cpu" else None,
@@ -231,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device-cpu-pairs", type=int, default=6, help="real pairs timed for the device engine on the CPU")
     p.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
     p.add_argument("--no-counts", action="store_true", help="skip counting launches and syncs per iteration")
+    p.add_argument("--baseline", metavar="GIT_REF", help="also time tvl1_torch.py as committed at GIT_REF (CPU engine), side by side")
     p.add_argument("--sizes", default="256x340,224x224")
+    p.add_argument("--no-device-cpu", action="store_true", help="skip the device engine on the CPU (slow there)")
     p.add_argument("--no-cuda", action="store_true", help="skip CUDA even when present")
     p.add_argument("--compile", action="store_true", help="torch backend with torch.compile (first call compiles)")
     p.add_argument(
@@ -246,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.opencv_pairs, args.torch_pairs, args.device_cpu_pairs) < args.rounds:
         p.error("need at least one pair per round")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.no_cuda else [])
+    if args.baseline:
+        _load_baseline(args.baseline)
+    global SKIP_DEVICE_CPU
+    SKIP_DEVICE_CPU = args.no_device_cpu
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
 
     n = max(args.opencv_pairs, args.torch_pairs) + 1

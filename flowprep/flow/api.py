@@ -11,7 +11,8 @@ Pure functions over arrays; no I/O.  Conventions (I3D, Carreira & Zisserman 2017
 
 Backends are picked by name from ``BACKENDS``; ``opencv`` (``cv2.optflow.DualTVL1OpticalFlow``,
 CPU) is the reference; ``torch`` (``flowprep.flow.tvl1_torch``, batched, CPU or CUDA) follows it step
-for step.  Options that only one backend understands (``BACKEND_OPTIONS``) pass through
+for step, with two engines (option ``engine``: "cpu", the CPU default, or "device",
+``flowprep.flow.tvl1_device``, the CUDA default).  Options that only one backend understands (``BACKEND_OPTIONS``) pass through
 ``compute_flow`` like TV-L1 parameters and are errors for the other backends.
 """
 

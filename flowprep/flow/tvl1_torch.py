@@ -49,10 +49,17 @@ warps within 0.2% of OpenCV's and 0.989 vs 0.990 px on Middlebury's motorcycle a
   ``hypot`` vs ``sqrt(x^2 + y^2)``, and on CUDA fused multiply-adds), so not bit for bit.
 
 Batching and speed: pairs in a batch are independent (a pair alone gives the same flow as in
-a batch).  Eagerly (the default) u and p are updated in place in kept buffers; on the CPU the
-frames are cut into blocks of rows sized for the caches, and a pair that has converged in a
-warp is simply skipped.  ``compile=True`` runs functional kernels through ``torch.compile``
-instead (converged pairs are then compacted out); it falls back to eager if compiling fails.
+a batch).  Two engines run this scheme (``compute_flow(..., engine=)``):
+
+* "cpu" (this module's ``tvl1_flow``; the default on the CPU): u and p are updated in place in
+  kept buffers; on the CPU the frames are cut into blocks of rows sized for the caches, and a
+  pair that has converged in a warp is simply skipped.  The host reads every pair's error after
+  every iteration (``.tolist()``), and an iteration is ~65 small operations (counted by
+  ``make bench-flow``): fine on the CPU, launch- and sync-bound on a GPU.  ``compile=True`` runs
+  functional kernels through ``torch.compile`` instead (converged pairs are then compacted out);
+  it falls back to eager if compiling fails.
+* "device" (``flowprep.flow.tvl1_device``; the default on CUDA): the same numerics with the
+  stopping rule masked on the device and one host check per block of iterations, compiled.
 """
 
 from __future__ import annotations
