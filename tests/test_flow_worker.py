@@ -83,6 +83,10 @@ def test_devices_are_resolved_and_checked(tmp_path, dataset):
     if not torch.cuda.is_available():
         auto = load_recipe(dataset, progress=False, backend="torch")
         assert flow_worker.flow_devices(auto, "torch") == []
+    import os
+
+    assert flow_worker.decode_workers(3, 1) == 3  # --jobs given
+    assert flow_worker.decode_workers(1, 1) == max(1, os.cpu_count() - 1)  # default: the CPUs
     with pytest.raises(RecipeError, match="flow.devices='gpu0'"):
         load_recipe(dataset, devices="gpu0")
     with pytest.raises(RecipeError, match="torch backend"):

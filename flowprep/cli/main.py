@@ -136,7 +136,8 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--devices",
         help="flow workers, one per device, solving pairs gathered across videos while --jobs workers decode and "
-        "write: 'cuda:0,cuda:1', 'cpu', or 'off' (default: every visible GPU with the torch backend on CUDA, else off)",
+        "write: 'cuda:0,cuda:1', 'cpu', or 'off' (default: every visible GPU with the torch backend on CUDA, else off); "
+        "with flow workers, --jobs 1 (the default) means one decode/write worker per CPU but one per device",
     )
     p.add_argument("--cache-dir", help="downloads and generated clips (default: <out folder>/cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

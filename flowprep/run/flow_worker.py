@@ -94,6 +94,16 @@ def flow_devices(cfg: RunConfig, backend: str) -> list[str]:
     return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 
 
+def decode_workers(jobs: int, n_devices: int) -> int:
+    """Decode/write workers: ``--jobs`` when given (> 1), else every CPU but one per flow worker.
+
+    Each worker has one block (up to 63 pairs) waiting at a time, so the workers bound a batch:
+    ~14 of them fill batches of ~900 pairs on a 16-CPU node."""
+    if jobs > 1:
+        return jobs
+    return max(1, (os.cpu_count() or 2) - n_devices)
+
+
 def quantize_torch(flow: Any, bound: float) -> Any:
     """``api.quantize_flow`` on a torch tensor, on its device: the same int8 values (float32
     multiply by the same float32 constant, round half to even)."""
@@ -213,11 +223,11 @@ def _flow_main(device: str, cfg_blob: bytes, requests: Any, replies: list[Any], 
 
 def _decode_main(
     wid: int, cfg_blob: bytes, backend: str, work: tuple[Callable[..., dict[str, Any]], Callable[[int], None]],
-    rows: Any, requests: Any, reply: Any, out: Any, failed: Any,
+    n_decode: int, rows: Any, requests: Any, reply: Any, out: Any, failed: Any,
 ) -> None:
     process_video, set_threads = work
     cfg = _load_cfg(cfg_blob)
-    set_threads(cfg.jobs)
+    set_threads(n_decode)
     seq = 0
 
     def flow_fn(gray: np.ndarray) -> np.ndarray:
@@ -265,7 +275,7 @@ def results(
     ctx = multiprocessing.get_context("spawn")
     blob = _dump_cfg(cfg)
     requests, rows, out, failed = ctx.Queue(), ctx.Queue(), ctx.Queue(), ctx.Event()
-    n_decode = max(1, min(cfg.jobs, len(todo)))
+    n_decode = max(1, min(decode_workers(cfg.jobs, len(devices)), len(todo)))
     replies = [ctx.Queue() for _ in range(n_decode)]
     flows = [
         ctx.Process(target=_flow_main, args=(d, blob, requests, replies, out), name=f"flowprep-flow-{d}", daemon=True)
@@ -273,7 +283,7 @@ def results(
     ]
     decoders = [
         ctx.Process(
-            target=_decode_main, args=(i, blob, backend, work, rows, requests, replies[i], out, failed),
+            target=_decode_main, args=(i, blob, backend, work, n_decode, rows, requests, replies[i], out, failed),
             name=f"flowprep-decode-{i}", daemon=True,
         )
         for i in range(n_decode)

@@ -248,7 +248,8 @@ def run(cfg: RunConfig) -> RunSummary:
             results = parallel_results(cfg, _worker, [(row, cfg, backend, None) for row in todo])
             stop = None
         elif devices:
-            log.info("flow workers on %s; %d decode/write worker(s)", ", ".join(devices), cfg.jobs)
+            n_decode = flow_worker.decode_workers(cfg.jobs, len(devices))
+            log.info("flow workers on %s; %d decode/write worker(s)", ", ".join(devices), n_decode)
             results = flow_worker.results(cfg, backend, todo, devices, (process_video, _set_threads), pair_bar.update)
             stop = None
         elif cfg.jobs == 1:
