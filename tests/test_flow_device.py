@@ -122,6 +122,7 @@ def test_engine_option_is_checked_and_defaults_by_device(bikes, monkeypatch):
     assert calls == [None]  # None: eager on the CPU, compiled on CUDA
 
 
+@pytest.mark.gpu
 @needs_cuda
 def test_cuda_device_engine_matches_cpu_engine(bikes):
     i0, i1 = _pairs(bikes)
@@ -163,6 +164,7 @@ def test_compile_failure_falls_back_to_eager(bikes, monkeypatch):
     assert torch.equal(got, tvl1_flow_device(i0, i1, compile=False, **TINY))
 
 
+@pytest.mark.slow
 def test_compiled_kernels_match_eager(bikes, monkeypatch):
     from flowprep.flow.tvl1_device import _Block
 

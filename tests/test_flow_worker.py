@@ -93,6 +93,7 @@ def test_devices_are_resolved_and_checked(tmp_path, dataset):
         load_recipe(dataset, backend="opencv", devices="cpu")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_flow_worker_store_matches_cpu_engine(tmp_path, dataset):
     common = dict(progress=False, backend="torch")
