@@ -86,7 +86,16 @@ lint: install
 clean:
 	rm -rf out .pytest_cache
 
-.PHONY: bench-flow
-# TV-L1 backends side by side (pairs/s, EPE, agreement, peak memory); a few minutes on 2 cores
+.PHONY: bench-flow bench-gpu
+# TV-L1 backends and engines side by side (pairs/s, EPE, agreement, peak memory; launches, syncs
+# and bytes per iteration, counted); several minutes on 2 cores
 bench-flow: install
 	$(BIN)/python benchmarks/bench_flow.py
+
+# On a GPU machine, with its own CUDA torch (no `make install`: that would fetch our CPU torch):
+# solver pairs/s at 256x340 by batch, launches/syncs, bandwidth, pipeline end to end; < 5 min.
+# The pipeline part needs `pip install -e .` there; without CUDA it says so and measures nothing.
+GPU_PYTHON ?= python3
+BENCH_GPU_OUT ?= out/bench-gpu
+bench-gpu:
+	$(GPU_PYTHON) benchmarks/bench_gpu.py $(BENCH_GPU_OUT) $(BENCH_ARGS)

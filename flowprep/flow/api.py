@@ -11,7 +11,8 @@ Pure functions over arrays; no I/O.  Conventions (I3D, Carreira & Zisserman 2017
 
 Backends are picked by name from ``BACKENDS``; ``opencv`` (``cv2.optflow.DualTVL1OpticalFlow``,
 CPU) is the reference; ``torch`` (``flowprep.flow.tvl1_torch``, batched, CPU or CUDA) follows it step
-for step.  Options that only one backend understands (``BACKEND_OPTIONS``) pass through
+for step, with two engines (option ``engine``: "cpu", the CPU default, or "device",
+``flowprep.flow.tvl1_device``, the CUDA default).  Options that only one backend understands (``BACKEND_OPTIONS``) pass through
 ``compute_flow`` like TV-L1 parameters and are errors for the other backends.
 """
 
@@ -89,9 +90,14 @@ BACKEND_OPTIONS: Mapping[str, Mapping[str, tuple[Callable[[Any], bool], str, Any
             "None (automatic) or an integer >= 1",
             None,
         ),
-        # torch.compile the solver's kernels (falls back to eager if compiling fails); off by
-        # default: on the CPU the blocked eager kernels are as fast, without a minute of compiling
-        "compile": (lambda x: isinstance(x, bool), "True or False", False),
+        # torch.compile the solver's kernels (falls back to eager if compiling fails); None = the
+        # engine's default: off for the "cpu" engine (its blocked eager kernels are as fast on the
+        # CPU, without a minute of compiling), on for the "device" engine on CUDA
+        "compile": (lambda x: x is None or isinstance(x, bool), "None (engine's default), True or False", None),
+        # how the solver iterates (tvl1_torch.tvl1_flow): "cpu" = blocked in-place kernels, one
+        # host check per iteration; "device" = masked fused iterations, one host check per block
+        # (tvl1_device); None = by device ("device" on CUDA, "cpu" on the CPU)
+        "engine": (lambda x: x in (None, "cpu", "device"), "None (by device), 'cpu' or 'device'", None),
     },
 }
 
@@ -144,12 +150,14 @@ def _opencv_tvl1(gray_thw: np.ndarray, device: str | None, params: Mapping[str, 
 
 
 def _torch_tvl1(gray_thw: np.ndarray, device: str | None, params: Mapping[str, Any]) -> np.ndarray:
+    import flowprep.flow.tvl1_device as tvl1_device
     import flowprep.flow.tvl1_torch as tvl1_torch
 
     p = dict(params)
-    batch_size, compile_mode = p.pop("batch_size"), p.pop("compile")
+    batch_size, compile_mode, engine = p.pop("batch_size"), p.pop("compile"), p.pop("engine")
+    solver = tvl1_device.engine_solver(engine, tvl1_torch.resolve_device(device))
     return tvl1_torch.flow_video(
-        gray_thw, device=device, batch_size=batch_size, compile=compile_mode, **p
+        gray_thw, device=device, batch_size=batch_size, compile=compile_mode, solver=solver, **p
     )
 
 

@@ -49,10 +49,17 @@ warps within 0.2% of OpenCV's and 0.989 vs 0.990 px on Middlebury's motorcycle a
   ``hypot`` vs ``sqrt(x^2 + y^2)``, and on CUDA fused multiply-adds), so not bit for bit.
 
 Batching and speed: pairs in a batch are independent (a pair alone gives the same flow as in
-a batch).  Eagerly (the default) u and p are updated in place in kept buffers; on the CPU the
-frames are cut into blocks of rows sized for the caches, and a pair that has converged in a
-warp is simply skipped.  ``compile=True`` runs functional kernels through ``torch.compile``
-instead (converged pairs are then compacted out); it falls back to eager if compiling fails.
+a batch).  Two engines run this scheme (``compute_flow(..., engine=)``):
+
+* "cpu" (this module's ``tvl1_flow``; the default on the CPU): u and p are updated in place in
+  kept buffers; on the CPU the frames are cut into blocks of rows sized for the caches, and a
+  pair that has converged in a warp is simply skipped.  The host reads every pair's error after
+  every iteration (``.tolist()``), and an iteration is ~65 small operations (counted by
+  ``make bench-flow``): fine on the CPU, launch- and sync-bound on a GPU.  ``compile=True`` runs
+  functional kernels through ``torch.compile`` instead (converged pairs are then compacted out);
+  it falls back to eager if compiling fails.
+* "device" (``flowprep.flow.tvl1_device``; the default on CUDA): the same numerics with the
+  stopping rule masked on the device and one host check per block of iterations, compiled.
 """
 
 from __future__ import annotations
@@ -510,45 +517,28 @@ def tvl1_flow(
     outer_iterations: int = 10,
     gamma: float = 0.0,
     median_filtering: int = 5,
-    compile: bool = False,
+    compile: bool | None = False,
 ) -> torch.Tensor:
     """TV-L1 flow from each ``i0_bhw[b]`` to ``i1_bhw[b]``: float32 ``(B, H, W, 2)`` in pixels.
 
     Inputs are (B, H, W) intensities on the 0..255 scale (uint8 or float), on any device; the
-    computation runs there in float32.  ``compile=True`` runs the inner iteration and the median
-    filter through ``torch.compile`` (falling back to eager, with a warning, if that fails); the
-    result is the same up to float rounding.
+    computation runs there in float32.  This is the "cpu" engine: blocked in-place kernels, one
+    host check of convergence per iteration, converged pairs skipped (the fastest on the CPU);
+    ``flowprep.flow.tvl1_device`` is the "device" engine (the same flow, masked iterations and
+    one host check per block; the default on CUDA), and ``tvl1_device.tvl1_flow_engine`` picks
+    either by name.  ``compile=True`` runs the iteration and the median filter through
+    ``torch.compile`` (falling back to eager, with a warning, if that fails); the result is the
+    same up to float rounding.
     """
-    if i0_bhw.ndim != 3 or i0_bhw.shape != i1_bhw.shape:
-        raise ValueError(
-            f"i0_bhw and i1_bhw must both be (B, H, W), got {tuple(i0_bhw.shape)} and {tuple(i1_bhw.shape)}"
-        )
-    if i0_bhw.device != i1_bhw.device:
-        raise ValueError(f"i0_bhw on {i0_bhw.device} but i1_bhw on {i1_bhw.device}")
-    if median_filtering not in (1, 3, 5):
-        raise ValueError(f"median_filtering={median_filtering!r}: must be 1 (off), 3 or 5")
-    if not 0 < scale_step < 1:
-        raise ValueError(f"scale_step={scale_step!r}: must be in (0, 1)")
-    b, h, w = i0_bhw.shape
+    b, h, w = check_inputs(i0_bhw, i1_bhw, median_filtering, scale_step)
     if b == 0:
         return torch.zeros((0, h, w, 2), dtype=torch.float32, device=i0_bhw.device)
-    i0 = i0_bhw.to(torch.float32)
-    i1 = i1_bhw.to(torch.float32)
-    if not (torch.isfinite(i0).all() and torch.isfinite(i1).all()):
-        raise ValueError("i0_bhw and i1_bhw must be finite")
-
-    sizes = pyramid_sizes(h, w, nscales, scale_step)
-    i0s, i1s = [i0], [i1]
-    for size in sizes[1:]:
-        # OpenCV resizes by scale_step exactly (Size() + fx, fy), not by the size ratio
-        inv = (1.0 / scale_step, 1.0 / scale_step)
-        i0s.append(resize_bhw(i0s[-1], size, inv))
-        i1s.append(resize_bhw(i1s[-1], size, inv))
+    sizes, i0s, i1s = build_pyramids(i0_bhw, i1_bhw, nscales, scale_step)
 
     use_gamma = gamma != 0.0
-    kernels = _Kernels(compile)
+    kernels = _Kernels(bool(compile))
     ch, cw = sizes[-1]
-    u = [i0.new_zeros((b, ch, cw)) for _ in range(3 if use_gamma else 2)]
+    u = [i0s[-1].new_zeros((b, ch, cw)) for _ in range(3 if use_gamma else 2)]
     for s in range(len(sizes) - 1, -1, -1):
         u = _one_scale(
             i0s[s],
@@ -567,13 +557,55 @@ def tvl1_flow(
         )
         del i0s[s], i1s[s]
         if s > 0:
-            # upsampling to a given size: OpenCV's step is the size ratio
-            (fh, fw), (ch, cw) = sizes[s - 1], sizes[s]
-            up = [resize_bhw(x, (fh, fw), (ch / fh, cw / fw)) for x in u]
-            # flow is rescaled by 1/scale_step as in OpenCV (not by the exact size ratio); the
-            # illumination term u3 is not a displacement and is not rescaled
-            u = [up[0] / scale_step, up[1] / scale_step, *up[2:]]
+            u = upsample_flow(u, sizes[s - 1], sizes[s], scale_step)
     return torch.stack((u[0], u[1]), dim=-1)
+
+
+def check_inputs(i0_bhw: torch.Tensor, i1_bhw: torch.Tensor, median_filtering: int, scale_step: float) -> tuple[int, int, int]:
+    """(B, H, W) of a valid pair of batches; ValueError naming what is wrong otherwise."""
+    if i0_bhw.ndim != 3 or i0_bhw.shape != i1_bhw.shape:
+        raise ValueError(
+            f"i0_bhw and i1_bhw must both be (B, H, W), got {tuple(i0_bhw.shape)} and {tuple(i1_bhw.shape)}"
+        )
+    if i0_bhw.device != i1_bhw.device:
+        raise ValueError(f"i0_bhw on {i0_bhw.device} but i1_bhw on {i1_bhw.device}")
+    if median_filtering not in (1, 3, 5):
+        raise ValueError(f"median_filtering={median_filtering!r}: must be 1 (off), 3 or 5")
+    if not 0 < scale_step < 1:
+        raise ValueError(f"scale_step={scale_step!r}: must be in (0, 1)")
+    b, h, w = i0_bhw.shape
+    return b, h, w
+
+
+def build_pyramids(
+    i0_bhw: torch.Tensor, i1_bhw: torch.Tensor, nscales: int, scale_step: float
+) -> tuple[list[tuple[int, int]], list[torch.Tensor], list[torch.Tensor]]:
+    """(level sizes, float32 pyramids of i0 and i1), finest first, on the inputs' device."""
+    i0 = i0_bhw.to(torch.float32)
+    i1 = i1_bhw.to(torch.float32)
+    if not (torch.isfinite(i0).all() and torch.isfinite(i1).all()):
+        raise ValueError("i0_bhw and i1_bhw must be finite")
+    b, h, w = i0.shape
+    sizes = pyramid_sizes(h, w, nscales, scale_step)
+    i0s, i1s = [i0], [i1]
+    for size in sizes[1:]:
+        # OpenCV resizes by scale_step exactly (Size() + fx, fy), not by the size ratio
+        inv = (1.0 / scale_step, 1.0 / scale_step)
+        i0s.append(resize_bhw(i0s[-1], size, inv))
+        i1s.append(resize_bhw(i1s[-1], size, inv))
+    return sizes, i0s, i1s
+
+
+def upsample_flow(
+    u: list[torch.Tensor], fine: tuple[int, int], coarse: tuple[int, int], scale_step: float
+) -> list[torch.Tensor]:
+    """u1, u2 (and u3) of a coarse level at the next finer level's size."""
+    # upsampling to a given size: OpenCV's step is the size ratio
+    (fh, fw), (ch, cw) = fine, coarse
+    up = [resize_bhw(x, (fh, fw), (ch / fh, cw / fw)) for x in u]
+    # flow is rescaled by 1/scale_step as in OpenCV (not by the exact size ratio); the
+    # illumination term u3 is not a displacement and is not rescaled
+    return [up[0] / scale_step, up[1] / scale_step, *up[2:]]
 
 
 def _one_scale(
@@ -795,12 +827,15 @@ def available_memory_bytes(device: torch.device) -> int:
     return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
 
 
-def auto_batch_size(h: int, w: int, device: torch.device, free_bytes: int | None = None) -> int:
-    """Pairs per call: what fits in half the free memory, at most CPU_/CUDA_MAX_BATCH, at least 1."""
+def auto_batch_size(
+    h: int, w: int, device: torch.device, free_bytes: int | None = None, max_batch: int | None = None
+) -> int:
+    """Pairs per call: what fits in half the free memory, at most ``max_batch`` (default
+    CPU_/CUDA_MAX_BATCH), at least 1."""
     if free_bytes is None:
         free_bytes = available_memory_bytes(device)
     per_pair = FLOATS_PER_PIXEL * 4 * h * w
-    cap = CUDA_MAX_BATCH if device.type == "cuda" else CPU_MAX_BATCH
+    cap = max_batch or (CUDA_MAX_BATCH if device.type == "cuda" else CPU_MAX_BATCH)
     return max(1, min(cap, free_bytes // 2 // per_pair))
 
 
@@ -809,15 +844,18 @@ def flow_video(
     *,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
-    compile: bool = False,
+    compile: bool | None = None,
+    solver: Callable[..., torch.Tensor] | None = None,
     **params: Any,
 ) -> np.ndarray:
     """TV-L1 flow between consecutive uint8 frames: float32 numpy (T-1, H, W, 2), pixels.
 
     Frames go to ``device`` ``batch_size`` + 1 at a time as uint8 (never the whole video as
-    float); ``batch_size=None`` picks it from free memory (``auto_batch_size``).
+    float); ``batch_size=None`` picks it from free memory (``auto_batch_size``).  ``solver``:
+    ``tvl1_flow`` (None) or another engine with its signature (``tvl1_device.tvl1_flow_device``).
     """
     dev = resolve_device(device)
+    solve = solver or tvl1_flow
     t, h, w = gray_thw.shape
     n = t - 1
     bs = batch_size or auto_batch_size(h, w, dev)
@@ -825,6 +863,6 @@ def flow_video(
     for s in range(0, n, bs):
         e = min(n, s + bs)
         frames = torch.from_numpy(np.array(gray_thw[s : e + 1])).to(dev)
-        flow = tvl1_flow(frames[:-1], frames[1:], compile=compile, **params)
+        flow = solve(frames[:-1], frames[1:], compile=compile, **params)
         out[s:e] = flow.cpu().numpy()
     return out

@@ -105,11 +105,14 @@ def process_video(
     backend: str,
     progress: Callable[[int], None] | None = None,
     commit: bool = True,
+    flow_fn: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Decode, compute flow and write one video.  Returns its ledger record; never raises for bad input.
 
     ``commit=False``: leave the finished, verified video in staging and name it in the record's
-    ``staged`` field; the caller commits it (``commit_staged``).  ``run`` does that in its parent."""
+    ``staged`` field; the caller commits it (``commit_staged``).  ``run`` does that in its parent.
+    ``flow_fn`` (gray uint8 (n+1, H, W) -> int8 flow (n, H, W, 2)) computes a whole block's flow
+    elsewhere (a flow worker, ``flowprep.run.flow_worker``); by default it is computed here."""
     t0 = time.time()
     record: dict[str, Any] = {"key": row.video_id, "line": row.line, "label": row.label, "split": row.split}
     writer: VideoWriter | None = None
@@ -129,7 +132,11 @@ def process_video(
             if prev_gray is not None:
                 gray = np.concatenate([prev_gray[None], gray])
             flows = []
-            for i in range(0, len(gray) - 1, batch):
+            if flow_fn is not None and len(gray) > 1:
+                flows.append(flow_fn(gray))
+                if progress:
+                    progress(len(gray) - 1)
+            for i in range(0, len(gray) - 1 if flow_fn is None else 0, batch):
                 f = flowmod.compute_flow(
                     gray[i : i + batch + 1], backend=backend, device=cfg.flow.device, **cfg.flow.params
                 )
@@ -321,8 +328,16 @@ def _run_leased(
         video_bar = tqdm(total=len(todo), unit="video", desc="videos", disable=not cfg.progress, position=0)
         total = expected_pairs(todo, cfg.manifest.parent, cfg.decode.fps) if cfg.progress else None  # an estimate
         pair_bar = tqdm(total=total, unit="pair", desc="flow", disable=not cfg.progress, position=1, leave=False)
+        from flowprep.run import flow_worker
+
+        devices = flow_worker.flow_devices(cfg, backend)
         if cfg.executor != "local":
             results = parallel_results(cfg, _worker, [(row, cfg, backend, None) for row in todo])
+            stop = None
+        elif devices:
+            n_decode = flow_worker.decode_workers(cfg.jobs, len(devices))
+            log.info("flow workers on %s; %d decode/write worker(s)", ", ".join(devices), n_decode)
+            results = flow_worker.results(cfg, backend, todo, devices, (process_video, _set_threads), pair_bar.update)
             stop = None
         elif cfg.jobs == 1:
             _set_threads(1)

@@ -35,6 +35,9 @@ class FlowConfig:
     device: str | None = None  # None: CUDA when available, else CPU (torch backend)
     batch: int = 0  # frame pairs per compute_flow call; 0 = backend's choice
     bound: float = 20.0  # px; flow is clipped to [-bound, bound] and stored as round(f / bound * 127)
+    # flow workers (flowprep.run.flow_worker): None = one per visible GPU when the torch backend
+    # runs on CUDA, else none (each worker computes its own flow); "off"; or "cpu" / "cuda:0,cuda:1"
+    devices: str | None = None
     params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
@@ -43,6 +46,10 @@ class FlowConfig:
             raise RecipeError(f"flow.backend={self.backend!r}: allowed: {', '.join(allowed)}")
         if self.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise RecipeError(f"flow.device={self.device!r}: allowed: cpu, cuda, cuda:N")
+        if self.devices is not None and not re.fullmatch(r"off|(cpu|cuda(:\d+)?)(,(cpu|cuda(:\d+)?))*", self.devices):
+            raise RecipeError(f"flow.devices={self.devices!r}: allowed: off, or a comma list of cpu, cuda, cuda:N")
+        if self.devices not in (None, "off") and self.backend == "opencv":
+            raise RecipeError(f"flow.devices={self.devices!r}: flow workers run the torch backend, not opencv")
         if not (isinstance(self.batch, int) and 0 <= self.batch <= 4096):
             raise RecipeError(f"flow.batch={self.batch!r}: must be an integer in [0, 4096]")
         if not (isinstance(self.bound, (int, float)) and 0 < self.bound <= 1000):
@@ -128,7 +135,7 @@ def check_cluster_overrides(overrides: Mapping[str, Any]) -> tuple[int, int, str
 def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
     """Read a recipe; ``overrides`` (from the command line) win over the file.
 
-    Recognised overrides: out, cache_dir, jobs, overwrite, limit, task, progress, backend, device,
+    Recognised overrides: out, cache_dir, jobs, overwrite, limit, task, progress, backend, device, devices,
     retry_failed, repair, allow_partial, fetch (a dict of [fetch] keys; None values are ignored),
     num_tasks, task_index, only_keys, executor, scheduler.
     """
@@ -154,7 +161,7 @@ def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
     manifest = _manifest_path(path, data["manifest"])
     decode = _section(data, "decode", DecodeConfig, path)
     flow_section = dict(data.get("flow", {}))
-    for key in ("backend", "device"):
+    for key in ("backend", "device", "devices"):
         if overrides.get(key) is not None:
             flow_section[key] = overrides[key]
     flow = _section({"flow": flow_section}, "flow", FlowConfig, path)
