@@ -93,9 +93,13 @@ def test_video_flow_equals_what_the_store_holds(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["run", str(video), "--no-progress", "--backend", "opencv"]) == 0
     store = flowprep.open_store(tmp_path / "out" / "clip.zarr")
-    assert np.array_equal(store.read_rgb("clip"), rgb) and np.array_equal(store.read_flow("clip"), flow)
+    assert np.array_equal(store.read_flow("clip"), flow)  # flow is stored exactly
     rgb8, flow8 = flowprep.video_flow(video, backend="opencv", raw=True)
-    assert np.array_equal(rgb8, store.read_rgb_uint8("clip")) and np.array_equal(flow8, store.read_flow_int8("clip"))
+    assert np.array_equal(flow8, store.read_flow_int8("clip"))
+    # the default store keeps RGB as JPEG q95 4:2:0: the same frames within JPEG's error (this
+    # random texture is a hard case for JPEG: 33.9 dB, where real footage gives 40-48 dB)
+    err = rgb8.astype(float) - store.read_rgb_uint8("clip")
+    assert 10 * np.log10(255**2 / np.mean(err**2)) > 30 and np.array_equal(rgb, rgb8 / np.float32(127.5) - np.float32(1))
 
 
 def test_missing_extras_name_the_pip_command(monkeypatch):

@@ -2,7 +2,8 @@
 
 The same steps and numbers as ``flowprep run`` writes to a store (decode at ``fps`` with the
 smallest side ``short_side``, BT.601 luma, TV-L1, clip to ``bound``, int8 quantization), so
-what a model sees from ``video_flow`` equals what it would read from the store.  Touches only the
+the flow equals what a store of the video holds, and so do the frames of a store written with
+``rgb_codec = "lossless"`` (the default JPEG q95 codec stores them within JPEG's error).  Touches only the
 video file (one ffmpeg process); everything is kept in memory, so use a store for long videos.
 """
 
@@ -72,7 +73,8 @@ def video_flow(
     Returns ``(rgb, flow)``:
 
     * ``rgb``: float32 (T, H, W, 3) in [-1, 1] (``uint8 / 127.5 - 1``), frames at ``fps`` with the
-      smallest side ``short_side`` (bilinear, aspect kept), as ``Store.read_rgb``;
+      smallest side ``short_side`` (bilinear, aspect kept), as decoded: ``Store.read_rgb`` of a
+      lossless store (of a default store: the same frames after JPEG q95);
     * ``flow``: float32 (T-1, H, W, 2) in [-1, 1]: ``flow[t]`` maps frame t to t+1, channel 0 =
       u (right), 1 = v (down), pixels clipped to [-bound, bound] and divided by ``bound``,
       on the int8 grid of the store (multiples of 1/127), exactly as ``Store.read_flow``.
