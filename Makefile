@@ -94,7 +94,8 @@ bench-flow: install
 
 # On a GPU machine, with its own CUDA torch (no `make install`: that would fetch our CPU torch):
 # solver pairs/s at 256x340 by batch, launches/syncs, bandwidth, pipeline end to end; < 5 min.
-# The pipeline part needs `pip install -e .` there; without CUDA it says so and measures nothing.
+# The pipeline part needs flowprep installed there (an editable install beside its own torch);
+# without CUDA it says so and measures nothing.
 GPU_PYTHON ?= python3
 BENCH_GPU_OUT ?= out/bench-gpu
 bench-gpu:
