@@ -18,7 +18,7 @@ for step, with two engines (option ``engine``: "cpu", the CPU default, or "devic
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -201,6 +201,20 @@ def rgb_to_gray(frames_thwc: np.ndarray) -> np.ndarray:
     f = frames_thwc.astype(np.float32)
     gray = 0.299 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2]
     return np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+
+
+def gray_blocks(blocks_thwc: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(rgb_block, gray)`` for consecutive uint8 RGB blocks, where ``gray`` (uint8 (n, H, W))
+    starts with the previous block's last frame: the first block gives ``n - 1`` flow fields,
+    every later one ``n`` (its first field maps the previous block's last frame to its first).
+    The one rule for flow across decode blocks, shared by the pipeline and ``video_flow``."""
+    prev: np.ndarray | None = None
+    for block in blocks_thwc:
+        gray = rgb_to_gray(block)
+        if prev is not None:
+            gray = np.concatenate([prev[None], gray])
+        yield block, gray
+        prev = gray[-1]
 
 
 def quantize_flow(flow_px: np.ndarray, bound: float = FLOW_BOUND) -> np.ndarray:

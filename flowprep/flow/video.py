@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from flowprep.flow.api import FLOW_BOUND, compute_flow, dequantize_flow, pick_backend, quantize_flow, rgb_to_gray
+from flowprep.flow.api import FLOW_BOUND, compute_flow, dequantize_flow, gray_blocks, pick_backend, quantize_flow
 
 
 def iter_video_flow(
@@ -42,17 +42,12 @@ def iter_video_flow(
 
     backend = pick_backend(backend, device)
     cfg = DecodeConfig(fps=fps, short_side=short_side, block_frames=block_frames)
-    prev: np.ndarray | None = None
-    for block in decode_blocks(str(path), cfg, start, end):
-        gray = rgb_to_gray(block)
-        if prev is not None:
-            gray = np.concatenate([prev[None], gray])
+    for block, gray in gray_blocks(decode_blocks(str(path), cfg, start, end)):
         if len(gray) >= 2:
             flow_q = quantize_flow(compute_flow(gray, backend=backend, device=device, **params), bound)
         else:
             flow_q = np.zeros((0, *block.shape[1:3], 2), np.int8)
         yield block, flow_q
-        prev = gray[-1]
 
 
 def video_flow(

@@ -120,32 +120,30 @@ def process_video(
         path, start, end = resolve_clip(row, cfg.manifest.parent, cfg.cache_dir, cfg.fetch)
         record["source"] = str(path)
         batch = _flow_batch(cfg, backend)
-        prev_gray: np.ndarray | None = None
         decoded: dict[str, Any] = {}
-        for block in decode_blocks(str(path), cfg.decode, start, end, report=decoded):
+        for block, gray in flowmod.gray_blocks(decode_blocks(str(path), cfg.decode, start, end, report=decoded)):
             if writer is None:
                 writer = VideoWriter(
                     cfg.out, row.video_id, block.shape[1], block.shape[2], cfg.write,
                     staging_entry(cfg.out, cfg.task, row.video_id),
                 )
-            gray = flowmod.rgb_to_gray(block)
-            if prev_gray is not None:
-                gray = np.concatenate([prev_gray[None], gray])
-            flows = []
-            if flow_fn is not None and len(gray) > 1:
-                flows.append(flow_fn(gray))
+            if len(gray) < 2:
+                flow_q = np.zeros((0, *block.shape[1:3], 2), np.int8)
+            elif flow_fn is not None:  # the whole block at once, in a flow worker
+                flow_q = flow_fn(gray)
                 if progress:
                     progress(len(gray) - 1)
-            for i in range(0, len(gray) - 1 if flow_fn is None else 0, batch):
-                f = flowmod.compute_flow(
-                    gray[i : i + batch + 1], backend=backend, device=cfg.flow.device, **cfg.flow.params
-                )
-                flows.append(flowmod.quantize_flow(f, cfg.flow.bound))
-                if progress:
-                    progress(len(f))
-            flow_q = np.concatenate(flows) if flows else np.zeros((0, *block.shape[1:3], 2), np.int8)
+            else:
+                flows = []
+                for i in range(0, len(gray) - 1, batch):
+                    f = flowmod.compute_flow(
+                        gray[i : i + batch + 1], backend=backend, device=cfg.flow.device, **cfg.flow.params
+                    )
+                    flows.append(flowmod.quantize_flow(f, cfg.flow.bound))
+                    if progress:
+                        progress(len(f))
+                flow_q = np.concatenate(flows)
             writer.append(block, flow_q)
-            prev_gray = gray[-1]
         assert writer is not None  # decode_blocks raises when there are no frames
         if writer.n_frames < 2:
             raise TooFewFrames(f"too few frames: {writer.n_frames} decoded, flow needs at least 2")
