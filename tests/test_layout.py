@@ -6,14 +6,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "flowprep"
 # a layer may import itself and the layers listed after it
 LAYERS = {
-    "cli": {"train", "run", "store", "flow", "dataset", "models", "console", "<root>"},
-    "train": {"store", "flow", "dataset", "models", "console"},
+    "cli": {"train", "run", "store", "flow", "dataset", "models", "console", "atomic", "<root>"},
+    "train": {"store", "flow", "dataset", "models", "console", "atomic"},
     "run": {"store", "flow", "dataset"},
     "store": {"flow"},
     "flow": {"dataset"},
     "dataset": set(),
-    "models": set(),
+    "models": {"atomic"},
     "console": set(),
+    "atomic": set(),
 }
 
 

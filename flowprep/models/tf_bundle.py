@@ -27,12 +27,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import struct
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import google_crc32c
 import numpy as np
+
+from flowprep.atomic import write_atomic
 
 TABLE_MAGIC = 0xDB4775248B80FB57  # LevelDB's table magic number, the last 8 bytes of an index
 FOOTER_SIZE = 48  # two block handles padded to 40 bytes, then the magic
@@ -550,12 +551,4 @@ def write_bundle(prefix: str | os.PathLike[str], tensors: Mapping[str, np.ndarra
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: f.write(data))

