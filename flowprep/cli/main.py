@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 from flowprep import __version__
-from flowprep.cli.recipes import prepare_target
 from flowprep.console import usage_error
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from flowprep.cli.recipes import FolderSettings, prepare_target
     from flowprep.dataset.manifest import ManifestError
     from flowprep.run.lease import LeaseHeld
     from flowprep.run.pipeline import run
@@ -25,7 +25,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flowprep.run.state import index_path
     from flowprep.store.zarr_store import StoreError
 
-    recipe, args.out = prepare_target(args.recipe, args.out, args.split)  # a folder / video: a generated recipe
+    try:
+        settings = FolderSettings.from_args(args)
+    except ValueError as e:
+        return usage_error(str(e))
+    recipe, args.out = prepare_target(args.recipe, args.out, args.split, settings)  # a folder / video: a generated recipe
     try:
         cfg = load_recipe(
             recipe, out=args.out, cache_dir=args.cache_dir, jobs=args.jobs, overwrite=args.overwrite,
@@ -151,7 +155,6 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", metavar="TARGET",
                    help="a shipped recipe's name (demo, kinetics, ucf101, ...: `flowprep recipes`), a recipe file (my.toml),"
                    " a folder of videos (class subfolders become labels) or one video file")
-    p.add_argument("--split", help="folder / video: the split of videos not under a train/val/test folder (default: none)")
     p.add_argument("--out", help="store path (default: out/<dataset>.zarr)")
     p.add_argument("--jobs", type=int, default=1, help="videos processed in parallel (default: 1)")
     p.add_argument("--overwrite", action="store_true", help="redo videos that are already complete")
@@ -175,6 +178,9 @@ def _add_run(p: argparse.ArgumentParser) -> None:
                    help="redo exactly the videos `flowprep verify` finds damaged (every chunk is read first)")
     p.add_argument("--allow-partial", action="store_true",
                    help="keep videos ffmpeg decodes only partly (truncated files), recorded as partial in the ledger")
+    from flowprep.cli.recipes import add_folder_options
+
+    add_folder_options(p)
     f = p.add_argument_group("fetch (rows with a youtube_id; these override the recipe's [fetch] and turn it on)")
     f.add_argument("--url-template", help="download URL, {youtube_id} substituted (a mirror; default YouTube)")
     f.add_argument("--cookies", help="Netscape cookies.txt for sign-in/age-gated videos")
