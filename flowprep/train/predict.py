@@ -213,13 +213,28 @@ def input_settings(args: argparse.Namespace, trained: dict[str, Any] | None, whe
     )
 
 
+def describe_flow(st: InputSettings) -> str:
+    """``preset preview with nscales=1, warps=1, bound 20 px``: the preset and what differs from it."""
+    from flowprep.flow.api import resolve_params
+    from flowprep.flow.presets import preset_params
+
+    base = resolve_params(preset_params(st.preset))
+    mine = resolve_params(st.flow_params)
+    extra = ", ".join(f"{k}={mine[k]:g}" for k in mine if mine[k] != base[k])
+    return f"preset {st.preset or 'i3d (default)'}" + (f" with {extra}" if extra else "") + f", bound {st.bound:g} px"
+
+
 def _decode(path: str, cfg: DecodeConfig, start: float, want: int, progress: bool) -> np.ndarray:
     """Up to ``want`` frames from ``start`` s, with a bar (only that stretch is decoded)."""
     from tqdm import tqdm
 
+    from flowprep.dataset.probe import _file_seconds
+
     end = start + (want + 2) / cfg.fps  # a little more than needed (frame timing)
+    seconds = _file_seconds(Path(path))  # the header's duration: a bar total that a short video reaches
+    total = want if seconds is None else max(1, min(want, round((seconds - start) * cfg.fps)))
     blocks, n = [], 0
-    with tqdm(total=want, unit="frame", desc="decode", disable=not progress, leave=False) as bar:
+    with tqdm(total=total, unit="frame", desc="decode", disable=not progress, leave=False) as bar:
         for block in decode_blocks(path, cfg, start, end):
             blocks.append(block[: want - n])
             bar.update(len(blocks[-1]))
@@ -266,7 +281,7 @@ def main(args: argparse.Namespace) -> int:
     frames = _decode(str(Path(args.video).resolve()), cfg, args.start, want, progress)
     crop = rgb.crop
     print(f"input as {st.source}: {st.fps:g} fps, short side {st.short_side}"
-          + (f"; flow: preset {st.preset or 'i3d (default)'}, bound {st.bound:g} px" if flow is not None else ""))
+          + (f"; flow: {describe_flow(st)}" if flow is not None else ""))
     where = f"{args.video}: {{n}} frames from {args.start:g} s at {st.fps:g} fps, {frames.shape[1]}x{frames.shape[2]} (HxW), centre crop {crop}"
     if flow is None:
         logits = stream_logits(rgb.model, rgb_clip(frames, crop), device)
