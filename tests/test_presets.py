@@ -28,7 +28,7 @@ def test_table():
     with pytest.raises(ValueError, match=r"unknown flow preset 'fast'; known: i3d, opencv-cuda, preview"):
         get_preset("fast")
     assert parse_flow_params(["warps=2", "scale_step=0.5"]) == {"warps": 2, "scale_step": 0.5}
-    with pytest.raises(ValueError, match="expected NAME=VALUE"):
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
         parse_flow_params(["warps"])
 
 

@@ -79,7 +79,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.video and args.video not in store:
         return usage_error(f"video {args.video!r} is not in {args.store}; videos: {', '.join(store.video_ids[:20])}")
     print(f"{args.store}: {len(store)} complete video(s); dataset {store.meta.get('dataset')}, format v{store.meta['format_version']}")
-    header = f"{'video':<28} {'label':<14} {'frames':>6} {'size':>9} {'|flow| mean':>11} {'p95':>6} {'max':>6} {'clipped':>7}"
+    header = f"{'video':<28} {'label':<14} {'frames':>6} {'HxW':>9} {'|flow| mean':>11} {'p95':>6} {'max':>6} {'clipped':>7}"
     print(header)
     print("-" * len(header))
     motion: dict[str, float] = {}
@@ -126,8 +126,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         vid = args.video or (max(motion, key=motion.__getitem__) if motion else None)
         if vid is None:
             return usage_error("no complete video to preview")
+        why = "" if args.video else " (the video with the most motion; choose one with --video)"
         try:
-            print(f"preview of {vid}: {save_preview(store, vid, args.preview)}")
+            print(f"preview of {vid}{why}: {save_preview(store, vid, args.preview)}")
         except StoreError as e:
             return usage_error(str(e))
     if damaged:
@@ -315,8 +316,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     only = next((a for a in argv if not a.startswith("-")), None)
-    if only is None and "--version" in argv:
-        only = ""  # no command module (nor torch) to import for the version
-    args = build_parser(only if only in COMMANDS or only == "" else None).parse_args(argv)
+    # import only the named command's module: `flowprep --help`, `--version` or a mistyped command
+    # need none of them (importing them all pulled in torch and zarr: 7 s on a busy machine)
+    args = build_parser(only if only in COMMANDS else "").parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     return args.handler(args)

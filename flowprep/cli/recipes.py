@@ -242,7 +242,7 @@ def add_folder_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--short-side", type=int, help="decode the smallest side to N px, even (default: 256; preview: 128)")
     g.add_argument("--preset", choices=tuple(PRESETS), help="named TV-L1 parameters (default: i3d): "
                    + "; ".join(f"{n}: {pr.summary}" for n, pr in PRESETS.items()))
-    g.add_argument("--flow-param", action="append", metavar="NAME=VALUE",
+    g.add_argument("--flow-param", action="append", metavar="KEY=VALUE",
                    help="one TV-L1 parameter over the preset (repeat), e.g. warps=3 nscales=4 (names: tau, lambda_, theta, "
                    "nscales, scale_step, warps, epsilon, inner_iterations, outer_iterations, gamma, median_filtering)")
 

@@ -84,7 +84,7 @@ def parse_flow_params(items: list[str]) -> dict[str, int | float | bool]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--flow-param {item!r}: expected NAME=VALUE, e.g. warps=5")
+            raise ValueError(f"--flow-param {item!r}: expected KEY=VALUE, e.g. warps=5")
         v = value.strip()
         if v.lower() in ("true", "false"):
             out[key.strip()] = v.lower() == "true"

@@ -313,7 +313,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flow-weights", help="flow stream: kinetics400-flow-imagenet (default), kinetics400-flow, or a flow checkpoint")
     p.add_argument("--flow-backend", default="auto", help="TV-L1 backend: auto (torch), torch, opencv")
     p.add_argument("--preset", help="flow preset (i3d, opencv-cuda, preview; default: the one the flow checkpoint's stores used)")
-    p.add_argument("--flow-param", action="append", metavar="NAME=VALUE",
+    p.add_argument("--flow-param", action="append", metavar="KEY=VALUE",
                    help="a TV-L1 parameter over the checkpoint's (repeat), e.g. warps=5 (default: the parameters of the stores "
                    "a checkpoint was trained on, recorded in it; DeepMind's models: flowprep's defaults)")
     p.add_argument("--short-side", type=int, help="decode the smallest side to N px (default: the checkpoint's stores', else 256)")
