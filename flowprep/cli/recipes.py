@@ -238,9 +238,9 @@ def add_folder_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("folder or video settings (written into the generated recipe)")
     g.add_argument("--split", help="the split of videos not under a train/val/test folder (default: a folder without such "
                    "folders gets about 20%% of each class as val, the rest train, fixed by each video's id; one video: none)")
-    g.add_argument("--fps", type=float, help="decode frame rate (default: 25)")
-    g.add_argument("--short-side", type=int, help="decode the smallest side to N px, even (default: 256; preview: 128)")
-    g.add_argument("--preset", choices=tuple(PRESETS), help="named TV-L1 parameters (default: i3d): "
+    g.add_argument("--fps", type=float, metavar="FPS", help="decode frame rate (default: 25)")
+    g.add_argument("--short-side", type=int, metavar="N", help="decode the smallest side to N px, even (default: 256; preview: 128)")
+    g.add_argument("--preset", choices=tuple(PRESETS), metavar="NAME", help="named TV-L1 parameters, one of " + ", ".join(PRESETS) + " (default: i3d): "
                    + "; ".join(f"{n}: {pr.summary}" for n, pr in PRESETS.items()))
     g.add_argument("--flow-param", action="append", metavar="KEY=VALUE",
                    help="one TV-L1 parameter over the preset (repeat), e.g. warps=3 nscales=4 (names: tau, lambda_, theta, "

@@ -164,11 +164,11 @@ def empty_split_message(paths: Sequence[str | Path], split: str | None) -> str:
     if not have:
         return f"no complete videos in {where}: build them with `flowprep run` (see `flowprep status {paths[0]}`)"
     counts = ", ".join(f"{k}: {n}" for k, n in sorted(have.items()))
-    return (
-        f"no videos of split {split!r} in {where} (its videos by split: {counts}); choose one with --split, or "
-        "--split all; a store built by `flowprep run DIR` before train/val splits were assigned gets them when "
-        "`flowprep run DIR` runs again with --overwrite (or put the videos in DIR/train/ and DIR/val/)"
-    )
+    hint = ""
+    if "none" in have:  # e.g. built by `run DIR` before folder runs assigned train/val
+        hint = ("; videos without a split get train/val when `flowprep run DIR` runs again with --overwrite, "
+                "or from DIR/train/<class>/ and DIR/val/<class>/ folders")
+    return f"no videos of split {split!r} in {where} (its videos by split: {counts}); choose one with --split, or --split all{hint}"
 
 
 def class_list(videos: Sequence[tuple[int, str, dict[str, Any]]]) -> list[str]:

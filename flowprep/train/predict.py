@@ -37,7 +37,7 @@ import torch
 from flowprep.console import usage_error
 from flowprep.dataset.decode import DecodeConfig, decode_blocks
 from flowprep.flow.api import FLOW_BOUND, compute_flow, pick_backend, quantize_flow, rgb_to_gray
-from flowprep.flow.presets import get_preset, parse_flow_params
+from flowprep.flow.presets import PRESETS, get_preset, parse_flow_params
 from flowprep.models.i3d import I3DConfig
 from flowprep.models.kinetics_i3d import read_labels
 from flowprep.models.weights import CONVERTED_FILES, FIRST_CONV, pretrained_labels, pretrained_state_dict
@@ -312,7 +312,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--two-stream", action="store_true", help="also compute the window's TV-L1 flow, run the flow stream, fuse")
     p.add_argument("--flow-weights", help="flow stream: kinetics400-flow-imagenet (default), kinetics400-flow, or a flow checkpoint")
     p.add_argument("--flow-backend", default="auto", help="TV-L1 backend: auto (torch), torch, opencv")
-    p.add_argument("--preset", help="flow preset (i3d, opencv-cuda, preview; default: the one the flow checkpoint's stores used)")
+    p.add_argument("--preset", choices=tuple(PRESETS), metavar="NAME",
+                   help=f"flow preset, one of {', '.join(PRESETS)} (default: the one the flow checkpoint's stores used)")
     p.add_argument("--flow-param", action="append", metavar="KEY=VALUE",
                    help="a TV-L1 parameter over the checkpoint's (repeat), e.g. warps=5 (default: the parameters of the stores "
                    "a checkpoint was trained on, recorded in it; DeepMind's models: flowprep's defaults)")
