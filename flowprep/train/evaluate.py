@@ -43,7 +43,9 @@ def evaluate(
     sums = {s: torch.zeros(n_videos, n_classes, dtype=torch.float64) for s in models}
     counts = torch.zeros(n_videos, dtype=torch.float64)
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
-    bar = tqdm(loader, total=len(loader), unit="batch", desc=f"{'+'.join(models)} clips", disable=not progress, leave=False)
+    whole = loader.batch_size == 1  # whole videos: one per batch
+    bar = tqdm(loader, total=len(loader), unit="video" if whole else "batch",
+               desc=f"{'+'.join(models)} {'videos' if whole else 'clips'}", disable=not progress, leave=False)
     for batch in bar:
         for stream, model in models.items():
             x = clips_to_model(batch, stream, device).contiguous(memory_format=fmt)  # uint8/int8 until here
