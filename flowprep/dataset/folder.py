@@ -8,9 +8,10 @@ Folder layouts understood, decided per video by its path under ``DIR``:
 * ``DIR/<split>/<class>/<video>`` when the first folder is ``train``, ``val`` (``validate``,
   ``validation``) or ``test``: split = that folder, label = the next one (``DIR/train/x.mp4``:
   split train, no label).  ``split`` (``--split``) sets the split of every video that has no
-  split folder.  A folder with no split folders at all and no ``split`` gets a deterministic,
-  stratified train/val split by video id (``assign_splits``: 20% val), so ``train`` and
-  ``evaluate`` work with their defaults.
+  split folder.  ``flowprep run DIR`` gives a folder with no split folders at all and no
+  ``split`` a deterministic, stratified train/val split by video id (``assign_splits``, 20% val;
+  ``scan_folder`` itself leaves such videos without a split), so ``train`` and ``evaluate`` work
+  with their defaults.
 
 Videos are files with a known video extension (``VIDEO_EXTENSIONS``, any case); hidden files and
 folders (``.name``) are skipped; the order is sorted by relative path, so the manifest is the same
