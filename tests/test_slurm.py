@@ -200,3 +200,33 @@ def test_status_of_a_queued_array_and_its_jobs(slurm, dataset, capsys, monkeypat
     finally:
         subprocess.run(["scancel", job["job_id"]], check=True)
     _wait(store)
+
+
+def test_submit_a_folder_and_retry_with_the_first_resources_dry_run(tmp_path, monkeypatch, capsys):
+    """No SLURM needed: `slurm submit DIR` writes the folder's recipe and manifest into the store's
+    run folder; a retry's script keeps the first script's resources, numbered like its ids file."""
+    monkeypatch.chdir(tmp_path)
+    for i in range(4):
+        write_lossless(render(Motion(dx=1 + i), 5, 40, 48, seed=i), tmp_path / "vids" / f"c{i % 2}" / f"v{i}.mkv")
+    fast = ["--short-side", "32", "--flow-param", "nscales=1", "--flow-param", "warps=1"]
+    assert main(["slurm", "submit", "vids", "--tasks", "2", "--partition", "p1", "--mem", "4G", "--time", "1:00:00",
+                 "--cpus", "3", "--max-running", "1", *fast, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    recipe = tmp_path / "out" / "vids.run" / "input" / "recipe.toml"
+    assert f"-m flowprep run {recipe} " in out and "short_side = 32" in recipe.read_text()
+    assert "`flowprep finalize" in out and "is queued only by `flowprep slurm submit`" in out
+    # task 0 runs here; task 1's rows stay pending
+    assert main(["run", "vids", *fast, "--num-tasks", "2", "--task-index", "0", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["slurm", "submit", "out/vids.zarr", "--retry-failed", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    for line in ("#SBATCH --array=1%1", "#SBATCH --cpus-per-task=3", "#SBATCH --partition=p1", "#SBATCH --mem=4G",
+                 "#SBATCH --time=1:00:00"):
+        assert line in out
+    assert "retry keeps the recorded --cpus, --max-running, --mem, --partition, --time" in out
+    slurm_files = sorted(p.name for p in (tmp_path / "out" / "vids.run" / "slurm").iterdir())
+    assert slurm_files == ["array-001.sbatch", "options.json", "retry-001.ids", "retry-001.sbatch"]
+    # given again, an option wins
+    assert main(["slurm", "submit", "out/vids.zarr", "--retry-failed", "--dry-run", "--cpus", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "#SBATCH --cpus-per-task=2" in out and "#SBATCH --partition=p1" in out and "retry-002.sbatch" in out

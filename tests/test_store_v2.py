@@ -125,15 +125,23 @@ def test_xarray_opens_a_video_group_in_a_fresh_interpreter(tmp_path):
     # a fresh interpreter: zarr finds the codecs through setup.cfg's zarr.codecs entry points
     code = (
         "import sys, numpy as np, xarray as xr\n"
+        f"raw = xr.open_zarr({str(store / 'videos' / 'v')!r}, consolidated=False, mask_and_scale=False)\n"
         f"ds = xr.open_zarr({str(store / 'videos' / 'v')!r}, consolidated=False)\n"
-        "print(dict(ds.sizes)); np.save(sys.argv[1], ds['flow'].values)\n"
+        "print(dict(ds.sizes)); np.save(sys.argv[1], raw['flow'].values); np.save(sys.argv[2], ds['flow'].values)\n"
+        "np.save(sys.argv[3], xr.decode_cf(raw)['rgb'].values)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "f.npy")], capture_output=True, text=True,
+    files = [str(tmp_path / f"{n}.npy") for n in ("raw", "flow", "rgb")]
+    out = subprocess.run([sys.executable, "-c", code, *files], capture_output=True, text=True,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert out.returncode == 0, out.stderr
     h, w = rgb.shape[1:3]
     assert eval(out.stdout.strip().splitlines()[-1]) == {"t": 6, "y": h, "x": w, "c": 3, "t_flow": 5, "uv": 2}
-    np.testing.assert_array_equal(np.load(tmp_path / "f.npy"), flow)
+    np.testing.assert_array_equal(np.load(files[0]), flow)  # the stored int8, undecoded
+    # decode_cf (open_zarr's default) gives what the reader gives: flow q / 127 and RGB x / 127.5 - 1 in [-1, 1]
+    s = open_store(store)
+    np.testing.assert_allclose(np.load(files[1]), s.read_flow("v"), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.load(files[2]), s.read_rgb("v"), rtol=0, atol=1e-6)
+    assert np.load(files[1]).max() == 1.0 and np.load(files[2]).min() >= -1.0
 
 
 def _write_format1_store(path: Path, rgb: np.ndarray, flow: np.ndarray) -> None:

@@ -14,8 +14,12 @@ from typing import Any
 from flowprep.console import usage_error
 
 
-def _load_target(target: str, out: str | None, **overrides: Any) -> tuple[Any, Path, int]:
-    """A store (its run.json names the recipe) or a recipe with --out: (cfg, recipe path, num_tasks)."""
+def _load_target(
+    target: str, out: str | None, split: str | None = None, settings: Any = None, **overrides: Any
+) -> tuple[Any, Path, int]:
+    """A store (its run.json names the recipe), a recipe with --out, or a folder of videos / a video
+    (its recipe and manifest generated into the store's run folder, as ``flowprep run DIR`` does;
+    ``split`` and ``settings`` are its options): (cfg, recipe path, num_tasks)."""
     from flowprep.run.recipe import load_recipe
     from flowprep.run.state import read_run, run_dir, run_json_path
 
@@ -27,9 +31,13 @@ def _load_target(target: str, out: str | None, **overrides: Any) -> tuple[Any, P
         recipe = Path(info["recipe"])
         cfg = load_recipe(recipe, out=str(p), cache_dir=info.get("cache_dir"), limit=info.get("limit"), **overrides)
         return cfg, recipe, int(info.get("num_tasks") or 1)
-    from flowprep.cli.recipes import find_recipe
+    from flowprep.cli.recipes import find_recipe, prepare_target
 
-    recipe = find_recipe(target)
+    if p.is_dir() or p.is_file() and p.suffix.lower() != ".toml":  # a folder / a video: its generated recipe
+        recipe, out = prepare_target(target, out, split, settings)
+        recipe = Path(recipe)
+    else:
+        recipe = find_recipe(target)
     cfg = load_recipe(recipe, out=out, **overrides)
     num_tasks = 1
     try:
@@ -85,13 +93,16 @@ def cmd_finalize(args: argparse.Namespace) -> int:
 def cmd_slurm(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from flowprep.cli.recipes import FolderSettings
     from flowprep.dataset.manifest import ManifestError
     from flowprep.run.recipe import RecipeError
     from flowprep.run.slurm import (
         SlurmError,
-        SlurmOptions,
+        merge_options,
         queued,
         read_jobs,
+        record_options,
+        recorded_options,
         render_script,
         submit,
         write_ids_file,
@@ -101,12 +112,18 @@ def cmd_slurm(args: argparse.Namespace) -> int:
     from flowprep.run.status import store_status
 
     try:
-        opts = SlurmOptions(
-            partition=args.partition, gpus_per_task=args.gpus_per_task, cpus=args.cpus, mem=args.mem, time=args.time,
-            account=args.account, max_running=args.max_running, extra=tuple(args.extra or ()), finalize=not args.no_finalize,
-        )
-        cfg, recipe, recorded_tasks = _load_target(args.recipe, args.out, backend=args.backend, device=args.device)
+        given = {k: getattr(args, k) for k in ("partition", "gpus_per_task", "cpus", "mem", "time", "account", "max_running", "extra")}
+        opts = merge_options(given, {}, finalize=not args.no_finalize)  # checked before anything is written
+        cfg, recipe, recorded_tasks = _load_target(args.recipe, args.out, args.split, FolderSettings.from_args(args),
+                                                   backend=args.backend, device=args.device)
         store = Path(cfg.out).resolve()
+        if args.retry_failed:  # the first submission's resources, unless given again
+            kept = recorded_options(store)
+            opts = merge_options(given, kept, finalize=not args.no_finalize)
+            reused = sorted(k for k in kept if given.get(k) is None and kept[k] not in (None, []))
+            if reused:
+                print(f"retry keeps the recorded {', '.join(f'--{k.replace(chr(95), chr(45))}' for k in reused)} "
+                      f"({', '.join(f'{k}={kept[k]}' for k in reused)}); give one to change it")
         jobs = read_jobs(store)
         num_tasks = args.tasks or (jobs[-1]["num_tasks"] if jobs else None) or (recorded_tasks if args.retry_failed else None)
         if not num_tasks or num_tasks < 1:
@@ -126,7 +143,7 @@ def cmd_slurm(args: argparse.Namespace) -> int:
                       f"({', '.join(f'{k}: {v}' for k, v in st.failed_by_reason.items()) or 'none'})")
                 return 0
             indices = list(st.retry_tasks)
-            ids_file = write_ids_file(store, st.retry_keys)
+            ids_file = write_ids_file(store, st.retry_keys)  # retry-NNN.ids; its script is retry-NNN.sbatch
             print(f"retrying {len(st.retry_keys)} row(s) ({st.pending} pending, {st.retryable_failed} retryable failures) "
                   f"in {len(indices)} task(s); ids: {ids_file}")
         # rendered first: it refuses paths no sbatch script can hold before anything is written
@@ -135,13 +152,18 @@ def cmd_slurm(args: argparse.Namespace) -> int:
         )
         # so `flowprep status STORE` works from the moment the array is queued
         record_run(run_dir(store), recipe, replace(cfg, num_tasks=num_tasks))
-        script = write_script(store, text, "retry" if args.retry_failed else "array")
+        number = int(ids_file.stem.split("-")[1]) if ids_file is not None else None
+        script = write_script(store, text, "retry" if args.retry_failed else "array", number)
+        record_options(store, opts)
         if args.dry_run:
             print(text, end="")
             print(f"# dry run: written to {script}, not submitted (submit it with: sbatch {script})")
+            if opts.finalize:
+                print(f"# `flowprep finalize {store}` is queued only by `flowprep slurm submit`: after a hand-submitted "
+                      f"array, run it (or: sbatch --dependency=afterany:<job id> --wrap 'flowprep finalize {store}')")
             return 0
         rec = submit(cfg, script, num_tasks, indices, opts, ids_file=ids_file)
-    except (RecipeError, ManifestError, FileNotFoundError, ValueError) as e:
+    except (RecipeError, ManifestError, FileNotFoundError, ValueError, OSError) as e:
         return usage_error(str(e))
     except SlurmError as e:
         print(f"flowprep: error: {e}", file=sys.stderr)
@@ -172,12 +194,13 @@ def _add_slurm(p: argparse.ArgumentParser) -> None:
     s = sub.add_parser("submit", help="write an sbatch job array script for a recipe and submit it",
                        description="Write <store>.run/slurm/array-NNN.sbatch (a job array; each task runs "
                        "`flowprep run` on 1/N of the manifest) and submit it with sbatch.")
-    s.add_argument("recipe", help="recipe file or dataset name (as for `flowprep run`), or an existing store")
+    s.add_argument("recipe", metavar="TARGET", help="recipe file or dataset name, a folder of videos or a video (as for "
+                   "`flowprep run`: its recipe and manifest go into the store's run folder), or an existing store")
     s.add_argument("--tasks", type=int, help="number of array tasks N (with --retry-failed: default the last submission's)")
     s.add_argument("--out", help="store path (default: out/<dataset>.zarr); must be on a file system all nodes share")
-    s.add_argument("--partition", help="SLURM partition")
+    s.add_argument("--partition", help="SLURM partition (--retry-failed: the last script's unless given; so are the next six)")
     s.add_argument("--gpus-per-task", type=int, help="GPUs per task (default: 1 if the recipe or --device asks for cuda, else 0)")
-    s.add_argument("--cpus", type=int, default=1, help="CPUs per task (default: 1); a CPU-only task runs that many videos at once")
+    s.add_argument("--cpus", type=int, help="CPUs per task (default: 1); a CPU-only task runs that many videos at once")
     s.add_argument("--mem", help="memory per task, e.g. 16G")
     s.add_argument("--time", help="time limit per task, e.g. 4:00:00")
     s.add_argument("--account", help="SLURM account to charge")
@@ -189,3 +212,6 @@ def _add_slurm(p: argparse.ArgumentParser) -> None:
                    help="resubmit only the tasks owning pending or retryably failed rows, and only those rows")
     s.add_argument("--no-finalize", action="store_true", help="do not queue `flowprep finalize` after the array")
     s.add_argument("--dry-run", action="store_true", help="write and print the script; do not submit")
+    from flowprep.cli.recipes import add_folder_options
+
+    add_folder_options(s)

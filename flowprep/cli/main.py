@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 from flowprep import __version__
-from flowprep.cli.recipes import prepare_target
 from flowprep.console import usage_error
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from flowprep.cli.recipes import FolderSettings, prepare_target
     from flowprep.dataset.manifest import ManifestError
     from flowprep.run.lease import LeaseHeld
     from flowprep.run.pipeline import run
@@ -25,7 +25,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flowprep.run.state import index_path
     from flowprep.store.zarr_store import StoreError
 
-    recipe, args.out = prepare_target(args.recipe, args.out, args.split)  # a folder / video: a generated recipe
+    try:
+        settings = FolderSettings.from_args(args)
+    except ValueError as e:
+        return usage_error(str(e))
+    recipe, args.out = prepare_target(args.recipe, args.out, args.split, settings)  # a folder / video: a generated recipe
     try:
         cfg = load_recipe(
             recipe, out=args.out, cache_dir=args.cache_dir, jobs=args.jobs, overwrite=args.overwrite,
@@ -75,7 +79,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.video and args.video not in store:
         return usage_error(f"video {args.video!r} is not in {args.store}; videos: {', '.join(store.video_ids[:20])}")
     print(f"{args.store}: {len(store)} complete video(s); dataset {store.meta.get('dataset')}, format v{store.meta['format_version']}")
-    header = f"{'video':<28} {'label':<14} {'frames':>6} {'size':>9} {'|flow| mean':>11} {'p95':>6} {'max':>6} {'clipped':>7}"
+    header = f"{'video':<28} {'label':<14} {'frames':>6} {'HxW':>9} {'|flow| mean':>11} {'p95':>6} {'max':>6} {'clipped':>7}"
     print(header)
     print("-" * len(header))
     motion: dict[str, float] = {}
@@ -122,8 +126,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         vid = args.video or (max(motion, key=motion.__getitem__) if motion else None)
         if vid is None:
             return usage_error("no complete video to preview")
+        why = "" if args.video else " (the video with the most motion; choose one with --video)"
         try:
-            print(f"preview of {vid}: {save_preview(store, vid, args.preview)}")
+            print(f"preview of {vid}{why}: {save_preview(store, vid, args.preview)}")
         except StoreError as e:
             return usage_error(str(e))
     if damaged:
@@ -151,7 +156,6 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", metavar="TARGET",
                    help="a shipped recipe's name (demo, kinetics, ucf101, ...: `flowprep recipes`), a recipe file (my.toml),"
                    " a folder of videos (class subfolders become labels) or one video file")
-    p.add_argument("--split", help="folder / video: the split of videos not under a train/val/test folder (default: none)")
     p.add_argument("--out", help="store path (default: out/<dataset>.zarr)")
     p.add_argument("--jobs", type=int, default=1, help="videos processed in parallel (default: 1)")
     p.add_argument("--overwrite", action="store_true", help="redo videos that are already complete")
@@ -175,6 +179,9 @@ def _add_run(p: argparse.ArgumentParser) -> None:
                    help="redo exactly the videos `flowprep verify` finds damaged (every chunk is read first)")
     p.add_argument("--allow-partial", action="store_true",
                    help="keep videos ffmpeg decodes only partly (truncated files), recorded as partial in the ledger")
+    from flowprep.cli.recipes import add_folder_options
+
+    add_folder_options(p)
     f = p.add_argument_group("fetch (rows with a youtube_id; these override the recipe's [fetch] and turn it on)")
     f.add_argument("--url-template", help="download URL, {youtube_id} substituted (a mirror; default YouTube)")
     f.add_argument("--cookies", help="Netscape cookies.txt for sign-in/age-gated videos")
@@ -309,8 +316,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     only = next((a for a in argv if not a.startswith("-")), None)
-    if only is None and "--version" in argv:
-        only = ""  # no command module (nor torch) to import for the version
-    args = build_parser(only if only in COMMANDS or only == "" else None).parse_args(argv)
+    # import only the named command's module: `flowprep --help`, `--version` or a mistyped command
+    # need none of them (importing them all pulled in torch and zarr: 7 s on a busy machine)
+    args = build_parser(only if only in COMMANDS else "").parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     return args.handler(args)

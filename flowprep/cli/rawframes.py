@@ -36,8 +36,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not 1 <= args.quality <= 100:
         return usage_error(f"--quality {args.quality}: must be in [1, 100]")
     counts = export_rawframes(store, args.out, video_ids=args.video, quality=args.quality, flow=not args.no_flow)
+    lists = sorted(str(p) for p in Path(args.out).glob("*_list_rawframes*.txt"))
     print(f"{args.out}: {counts['videos']} video(s) ({counts['written']} written, {counts['skipped']} already complete); "
-          f"lists {Path(args.out) / '<split>_list_rawframes.txt'}, classes {Path(args.out) / 'classes.txt'}")
+          f"lists {', '.join(lists) or 'none'}; classes {Path(args.out) / 'classes.txt'}")
     return 0
 
 
@@ -47,12 +48,23 @@ def _add_import(p: argparse.ArgumentParser) -> None:
     p.add_argument("store", help="store to write into (created if absent), e.g. out/imported.zarr")
     p.add_argument("--list", dest="list_file", help="mmaction2 list file '<dir> <frames> <label>' (default: every folder with img_00001.jpg)")
     p.add_argument("--classes", help="label names, one per line: the list file's label indices map through it")
-    p.add_argument("--split", default="train", help="split recorded for these videos (default train)")
+    p.add_argument("--split", help="split recorded for these videos (default: train, val or test when the --list file's "
+                   "name says so, as mmaction2's ucf101_val_split_1_rawframes.txt; else none)")
     p.add_argument("--dataset", help="dataset name of a new store (default: the store's file name)")
     p.add_argument("--bound", type=float, default=20.0, help="px that flow value 0 / 255 stands for (default 20, as denseflow)")
     p.add_argument("--fps", type=float, default=25.0, help="frame rate the frames were extracted at (default 25)")
     p.add_argument("--rgb-codec", default="jpeg", help="jpeg (default), jpegxl or lossless")
     p.add_argument("--overwrite", action="store_true", help="redo videos that are already in the store")
+
+
+def _split_of_list(list_file: str | None) -> str | None:
+    """``train`` / ``val`` / ``test`` when a list file's name holds it as a word (``ucf101_val_split_1_rawframes``)."""
+    import re
+
+    if not list_file:
+        return None
+    found = re.findall(r"(?:^|[_.-])(train|val|test)(?=[_.-]|$)", Path(list_file).stem.lower())
+    return found[0] if len(set(found)) == 1 else None
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -62,7 +74,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     try:
         cfg = WriteConfig(rgb_codec=args.rgb_codec)
-        videos = find_videos(args.root, list_file=args.list_file, classes_file=args.classes, split=args.split)
+        split = args.split or _split_of_list(args.list_file)
+        videos = find_videos(args.root, list_file=args.list_file, classes_file=args.classes, split=split)  # type: ignore[arg-type]
         create_store(args.store, args.dataset or Path(args.store).stem)
     except (StoreError, ValueError, OSError) as e:
         return usage_error(str(e))

@@ -8,7 +8,10 @@ Folder layouts understood, decided per video by its path under ``DIR``:
 * ``DIR/<split>/<class>/<video>`` when the first folder is ``train``, ``val`` (``validate``,
   ``validation``) or ``test``: split = that folder, label = the next one (``DIR/train/x.mp4``:
   split train, no label).  ``split`` (``--split``) sets the split of every video that has no
-  split folder.
+  split folder.  ``flowprep run DIR`` gives a folder with no split folders at all and no
+  ``split`` a deterministic, stratified train/val split by video id (``assign_splits``, 20% val;
+  ``scan_folder`` itself leaves such videos without a split), so ``train`` and ``evaluate`` work
+  with their defaults.
 
 Videos are files with a known video extension (``VIDEO_EXTENSIONS``, any case); hidden files and
 folders (``.name``) are skipped; the order is sorted by relative path, so the manifest is the same
@@ -23,12 +26,13 @@ This module touches only the folder it lists and the manifest file it writes.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import re
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from flowprep.dataset.manifest import SPLITS, ManifestError, safe_video_id
@@ -108,6 +112,46 @@ def single_video(path: str | Path, split: str | None = None) -> list[FolderVideo
     if not path.is_file():
         raise ManifestError(f"{path}: no such video file")
     return [FolderVideo(safe_video_id(path.name), path, path.name, None, split)]
+
+
+# Folder runs without split folders: a fifth of each class for validation (the usual hold-out of
+# UCF-101-sized sets; at least one video of each class with two or more).
+VAL_FRACTION = 0.2
+
+
+def _unit_hash(video_id: str) -> float:
+    """A number in [0, 1) fixed by the id alone (SHA-1), so adding files never moves old ones."""
+    return int(hashlib.sha1(video_id.encode("utf-8")).hexdigest()[:12], 16) / 16**12
+
+
+def assign_splits(videos: list[FolderVideo], val_fraction: float = VAL_FRACTION) -> list[FolderVideo]:
+    """Deterministic, stratified train/val for videos that have no split.
+
+    A video goes to ``val`` when ``_unit_hash(id) < val_fraction``, else ``train``: a function of
+    its id alone.  Per label (unlabelled videos form one group) two corrections keep small classes
+    usable: a class of two or more videos with none in val sends its lowest-hash video there, one
+    with none in train keeps its highest-hash video in train, and a class of one video is train.
+    Only these corrections can move an old video when files are added.  Videos that already have
+    a split keep it.
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction={val_fraction!r}: must be in (0, 1)")
+    groups: dict[str | None, list[FolderVideo]] = {}
+    for v in videos:
+        if v.split is None:
+            groups.setdefault(v.label, []).append(v)
+    split: dict[str, str] = {}
+    for members in groups.values():
+        ranked = sorted(members, key=lambda v: (_unit_hash(v.video_id), v.video_id))
+        for v in ranked:
+            split[v.video_id] = "val" if _unit_hash(v.video_id) < val_fraction else "train"
+        if len(ranked) == 1:
+            split[ranked[0].video_id] = "train"
+        elif not any(split[v.video_id] == "val" for v in ranked):
+            split[ranked[0].video_id] = "val"
+        elif not any(split[v.video_id] == "train" for v in ranked):
+            split[ranked[-1].video_id] = "train"
+    return [replace(v, split=split[v.video_id]) if v.video_id in split else v for v in videos]
 
 
 def _check_unique(videos: list[FolderVideo]) -> None:

@@ -245,6 +245,7 @@ def content_settings(cfg: RunConfig, backend: str) -> dict[str, Any]:
         "flow": {
             "algorithm": "tv-l1", "backend": backend, "params": flowmod.resolve_params(cfg.flow.params),
             "bound_px": cfg.flow.bound, "quantization": {"dtype": "int8", "scale": flowmod.QUANT_LEVELS},
+            **({"preset": cfg.flow.preset} if cfg.flow.preset else {}),  # absent = none: older stores still match
         },
         "codecs": cfg.write.codecs(),  # a JPEG store and a lossless one must not mix
     }

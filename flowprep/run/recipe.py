@@ -19,6 +19,7 @@ from typing import Any
 
 from flowprep.dataset.decode import DecodeConfig
 from flowprep.flow.api import BACKENDS, resolve_params
+from flowprep.flow.presets import get_preset, preset_params
 from flowprep.run.shard import task_tag
 from flowprep.store.zarr_store import WriteConfig
 
@@ -38,9 +39,17 @@ class FlowConfig:
     # flow workers (flowprep.run.flow_worker): None = one per visible GPU when the torch backend
     # runs on CUDA, else none (each worker computes its own flow); "off"; or "cpu" / "cuda:0,cuda:1"
     devices: str | None = None
+    # a named TV-L1 parameter set (flowprep.flow.presets: i3d, opencv-cuda, preview); None = the
+    # defaults.  ``params`` holds the preset's parameters with the recipe's [flow.params] on top.
+    preset: str | None = None
     params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
+        try:
+            params = preset_params(self.preset, self.params)  # idempotent: replace() may run this again
+        except ValueError as e:
+            raise RecipeError(f"flow.preset: {e}") from None
+        object.__setattr__(self, "params", params)
         allowed = ["auto", *sorted(BACKENDS)]
         if self.backend not in allowed:
             raise RecipeError(f"flow.backend={self.backend!r}: allowed: {', '.join(allowed)}")
@@ -166,6 +175,9 @@ def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
             flow_section[key] = overrides[key]
     flow = _section({"flow": flow_section}, "flow", FlowConfig, path)
     write = _section(data, "write", WriteConfig, path)
+    preset_side = get_preset(flow.preset).short_side if flow.preset else None
+    if preset_side is not None and "short_side" not in (data.get("decode") or {}):
+        decode = replace(decode, short_side=preset_side)  # the preset's size unless the recipe names one
     if overrides.get("allow_partial"):
         decode = replace(decode, allow_partial=True)
     if decode.block_frames != write.shard_frames:

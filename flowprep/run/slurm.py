@@ -13,6 +13,7 @@ its commands (sbatch, squeue), with list arguments.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -172,12 +173,21 @@ def render_script(
     return "\n".join(lines)
 
 
-def write_script(store: Path, text: str, kind: str = "array") -> Path:
-    """``<store>.run/slurm/<kind>-NNN.sbatch``, numbered in submission order, never overwritten."""
+def next_number(store: Path, kind: str) -> int:
+    """The next free NNN of ``<kind>-NNN.*`` in the slurm folder: a retry's ``.ids`` and
+    ``.sbatch`` share it (``retry-001.ids`` goes with ``retry-001.sbatch``)."""
+    folder = slurm_dir(store)
+    used = [int(m.group(1)) for f in folder.glob(f"{kind}-*") if (m := re.fullmatch(rf"{kind}-(\d+)\.\w+", f.name))]
+    return max(used, default=0) + 1
+
+
+def write_script(store: Path, text: str, kind: str = "array", number: int | None = None) -> Path:
+    """``<store>.run/slurm/<kind>-NNN.sbatch``, numbered per kind in submission order (``number``:
+    that of the retry's ids file), never overwritten."""
     folder = slurm_dir(store)
     folder.mkdir(parents=True, exist_ok=True)
     logs_dir(store).mkdir(parents=True, exist_ok=True)  # SLURM does not create it
-    n = len(list(folder.glob("*.sbatch"))) + 1
+    n = number or next_number(store, kind)
     while True:
         path = folder / f"{kind}-{n:03d}.sbatch"
         try:
@@ -208,7 +218,7 @@ def submit(
     record: dict[str, Any] = {
         "time": time.time(), "job_id": job_id, "array": array_spec(task_indices, opts.max_running),
         "num_tasks": num_tasks, "script": str(script), "retry": ids_file is not None,
-        "ids_file": str(ids_file) if ids_file else None,
+        "ids_file": str(ids_file) if ids_file else None, "options": options_record(opts),
     }
     if opts.finalize:
         cmd = [python or sys.executable, "-m", "flowprep", "finalize", str(store)]
@@ -222,6 +232,43 @@ def submit(
     with open(slurm_dir(store) / "jobs.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
     return record
+
+
+# what a retry reuses unless the command line says otherwise (`finalize` is per submission)
+_KEPT = ("partition", "gpus_per_task", "cpus", "mem", "time", "account", "max_running", "extra")
+
+
+def options_record(opts: SlurmOptions) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(opts).items() if k in _KEPT}
+
+
+def record_options(store: Path, opts: SlurmOptions) -> None:
+    """``slurm/options.json``: the resources of the last script written (submitted or a dry run), for retries."""
+    folder = slurm_dir(store)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".options.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(options_record(opts), indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, folder / "options.json")
+
+
+def recorded_options(store: Path) -> dict[str, Any]:
+    """The last script's resources (``record_options``; else the last submission's), or {}."""
+    path = slurm_dir(store) / "options.json"
+    try:
+        return {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if k in _KEPT}
+    except (OSError, ValueError):
+        pass
+    jobs = read_jobs(store)
+    return dict(jobs[-1].get("options") or {}) if jobs else {}
+
+
+def merge_options(given: dict[str, Any], recorded: dict[str, Any], finalize: bool) -> SlurmOptions:
+    """The command line's options (None = not given) over the recorded ones, over the defaults."""
+    merged = {k: given[k] if given.get(k) is not None else recorded.get(k) for k in _KEPT}
+    merged["extra"] = tuple(merged["extra"] or ())
+    if merged["cpus"] is None:
+        merged["cpus"] = 1
+    return SlurmOptions(**merged, finalize=finalize)
 
 
 def read_jobs(store: Path) -> list[dict[str, Any]]:
@@ -263,11 +310,10 @@ def queued(store: Path, include_finalize: bool = False) -> dict[str, dict[str, i
 
 
 def write_ids_file(store: Path, keys: tuple[str, ...] | list[str]) -> Path:
+    """``retry-NNN.ids`` (one video id a line); its script is ``retry-NNN.sbatch`` (``write_script``)."""
     folder = slurm_dir(store)
     folder.mkdir(parents=True, exist_ok=True)
-    n = len(list(folder.glob("retry-*.ids"))) + 1
-    while (folder / f"retry-{n:03d}.ids").exists():
-        n += 1
+    n = next_number(store, "retry")
     path = folder / f"retry-{n:03d}.ids"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text("".join(f"{k}\n" for k in keys), encoding="utf-8")

@@ -41,6 +41,15 @@ FORMAT_NAME = "flowprep"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # 1: zstd only, flow dims named like RGB's (xarray cannot open a video group)
 DIMENSIONS = {"rgb": ("t", "y", "x", "c"), "flow": ("t_flow", "y", "x", "uv")}
+# CF packing attributes of each array, so xarray's decode_cf (on by default in open_zarr) gives
+# what read_rgb / read_flow give: RGB x / 127.5 - 1 and flow q / 127, both in [-1, 1] (flow in
+# [-1, 1], not pixels: the model input; pixels = x the video's flow.bound_px).
+CF_ATTRIBUTES = {
+    "rgb": {"scale_factor": 1 / 127.5, "add_offset": -1.0, "units": "1",
+            "long_name": "RGB in [-1, 1] (x / 127.5 - 1)"},
+    "flow": {"scale_factor": 1 / 127, "add_offset": 0.0, "units": "1",
+             "long_name": "TV-L1 flow (u right, v down) in [-1, 1] (q / 127); x the video's flow.bound_px for pixels"},
+}
 
 
 @dataclass(frozen=True)
@@ -187,6 +196,7 @@ class VideoWriter:
                 **array_codecs(name, codec, quality=cfg.rgb_quality, zstd_level=cfg.zstd_level),
                 fill_value=0,
                 dimension_names=DIMENSIONS[name],
+                attributes=CF_ATTRIBUTES[name],
                 # shard files sit directly in the array folder (c.0.0.0.0) instead of 4 nested
                 # folders each: 3 folders per video instead of 29 (~8M fewer inodes for Kinetics-400)
                 chunk_key_encoding={"name": "default", "separator": "."},
@@ -320,13 +330,21 @@ class Store:
     ) -> np.ndarray:
         return self._read(video_id, "flow", start, stop, ys, xs)
 
+    def __repr__(self) -> str:
+        return f"<flowprep Store {str(self.path)!r}: {len(self)} video(s), dataset {self.meta.get('dataset')!r}, format v{self.meta.get('format_version')}>"
+
     def read_rgb(self, video_id: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Frames ``start:stop`` as float32 (T, H, W, 3) in [-1, 1] (x / 127.5 - 1)."""
+        """Frames ``start:stop`` as float32 (T, H, W, 3) in [-1, 1] (x / 127.5 - 1).
+
+        ``start`` and ``stop`` slice like a Python list: a stop past the end gives the frames there
+        are (``read_rgb(vid, 0, 64)`` of a 50-frame video is 50 frames), negative values count from
+        the end; ``info(vid)["n_frames"]`` is the length."""
         raw = self.read_rgb_uint8(video_id, start, stop)
         return raw.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0)
 
     def read_flow(self, video_id: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Flow fields ``start:stop`` as float32 (T-1, H, W, 2) in [-1, 1] (u right, v down; x bound = px)."""
+        """Flow fields ``start:stop`` as float32 (T-1, H, W, 2) in [-1, 1] (u right, v down; x bound = px),
+        sliced like ``read_rgb`` (``info(vid)["n_flow"]`` = n_frames - 1 fields)."""
         return dequantize_flow(self.read_flow_int8(video_id, start, stop))
 
 

@@ -155,11 +155,30 @@ def scan_stores(paths: Sequence[str | Path], split: str | None = None) -> list[t
     return out
 
 
+def empty_split_message(paths: Sequence[str | Path], split: str | None) -> str:
+    """Why no video was selected, with the splits the stores do have and what to do."""
+    from collections import Counter
+
+    where = ", ".join(str(p) for p in paths)
+    have = Counter(str(info.get("split") or "none") for _, _, info in scan_stores(paths))
+    if not have:
+        return f"no complete videos in {where}: build them with `flowprep run` (see `flowprep status {paths[0]}`)"
+    counts = ", ".join(f"{k}: {n}" for k, n in sorted(have.items()))
+    hint = ""
+    if "none" in have:  # e.g. built by `run DIR` before folder runs assigned train/val
+        hint = ("; videos without a split get train/val when `flowprep run DIR` runs again with --overwrite, "
+                "or from DIR/train/<class>/ and DIR/val/<class>/ folders")
+    return f"no videos of split {split!r} in {where} (its videos by split: {counts}); choose one with --split, or --split all{hint}"
+
+
 def class_list(videos: Sequence[tuple[int, str, dict[str, Any]]]) -> list[str]:
     """Sorted label names: stable across runs and machines for the same videos."""
     missing = [vid for _, vid, info in videos if not info.get("label")]
     if missing:
-        raise ValueError(f"videos without a label: {', '.join(missing[:10])}; give every manifest row a label")
+        raise ValueError(
+            f"videos without a label: {', '.join(missing[:10])}; labels are class folders: put the videos in "
+            "DIR/<class>/ and rerun `flowprep run DIR` (or fill the label column of your manifest)"
+        )
     return sorted({str(info["label"]) for _, _, info in videos})
 
 
@@ -196,7 +215,7 @@ class VideoClips(Dataset):
         self.clip = clip
         found = scan_stores(self.store_paths, split)
         if not found:
-            raise ValueError(f"no videos{' of split ' + repr(split) if split else ''} in {', '.join(self.store_paths)}")
+            raise ValueError(empty_split_message(self.store_paths, split))
         self.classes = list(classes) if classes is not None else class_list(found)
         index = {c: i for i, c in enumerate(self.classes)}
         self.videos: list[VideoRef] = []

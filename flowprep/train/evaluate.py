@@ -35,13 +35,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 @torch.inference_mode()
 def evaluate(
     models: dict[str, Classifier], loader: DataLoader, n_videos: int, n_classes: int, *, device: torch.device, amp: bool,
-    channels_last: bool = False,
+    channels_last: bool = False, progress: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Video logits per stream: (n_videos, n_classes), the mean over each video's clips."""
+    from tqdm import tqdm
+
     sums = {s: torch.zeros(n_videos, n_classes, dtype=torch.float64) for s in models}
     counts = torch.zeros(n_videos, dtype=torch.float64)
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
-    for batch in loader:
+    whole = loader.batch_size == 1  # whole videos: one per batch
+    bar = tqdm(loader, total=len(loader), unit="video" if whole else "batch",
+               desc=f"{'+'.join(models)} {'videos' if whole else 'clips'}", disable=not progress, leave=False)
+    for batch in bar:
         for stream, model in models.items():
             x = clips_to_model(batch, stream, device).contiguous(memory_format=fmt)  # uint8/int8 until here
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
@@ -68,6 +73,25 @@ def metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> d
         "per_class": per_class,
         "confusion": confusion.tolist(),
     }
+
+
+def format_per_class(streams: dict[str, dict[str, Any]], classes: list[str], confusion_of: str, limit: int = 60) -> str:
+    """Per-class accuracy of every stream (and the videos per class), one row per class; above
+    ``limit`` classes only the ``limit`` worst of ``confusion_of`` (report.json has them all)."""
+    counts = [sum(row) for row in streams[confusion_of]["confusion"]]
+    order = list(range(len(classes)))
+    title = "per-class accuracy"
+    if len(classes) > limit:
+        acc = streams[confusion_of]["per_class"]
+        order = sorted(order, key=lambda i: (acc[classes[i]] is None, acc[classes[i]] if acc[classes[i]] is not None else 0))[:limit]
+        title += f" (the {limit} worst of {len(classes)} by {confusion_of}; all in report.json)"
+    width = max(12, min(40, max(len(classes[i]) for i in order)))
+    lines = [title + ":", f"  {'class':<{width}} {'videos':>6} " + " ".join(f"{s:>7}" for s in streams)]
+    for i in order:
+        accs = [streams[s]["per_class"][classes[i]] for s in streams]
+        cells = " ".join(f"{'-':>7}" if a is None else f"{a:>7.3f}" for a in accs)
+        lines.append(f"  {classes[i][:width]:<{width}} {counts[i]:>6} {cells}")
+    return "\n".join(lines)
 
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], title: str, path: Path) -> None:
@@ -127,7 +151,7 @@ def main(args: argparse.Namespace) -> int:
         loader = DataLoader(dataset, batch_size=1 if clip_len == 0 else 4, num_workers=args.workers,
                             pin_memory=device.type == "cuda", collate_fn=collate_clips)
         logits |= evaluate({s: models[s] for s in streams}, loader, len(dataset.videos), len(classes), device=device, amp=amp,
-                            channels_last=channels_last)
+                            channels_last=channels_last, progress=not args.no_progress)
     logits = {s: logits[s] for s in ckpts}
     if len(logits) == 2:
         logits["fused"] = logits["rgb"] + logits["flow"]
@@ -158,6 +182,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"{'stream':<8} {'top-1':>7} {f'top-{k}':>7}")
     for s, m in report["streams"].items():
         print(f"{s:<8} {m['top1']:>7.3f} {m[f'top{k}']:>7.3f}")
+    print(format_per_class(report["streams"], classes, confusion_of=best))
     print(f"report: {out / 'report.json'}   confusion matrix ({best}): {out / 'confusion.png'}")
     return 0
 
@@ -175,9 +200,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flow-clip-len", type=int, help="the flow stream's clip length (default: --clip-len)")
     p.add_argument("--crop", type=int, help="centre crop, px (default: the training crop of the checkpoint)")
     p.add_argument("--out", help="folder for report.json and confusion.png (default: beside the first checkpoint)")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="DataLoader processes reading the stores (default: min(4, CPUs) = %(default)s; 0 = in this process)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="bf16 autocast (auto: on CUDA)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def command(args: argparse.Namespace) -> int:

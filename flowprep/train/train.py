@@ -6,7 +6,8 @@
 One script for one CPU, one GPU and many (torchrun sets WORLD_SIZE; DistributedDataParallel
 and a distributed sampler only start when it is > 1).  Training counts steps, not epochs;
 ``train_one_epoch`` runs the steps up to the next checkpoint.  Writes into ``--out``:
-``checkpoint.pt`` (atomic; model, optimizer, scheduler, RNG, step, config, class list),
+``checkpoint.pt`` (atomic; model, optimizer, scheduler, RNG, step, config, class list, the
+stores' content settings),
 ``log.jsonl`` (one line per step) and ``curves.png``.  ``--resume`` continues exactly.
 
 Defaults are for fine-tuning Kinetics weights on a small data set: SGD, momentum 0.9, weight
@@ -205,6 +206,17 @@ def _cache_dir(args: argparse.Namespace) -> Path | None:
     return Path(os.environ["FLOWPREP_CACHE"]) / "weights" if os.environ.get("FLOWPREP_CACHE") else None
 
 
+def store_settings(paths: list[str]) -> dict[str, Any] | None:
+    """The content settings (decode, flow parameters and preset, bound: flowprep.store.fingerprint)
+    of the stores trained on, for ``predict`` to make the same input; None when they differ."""
+    from flowprep.store import fingerprint
+
+    found = [fingerprint.recorded(p) for p in paths]
+    first = found[0]
+    same = all(f is not None and not fingerprint.differences(first, f) for f in found)
+    return fingerprint.normal(first) if first is not None and same else None
+
+
 def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     ckpt_path = out / "checkpoint.pt"
@@ -287,6 +299,7 @@ def _train(args: argparse.Namespace, out: Path, ckpt_path: Path, resume: str | N
         )
     cfg = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in vars(args).items() if k != "handler"}
     end = min(args.steps, step + args.stop_after) if args.stop_after else args.steps
+    settings = store_settings(args.store)
     while step < end:
         stop = min(end, (step // args.save_every + 1) * args.save_every)
         step = train_one_epoch(
@@ -305,6 +318,7 @@ def _train(args: argparse.Namespace, out: Path, ckpt_path: Path, resume: str | N
                 "model_config": dataclasses.asdict(config),
                 "clip": dataclasses.asdict(clip),
                 "args": cfg,
+                "store_settings": settings,  # how the input was made: predict makes it the same way
                 "rng": rng,
             })
             plot_curves(read_log(log_file), out / "curves.png")
@@ -340,12 +354,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=1e-7, help="default: 1e-7 (DeepMind)")
     p.add_argument("--dropout", type=float, default=0.5, help="before the logits (default: 0.5)")
     p.add_argument("--bn-momentum", type=float, default=0.01, help="BatchNorm running-statistics momentum (default: 0.01)")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers per process")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader processes reading the stores, per training process (default: min(8, CPUs) = %(default)s; 0 = read in the main process)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="bf16 autocast (auto: on CUDA)")
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto", help="channels-last 3D memory (auto: on CUDA)")
-    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (and at the end)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=500, help="write checkpoint.pt and curves.png every N steps and at the end (default: 500)")
+    p.add_argument("--seed", type=int, default=0, help="seed of clip sampling, crops, flips and dropout (default: 0)")
     p.add_argument("--cache-dir", help="pretrained weights cache (default: $FLOWPREP_CACHE/weights or ~/.cache/flowprep/weights)")
 
 
