@@ -277,6 +277,9 @@ class _Snippets(ClipSampler):
     def steps(self, stream: str) -> int:
         return 1 if stream == "rgb" else self.clip_len
 
+    def model_input(self, x_bcthw: torch.Tensor) -> torch.Tensor:
+        return frames_from_clips(x_bcthw)
+
     def describe(self, stream: str) -> str:
         one = "1 frame" if stream == "rgb" else f"{self.clip_len} stacked fields"
         return f"{self.views} x {one}"
