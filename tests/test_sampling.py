@@ -226,3 +226,26 @@ def test_flow_scale_and_flip_apply_to_every_view():
                 want = want.flip(-1)
                 want[0] = -want[0]
             torch.testing.assert_close(x[3 * b + n], want, rtol=0, atol=1e-6)
+
+
+def _count_reads(ds, reads):
+    read_raw = ds.read_raw
+    ds.read_raw = lambda stream, ref, a, b, y=0, x=0: reads.append((a, b)) or read_raw(stream, ref, a, b, y, x)
+
+
+def test_views_read_each_chunk_once(store):
+    """Steps less than a chunk (8) apart are read as one span, farther ones apart; values as stored."""
+    s = open_store(store)
+    ds = VideoClips([store], streams=("flow",), sampler=TSNEval(crop=48, segments=2, clip_len=2), split="train")
+    reads = []
+    _count_reads(ds, reads)
+    item = ds[0]  # 23 fields, snippets of 2: 22 starts, offsets 5 and 16
+    assert item["start"].tolist() == [5, 16] and reads == [(5, 7), (16, 18)]
+    np.testing.assert_array_equal(item["flow"].numpy(), s.read_flow_int8("right")[[[5, 6], [16, 17]], 8:56, 16:64])
+    reads.clear()
+    ds = VideoClips([store], streams=("flow",), sampler=TSNEval(crop=48), split="train")
+    _count_reads(ds, reads)
+    item = ds[0]  # 25 snippets of 5 over 19 starts: one span
+    assert reads == [(0, 23)]
+    want = s.read_flow_int8("right")[ds.sampler.indices(item["start"].numpy(), "flow", 23)][:, :, 8:56, 16:64]
+    np.testing.assert_array_equal(item["flow"].numpy(), want)

@@ -44,10 +44,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler, default_collate
 
-from flowprep.store.zarr_store import Store, open_store
+from flowprep.store.zarr_store import Store, WriteConfig, open_store
 from flowprep.train.sampling import CHANNELS, ClipSampler, DenseTrain
 
 STREAMS = tuple(CHANNELS)
+_MERGE_GAP = WriteConfig().chunk_frames  # steps this close share a chunk of a default store
 
 
 # --- pure functions ---------------------------------------------------------------------------
@@ -220,14 +221,20 @@ class VideoClips(Dataset):
         return read(ref.video_id, start, stop, ys=slice(y, y + s), xs=slice(x, x + s))
 
     def read_steps(self, stream: str, ref: VideoRef, steps_nt: np.ndarray, y: int, x: int) -> np.ndarray:
-        """Raw (N, T, crop, crop, C) at the steps (N, T): each run of consecutive steps read once."""
+        """Raw (N, T, crop, crop, C) at the steps (N, T).  Steps less than a chunk apart are read as
+        one span (zarr decodes whole chunks: reading them apart would decode a shared chunk twice);
+        each step is read once however many views take it."""
         flat = steps_nt.ravel()
         uniq = np.unique(flat)
-        runs = np.split(uniq, np.flatnonzero(np.diff(uniq) != 1) + 1)
-        parts = [self.read_raw(stream, ref, int(r[0]), int(r[-1]) + 1, y, x) for r in runs]
+        runs = np.split(uniq, np.flatnonzero(np.diff(uniq) > _MERGE_GAP) + 1)
+        lo = np.array([int(r[0]) for r in runs])
+        hi = np.array([int(r[-1]) + 1 for r in runs])
+        parts = [self.read_raw(stream, ref, int(a), int(b), y, x) for a, b in zip(lo, hi, strict=True)]
         raw = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        if len(uniq) != len(flat) or not np.array_equal(uniq, flat):  # looped, repeated or reordered steps
-            raw = raw[np.searchsorted(uniq, flat)]
+        k = np.searchsorted(lo, flat, side="right") - 1  # the span of each step
+        pos = (np.cumsum(hi - lo) - (hi - lo))[k] + flat - lo[k]
+        if len(pos) != len(raw) or not np.array_equal(pos, np.arange(len(raw))):  # looped, sparse or repeated steps
+            raw = raw[pos]
         return raw.reshape(*steps_nt.shape, *raw.shape[1:])
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
