@@ -375,7 +375,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=int, help="slowfast: the slow pathway takes every alpha-th fast frame (default 8)")
     p.add_argument("--crop", type=int, default=224, help="random square crop, px (default: 224)")
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flip (for direction-labelled classes)")
-    p.add_argument("--endpoint", default="Mixed_5c", help="last I3D block before the logits (default: Mixed_5c, the whole I3D)")
+    p.add_argument("--endpoint", default="Mixed_5c", help="--model i3d: last I3D block before the logits (default: Mixed_5c, the whole I3D)")
     p.add_argument("--steps", type=int, default=5000, help="optimizer steps (default: 5000)")
     p.add_argument("--stop-after", type=int, help="end this run after N steps (checkpoint written); the schedule still follows --steps")
     p.add_argument("--batch-size", type=int, default=8, help="clips per step per process (default: 8)")
