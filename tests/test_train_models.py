@@ -118,6 +118,8 @@ def test_each_family_trains_and_evaluates_fused(store, tmp_path, sampling):
     assert report["videos"] == 4 and set(report["streams"]) == {"rgb", "flow", "fused"}
     assert report["sampling"]["flow"]["name"] == sampling
     assert sum(map(sum, report["streams"]["fused"]["confusion"])) == 4
+    if sampling != "dense":  # the view length is the model's: only dense evaluation takes --clip-len
+        assert cli(["evaluate", "--store", str(store), "--rgb", str(tmp_path / "rgb" / "checkpoint.pt"), "--clip-len", "4"]) == 2
 
 
 def _channels(record):
