@@ -45,7 +45,15 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler, default_collate
 
 from flowprep.store.zarr_store import Store, WriteConfig, open_store
-from flowprep.train.sampling import CHANNELS, ClipSampler, DenseTrain
+from flowprep.train.sampling import (  # noqa: F401  (their old home: predict.py, scripts)
+    CHANNELS,
+    ClipSampler,
+    DenseTrain,
+    centre_crop,
+    sample_crop,
+    sample_start,
+    window_indices,
+)
 
 STREAMS = tuple(CHANNELS)
 _MERGE_GAP = WriteConfig().chunk_frames  # steps this close share a chunk of a default store
