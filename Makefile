@@ -19,7 +19,7 @@ $(BIN)/flowprep: setup.cfg pyproject.toml constraints.txt
 
 install: $(BIN)/flowprep
 
-# DATASET is a shipped recipe in flowprep/recipes/ (demo, kinetics = kinetics400, ucf101, ...:
+# DATASET is a shipped recipe in pipelines/ (demo, kinetics = kinetics400, ucf101, ...:
 # `flowprep recipes`), a recipe file, or a folder of videos.
 # Datasets whose official annotation files are fetched (and checked) before the run.
 # MANIFEST_FROM: a hand-downloaded archive or folder instead of the network; ROOT: the unpacked

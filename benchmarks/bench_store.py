@@ -41,7 +41,8 @@ from flowprep.run.state import staging_entry
 from flowprep.store.codecs import array_codecs
 from flowprep.store.rawframes import export_rawframes, flow_u8_to_q
 from flowprep.store.zarr_store import VideoWriter, WriteConfig, create_store
-from flowprep.train.data import ClipConfig, TrainSampler, VideoClips, VideoRef, clips_to_model, crop_flip_thwc
+from flowprep.train.data import TrainSampler, VideoClips, VideoRef, clips_to_model, crop_flip_thwc
+from flowprep.train.sampling import DenseTrain
 
 CODECS = {  # name -> WriteConfig
     "v2 default (jpeg q95 + ffv1)": WriteConfig(),
@@ -150,13 +151,13 @@ class RawframesClips(VideoClips):
         v, seed = key
         ref = self.videos[v]
         rng = np.random.default_rng(seed)
-        start = int(rng.integers(0, max(self.length(ref) - self.clip.clip_len, 0) + 1))
-        y, x = int(rng.integers(0, ref.height - self.clip.crop + 1)), int(rng.integers(0, ref.width - self.clip.crop + 1))
+        start = int(rng.integers(0, max(self.length(ref) - self.sampler.clip_len, 0) + 1))
+        y, x = int(rng.integers(0, ref.height - self.sampler.crop + 1)), int(rng.integers(0, ref.width - self.sampler.crop + 1))
         flip = bool(rng.random() < 0.5)
         out = {"label": ref.label}
         for stream in self.streams:
-            raw = self.read_raw(stream, ref, start, start + self.clip.clip_len)
-            crop = crop_flip_thwc(raw, y, x, self.clip.crop, flip).astype(np.float32)
+            raw = self.read_raw(stream, ref, start, start + self.sampler.clip_len)
+            crop = crop_flip_thwc(raw, y, x, self.sampler.crop, flip).astype(np.float32)
             t = torch.from_numpy(crop).permute(3, 0, 1, 2)  # (C, T, H, W), normalised here in the worker
             t = t.mul_(1 / 127.5).sub_(1.0)
             if flip and stream == "flow":
@@ -174,7 +175,7 @@ def clips_per_s(dataset, stream: str, n_clips: int, workers: int, convert: bool)
     for _ in range(n_clips):
         batch = next(it)
         x = clips_to_model(batch, stream, "cpu") if convert else batch[stream]
-        assert x.dtype == torch.float32 and x.shape[2] == dataset.clip.clip_len
+        assert x.dtype == torch.float32 and x.shape[2] == dataset.sampler.clip_len
     dt = time.perf_counter() - t0
     del it
     return n_clips / dt
@@ -185,11 +186,11 @@ def reads_per_s(dataset: VideoClips, stream: str, n: int) -> float:
     jobs = []
     for k in range(n):
         ref = dataset.videos[k % len(dataset.videos)]
-        start = int(rng.integers(0, max(dataset.length(ref) - dataset.clip.clip_len, 0) + 1))
+        start = int(rng.integers(0, max(dataset.length(ref) - dataset.sampler.clip_len, 0) + 1))
         jobs.append((ref, start))
     t0 = time.perf_counter()
     for ref, a in jobs:
-        dataset.read_raw(stream, ref, a, a + dataset.clip.clip_len)  # the store: the crop at (0, 0) of whole chunks
+        dataset.read_raw(stream, ref, a, a + dataset.sampler.clip_len)  # the store: the crop at (0, 0) of whole chunks
     return n / (time.perf_counter() - t0)
 
 
@@ -265,15 +266,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.skip_loader:
         return 0
     default = stores["v2 default (jpeg q95 + ffv1)"]
-    clip = ClipConfig(clip_len=64, crop=224, train=True)
+    clip = DenseTrain(clip_len=64, crop=224)
     print("\ntraining clips (64 steps, random 224 crop, flip), clips/s (higher is better); "
           "store: uint8/int8 hand-over + clips_to_model in the loop; rawframes: float in the workers")
     print(f"{'stream':<6} {'workers':>7} {'store v2':>9} {'zstd flow':>9} {'rawframes':>10} {'v2/raw':>7} {'zstd/raw':>8}")
     for stream in ("rgb", "flow"):
         ds = {
-            "v2": VideoClips([str(default)], streams=(stream,), clip=clip),
-            "zstd": VideoClips([str(stores["jpeg q95 + zstd flow"])], streams=(stream,), clip=clip),
-            "raw": RawframesClips([str(ref_path)], raw_root, streams=(stream,), clip=clip),
+            "v2": VideoClips([str(default)], streams=(stream,), sampler=clip),
+            "zstd": VideoClips([str(stores["jpeg q95 + zstd flow"])], streams=(stream,), sampler=clip),
+            "raw": RawframesClips([str(ref_path)], raw_root, streams=(stream,), sampler=clip),
         }
         for d in ds.values():
             clips_per_s(d, stream, 2, 0, d is not ds["raw"])  # warm the page cache

@@ -6,7 +6,8 @@ light and never imports torch)::
     rgb, flow = flowprep.video_flow("clip.mp4")   # float32 (T,H,W,3) and (T-1,H,W,2) in [-1, 1]
     flow_px = flowprep.compute_flow(gray_thw)     # uint8 (T,H,W) -> float32 (T-1,H,W,2) pixels
     store = flowprep.open_store("out/demo.zarr")  # flowprep.Store: read_rgb, read_flow, info
-    clips = flowprep.VideoClips(...)              # torch Dataset of training clips from stores
+    clips = flowprep.VideoClips(...)              # torch Dataset of samples from stores
+    flowprep.TSNTrain(segments=3)                 # its samplers: Dense, TSN, Stacked, SlowFast x Train / Eval
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ _LAZY = {
     "Store": "flowprep.store.zarr_store",
     "StoreError": "flowprep.store.zarr_store",
     "VideoClips": "flowprep.train.data",
-    "ClipConfig": "flowprep.train.data",
+    **{name: "flowprep.train.sampling" for name in (
+        "DenseTrain", "DenseEval", "TSNTrain", "TSNEval", "StackedTrain", "StackedEval", "SlowFastTrain", "SlowFastEval")},
     "load_recipe": "flowprep.run.recipe",
 }
 

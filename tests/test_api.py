@@ -22,7 +22,10 @@ def test_shipped_recipes_are_found_by_name_from_any_folder(tmp_path, monkeypatch
     from flowprep.run.recipe import load_recipe
 
     monkeypatch.chdir(tmp_path)
-    assert RECIPES_DIR.parent == Path(flowprep.__file__).parent  # package data, not the clone's root
+    import flowprep.recipes
+
+    # the package flowprep.recipes: pipelines/ of this clone (editable install), flowprep/recipes/ of a wheel
+    assert RECIPES_DIR == Path(flowprep.recipes.__file__).parent == Path(__file__).resolve().parents[1] / "pipelines"
     names = shipped_recipes()
     assert {"demo", "kinetics400", "ucf101", "hmdb51"} <= set(names) and "_videos" not in names
     assert find_recipe("demo") == RECIPES_DIR / "demo.toml" and find_recipe("kinetics") == RECIPES_DIR / "kinetics400.toml"

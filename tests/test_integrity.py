@@ -379,7 +379,8 @@ def test_rerun_with_other_short_side_or_bound_refuses_naming_the_fields(tmp_path
 
 
 def test_data_reader_scales_flow_by_each_videos_bound(tmp_path):
-    from flowprep.train.data import ClipConfig, VideoClips, clips_to_model, collate_clips
+    from flowprep.train.data import VideoClips, clips_to_model, collate_clips
+    from flowprep.train.sampling import DenseEval
 
     manifest = _manifest(tmp_path, n=1, frames=8)
     stores = []
@@ -390,7 +391,7 @@ def test_data_reader_scales_flow_by_each_videos_bound(tmp_path):
         cfg = load_recipe(recipe, out=str(folder / "t.zarr"), progress=False)
         run(cfg)
         stores.append(cfg.out)
-    clips = [VideoClips([p], streams=("flow",), clip=ClipConfig(clip_len=0, crop=32, train=False)) for p in stores]
+    clips = [VideoClips([p], streams=("flow",), sampler=DenseEval(clip_len=0, crop=32)) for p in stores]
     # workers hand over int8; the scale is applied where the model runs (clips_to_model)
     f20, f10 = (clips_to_model(collate_clips([c[0]]), "flow", "cpu")[0].numpy() for c in clips)
     q20, q10 = (open_store(p).read_flow_int8("clip0").astype(int) for p in stores)

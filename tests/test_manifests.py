@@ -12,7 +12,7 @@ from flowprep.dataset import manifests as m
 from flowprep.dataset.manifest import ManifestError, parse_manifest
 
 SHARED = Path(os.environ.get("FLOWPREP_SHARED_MANIFESTS", Path(__file__).resolve().parents[2] / "shared" / "manifests"))
-SAMPLES = Path(__file__).resolve().parents[1] / "flowprep" / "recipes" / "samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "pipelines" / "samples"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real annotation files not at {SHARED}")
 
 

@@ -21,7 +21,8 @@ from flowprep.flow.api import quantize_flow
 from flowprep.run.recipe import RecipeError, load_recipe
 from flowprep.run.state import staging_entry
 from flowprep.store.zarr_store import FORMAT_VERSION, StoreError, VideoWriter, WriteConfig, create_store
-from flowprep.train.data import ClipConfig, VideoClips
+from flowprep.train.data import VideoClips
+from flowprep.train.sampling import DenseTrain
 
 
 def _bikes(n: int = 12) -> np.ndarray:
@@ -169,8 +170,8 @@ def test_format1_stores_still_read_and_train_but_are_not_written_into(tmp_path):
     assert s.meta["format_version"] == 1 and s.video_ids == ["v"]
     np.testing.assert_array_equal(s.read_rgb_uint8("v"), rgb)
     np.testing.assert_array_equal(s.read_flow_int8("v", 2, 9), flow[2:9])
-    item = VideoClips([store], streams=("rgb", "flow"), clip=ClipConfig(clip_len=4, crop=24, flip=False))[0, 1]
-    t, y, x = item["start"], item["y"], item["x"]
-    np.testing.assert_array_equal(item["flow"].numpy(), flow[t : t + 4, y : y + 24, x : x + 24])
+    item = VideoClips([store], streams=("rgb", "flow"), sampler=DenseTrain(clip_len=4, crop=24, flip=False))[0, 1]
+    (t,), y, x = item["start"].tolist(), item["y"], item["x"]
+    np.testing.assert_array_equal(item["flow"][0].numpy(), flow[t : t + 4, y : y + 24, x : x + 24])
     with pytest.raises(StoreError, match="format 1 store; this flowprep writes format 2"):
         create_store(store, "old")

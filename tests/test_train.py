@@ -15,7 +15,8 @@ from flowprep.cli.main import main as cli
 from flowprep.dataset.demo import Motion
 from flowprep.models.i3d import I3D, I3DConfig
 from flowprep.train.classifier import Classifier, initialise, load_checkpoint
-from flowprep.train.data import ClipConfig, VideoClips, clips_to_model, collate_clips
+from flowprep.train.data import VideoClips, clips_to_model, collate_clips
+from flowprep.train.sampling import DenseTrain
 from flowprep.train.train import train_step
 
 TINY = ["--endpoint", "Conv3d_2c_3x3", "--init", "none", "--workers", "0", "--device", "cpu"]
@@ -61,7 +62,7 @@ def test_initialise_from_an_rgb_file_makes_a_flow_stream(tmp_path):
 
 def test_a_few_steps_lower_the_loss(small_store):
     torch.manual_seed(0)
-    ds = VideoClips([small_store], streams=("flow",), clip=ClipConfig(clip_len=4, crop=48))
+    ds = VideoClips([small_store], streams=("flow",), sampler=DenseTrain(clip_len=4, crop=48))
     batch = collate_clips([ds[i, i] for i in range(4)])
     x = clips_to_model(batch, "flow", "cpu")  # as the trainer feeds it
     y = batch["label"]

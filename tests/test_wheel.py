@@ -45,6 +45,12 @@ def test_wheel_metadata_has_a_torch_range_and_the_package_data(wheel):
               "flowprep/recipes/samples/ucf101/classInd.txt", "flowprep/models/kinetics400_labels.txt"):
         assert f in names, f
     assert not any(n.startswith(("data_manifests/", "pipelines/", "tests/")) for n in names)
+    # pipelines/ of the clone is flowprep/recipes/ of the wheel; setup.cfg lists the packages, so
+    # every module of the source tree must be there (a new subpackage not listed would be missing)
+    modules = {f"flowprep/{p.relative_to(ROOT / 'flowprep').as_posix()}" for p in (ROOT / "flowprep").rglob("*.py")}
+    modules |= {f"flowprep/recipes/{p.relative_to(ROOT / 'pipelines').as_posix()}" for p in (ROOT / "pipelines").rglob("*")
+                if p.is_file() and "__pycache__" not in p.parts}
+    assert modules - names == set()
     # CI and `make install` keep the exact pin, through the constraints file
     assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text().split()
     make = (ROOT / "Makefile").read_text()

@@ -1,16 +1,18 @@
 """What ``flowprep run TARGET`` runs: a recipe file, a shipped recipe by name, a folder of videos
 or one video; and ``flowprep recipes``, the list of shipped recipes.
 
-Shipped recipes are package data in ``flowprep/recipes/`` (``RECIPES_DIR``), so a name works from
-any folder and from a wheel.  A folder or a video gets a generated recipe and manifest in the
-store's ``<name>.run/input/`` (flowprep.run.state.input_dir): settings from
-``flowprep/recipes/_videos.toml``, rows from flowprep.dataset.folder; a rerun regenerates them
+Shipped recipes are package data, the package ``flowprep.recipes`` (``RECIPES_DIR``): the
+top-level ``pipelines/`` folder of a clone, ``flowprep/recipes/`` in a wheel (setup.cfg maps one to
+the other), so a name works from any folder, a clone or a wheel.  A folder or a video gets a
+generated recipe and manifest in the store's ``<name>.run/input/`` (flowprep.run.state.input_dir):
+settings from ``pipelines/_videos.toml``, rows from flowprep.dataset.folder; a rerun regenerates them
 (the same ids, so complete videos are skipped).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -24,7 +26,17 @@ from typing import Any
 
 from flowprep.console import usage_error
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+
+def recipes_dir() -> Path:
+    """Where the package ``flowprep.recipes`` is: found by the import system, not beside this file,
+    because in a clone it is ``pipelines/`` (an editable install maps it there)."""
+    spec = importlib.util.find_spec("flowprep.recipes")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("flowprep's shipped recipes (package flowprep.recipes) are missing: install flowprep (make install, pip install -e . or the wheel)")
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
+
+
+RECIPES_DIR = recipes_dir()
 ALIASES = {"kinetics": "kinetics400"}
 FOLDER_DEFAULTS = RECIPES_DIR / "_videos.toml"  # settings of `run DIR` / `run VIDEO`; not a dataset
 

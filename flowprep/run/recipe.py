@@ -1,4 +1,4 @@
-"""Recipes: one TOML file per dataset (shipped ones in flowprep/recipes/), read into a frozen, checked RunConfig.
+"""Recipes: one TOML file per dataset (shipped ones in pipelines/, the package flowprep.recipes), read into a frozen, checked RunConfig.
 
 ``manifest`` is a path relative to the recipe file, or ``data:<dataset>/<file>`` for a file in
 the manifests folder that ``flowprep manifests fetch/build`` writes (flowprep.dataset.manifests).

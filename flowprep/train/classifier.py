@@ -139,6 +139,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def classifier_from_checkpoint(blob: Mapping[str, Any]) -> Classifier:
+    if blob.get("model_factory", "i3d") != "i3d":  # flowprep.train.plugins.model_from_checkpoint builds those
+        raise ValueError(f"this checkpoint is of --model {blob['model_factory']}, not flowprep's I3D")
     model = Classifier(I3DConfig(**blob["model_config"]))
     model.load_state_dict(blob["model"])
     return model.eval()

@@ -1,35 +1,35 @@
-"""Data: clips of RGB and flow from one or more stores, as PyTorch tensors (C, T, H, W).
+"""Data: samples of RGB and flow from one or more stores, as PyTorch tensors.
 
 The room between the store and the trainer.  It reads stores (never writes) and holds no
 zarr handle across a fork: stores are opened lazily, once per process, so DataLoader workers
-each open their own.
+each open their own.  *Where* a sample lies (its views in time, its crop and flip) is the
+sampler's business (``flowprep.train.sampling``: dense clips, TSN segments, two-stream stacked
+snippets, SlowFast's two rates, each for training and evaluation); this room reads what the
+sampler asks for.
 
-Sampling (pure functions first, ``VideoClips`` after):
-
-* **window**: ``clip_len`` consecutive time steps starting at ``start``; a video shorter than
-  that loops (indices modulo its length).  Training draws ``start`` uniformly; evaluation reads
-  the whole video (``clip_len=0``) or consecutive non-overlapping windows from frame 0.
 * **alignment of RGB and flow**: flow has one field fewer than frames, ``flow[t]`` moves frame t
-  to frame t+1.  A window of time steps ``t0 .. t0+L-1`` is RGB frames ``t0 .. t0+L-1`` and flow
+  to frame t+1.  A view of time steps ``t0 .. t0+L-1`` is RGB frames ``t0 .. t0+L-1`` and flow
   fields ``t0 .. t0+L-1`` (the motion leaving each of those frames; the last one lands on frame
-  ``t0+L``).  When a sample reads flow, windows are drawn over its ``n_flow`` steps, so RGB never
-  uses the last frame; an RGB-only sample uses all ``n_frames``.
-* **crop and flip**: one random crop (training) or centre crop (evaluation) and one random
-  horizontal flip per sample, identical for RGB and flow; flipping flow mirrors it *and
-  negates u* (a motion to the right seen in a mirror goes to the left).
-* **hand-over**: a worker reads only the window's chunks and only the crop's rows and columns
+  ``t0+L``).  When a sample reads flow, views are drawn over its ``n_flow`` steps, so RGB never
+  uses the last frame; an RGB-only sample uses all ``n_frames``.  A video shorter than a view
+  loops (indices modulo its length).
+* **crop and flip**: one crop and one flip per sample, identical for every view and stream;
+  flipping flow mirrors it *and negates u* (a motion to the right seen in a mirror goes to the left).
+* **hand-over**: a worker reads only the steps' chunks and only the crop's rows and columns
   (``Store.read_*(..., ys=, xs=)``) and hands over the raw crop, uint8 RGB / int8 flow
-  (T, crop, crop, C), unflipped, with its ``flip`` flag: a quarter of float32's bytes to collate
-  and to move between processes.  ``clips_to_model(batch, stream, device)`` then flips (negating
-  u), converts and scales on the training device (``x / 127.5 - 1`` for RGB, ``q / 127`` for
-  flow, as the store's reader does) into (B, C, T, H, W) float32 with channels-last memory.
+  (N, T, crop, crop, C) for N views of T steps, unflipped, with its ``flip`` flag: a quarter of
+  float32's bytes to collate and to move between processes.  ``clips_to_model(batch, stream,
+  device)`` then flips (negating u), converts and scales on the training device (``x / 127.5 - 1``
+  for RGB, ``q / 127`` for flow, as the store's reader does) into (B*N, C, T, H, W) float32 with
+  channels-last memory; the sampler's ``model_input`` shapes that for the model.
   Measured (``make bench-store``, FORMAT.md): against rawframes normalised in the workers this
   gains 1.1-1.2x for RGB; decoding the window (JPEG for both, FFV1 or zstd for flow) is the rest.
 
-Each training index is a pair ``(video_index, seed)`` (``TrainSampler`` makes them): the
-augmentation of a sample depends on its seed only, not on the worker or the order, so a resumed
-run draws the same clips.  A plain int index (``DataLoader(dataset, shuffle=True)``) draws the
-seed from torch's generator, which the DataLoader seeds per worker from its base seed.
+Each sample is an index into ``items`` (for a training sampler: one per video), optionally paired
+with a seed, ``(index, seed)`` (``TrainSampler`` makes them): the augmentation of a sample depends
+on its seed only, not on the worker or the order, so a resumed run draws the same clips.  A plain
+int index to a random sampler (``DataLoader(dataset, shuffle=True)``) draws the seed from torch's
+generator, which the DataLoader seeds per worker from its base seed; evaluation samplers ignore seeds.
 """
 
 from __future__ import annotations
@@ -44,34 +44,22 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler, default_collate
 
-from flowprep.store.zarr_store import Store, open_store
+from flowprep.store.zarr_store import Store, WriteConfig, open_store
+from flowprep.train.sampling import (  # noqa: F401  (their old home: predict.py, scripts)
+    CHANNELS,
+    ClipSampler,
+    DenseTrain,
+    centre_crop,
+    sample_crop,
+    sample_start,
+    window_indices,
+)
 
-STREAMS = ("rgb", "flow")
-CHANNELS = {"rgb": 3, "flow": 2}
+STREAMS = tuple(CHANNELS)
+_MERGE_GAP = WriteConfig().chunk_frames  # steps this close share a chunk of a default store
 
 
 # --- pure functions ---------------------------------------------------------------------------
-
-
-def window_indices(length: int, clip_len: int, start: int) -> np.ndarray:
-    """Time indices ``start .. start+clip_len-1`` modulo ``length`` (short videos loop)."""
-    if length < 1:
-        raise ValueError(f"length={length}: a video needs at least one time step")
-    return (start + np.arange(clip_len)) % length
-
-
-def sample_start(length: int, clip_len: int, rng: np.random.Generator) -> int:
-    """Uniform start of a ``clip_len`` window inside ``length`` steps (0 when the video is shorter)."""
-    return int(rng.integers(0, max(length - clip_len, 0) + 1))
-
-
-def sample_crop(height: int, width: int, size: int, rng: np.random.Generator) -> tuple[int, int]:
-    """Uniform top-left corner (y, x) of a ``size`` x ``size`` crop."""
-    return int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
-
-
-def centre_crop(height: int, width: int, size: int) -> tuple[int, int]:
-    return (height - size) // 2, (width - size) // 2
 
 
 def crop_flip_thwc(raw_thwc: np.ndarray, y: int, x: int, size: int, flip: bool) -> np.ndarray:
@@ -112,24 +100,6 @@ def flow_thw2_to_cthw(raw_thw2: np.ndarray, y: int, x: int, size: int, flip: boo
 
 
 # --- the dataset ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class ClipConfig:
-    """How clips are cut; checkpoints store it, evaluation reuses its ``crop``."""
-
-    clip_len: int = 64  # time steps per clip; 0 = the whole video (evaluation only)
-    crop: int = 224  # square crop side, px
-    train: bool = True  # random window / crop / flip; False: centre crop, windows from frame 0
-    flip: bool = True  # random horizontal flip when training (off for direction-labelled classes)
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.clip_len, int) and self.clip_len >= 0):
-            raise ValueError(f"clip_len={self.clip_len!r}: must be an integer >= 0 (0 = whole video)")
-        if self.train and self.clip_len == 0:
-            raise ValueError("clip_len=0 (whole videos) is for evaluation; training needs a clip length >= 1")
-        if not (isinstance(self.crop, int) and self.crop >= 1):
-            raise ValueError(f"crop={self.crop!r}: must be an integer >= 1")
 
 
 @dataclass(frozen=True)
@@ -183,17 +153,30 @@ def class_list(videos: Sequence[tuple[int, str, dict[str, Any]]]) -> list[str]:
 
 
 class VideoClips(Dataset):
-    """Clips of one or more streams from the videos of one or more stores.
+    """Samples of one or more streams from the videos of one or more stores.
 
-    ``streams``: ``("rgb",)``, ``("flow",)`` or ``("rgb", "flow")`` (read with the same window,
-    crop and flip).  ``classes``: label names in logit order (default: sorted labels of the
-    selected videos); a video whose label is not among them is an error.
+    ``streams``: ``("rgb",)``, ``("flow",)`` or ``("rgb", "flow")`` (read with the same views,
+    crop and flip).  ``sampler``: where a sample's views lie and how it is cropped
+    (``flowprep.train.sampling``; default: ``DenseTrain()``).  ``classes``: label names in logit
+    order (default: sorted labels of the selected videos); a video whose label is not among them
+    is an error.
 
-    Item: a dict with one raw (T, crop, crop, C) tensor per stream (uint8 RGB, int8 flow,
-    unflipped; ``clips_to_model`` finishes it on the device), ``label``, ``video`` (index into
-    ``videos``, to pool clip predictions per video), and the sampling (``start``, ``y``, ``x``,
-    ``flip``).  Training items are indexed by ``(video_index, seed)`` (``TrainSampler``) or by a
-    plain video index (any sampler, e.g. ``shuffle=True``); evaluation items by int.
+    A sample is a dict:
+
+    ==============  ===========================================================================
+    ``rgb``         uint8 (N, T, crop, crop, 3): N views of T frames, unflipped
+    ``flow``        int8 (N, T, crop, crop, 2): u, v in steps of bound/127, unflipped
+    ``label``       int, the class index
+    ``video``       int, index into ``videos`` (to pool predictions per video)
+    ``start``       int64 (N,), each view's first time step
+    ``y``, ``x``    int, the crop's top-left corner
+    ``flip``        bool: ``clips_to_model`` mirrors the sample (negating u)
+    ``flow_scale``  float (flow only): this video's bound in model units (bound_px / 20)
+    ==============  ===========================================================================
+
+    N and T come from the sampler (dense training: N = 1, T = ``clip_len``; TSN: N = segments,
+    T = 1 RGB frame / ``clip_len`` flow fields; ...); whole-video evaluation gives each stream all
+    of its own steps (T = n_frames for RGB, n_frames - 1 for flow).
     """
 
     def __init__(
@@ -201,7 +184,7 @@ class VideoClips(Dataset):
         stores: Sequence[str | Path],
         *,
         streams: Sequence[str] = ("rgb",),
-        clip: ClipConfig = ClipConfig(),
+        sampler: ClipSampler = DenseTrain(),
         split: str | None = None,
         classes: Sequence[str] | None = None,
     ) -> None:
@@ -210,9 +193,12 @@ class VideoClips(Dataset):
         bad = [s for s in streams if s not in STREAMS]
         if bad or not streams:
             raise ValueError(f"streams={list(streams)!r}: choose from {list(STREAMS)}")
+        if not isinstance(sampler, ClipSampler):
+            raise TypeError(f"sampler={sampler!r}: expected a flowprep.train.sampling.ClipSampler")
         self.store_paths = [str(p) for p in stores]
         self.streams = tuple(streams)
-        self.clip = clip
+        self.sampler = sampler
+        self.span = sampler.span(self.streams)  # steps a view covers, over the streams read
         found = scan_stores(self.store_paths, split)
         if not found:
             raise ValueError(empty_split_message(self.store_paths, split))
@@ -225,26 +211,24 @@ class VideoClips(Dataset):
                 raise ValueError(f"video {vid} has label {label!r}, not among the {len(self.classes)} classes of the model")
             bound = float((info.get("flow") or {}).get("bound_px", FLOW_UNIT_PX))
             ref = VideoRef(s, vid, index[label], int(info["n_frames"]), int(info["height"]), int(info["width"]), bound)
-            if min(ref.height, ref.width) < clip.crop:
+            if min(ref.height, ref.width) < sampler.crop:
                 raise ValueError(
-                    f"crop {clip.crop} is larger than video {vid} ({ref.height}x{ref.width}); use a crop <= {min(ref.height, ref.width)}"
+                    f"crop {sampler.crop} is larger than video {vid} ({ref.height}x{ref.width}); use a crop <= {min(ref.height, ref.width)}"
                 )
             self.videos.append(ref)
-        # Evaluation with fixed windows: one item per (video, start), consecutive windows from 0.
-        self.items: list[tuple[int, int]] = []
-        for v, ref in enumerate(self.videos):
-            length = self.length(ref)
-            n = 1 if clip.clip_len == 0 else max(1, length // clip.clip_len)
-            self.items += [(v, k * clip.clip_len) for k in range(n)]
+        # one item per sample: (video, k), k-th sample of that video (evaluation windows; else 0)
+        self.items: list[tuple[int, int]] = [
+            (v, k) for v, ref in enumerate(self.videos) for k in range(sampler.items_per_video(self.length(ref)))
+        ]
         self._stores: list[Store] | None = None  # opened lazily, per process
         self._pid = -1
 
     def length(self, ref: VideoRef) -> int:
-        """Time steps a window is drawn from: flow fields when flow is read, else frames."""
+        """Time steps views are drawn from: flow fields when flow is read, else frames."""
         return ref.n_frames - 1 if "flow" in self.streams else ref.n_frames
 
     def __len__(self) -> int:
-        return len(self.videos) if self.clip.train else len(self.items)
+        return len(self.items)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_stores": None, "_pid": -1}
@@ -260,51 +244,57 @@ class VideoClips(Dataset):
         RGB or int8 (T, crop, crop, 2) flow.  Only the chunks of those steps are read."""
         store = self._store(ref.store)
         read = store.read_rgb_uint8 if stream == "rgb" else store.read_flow_int8
-        s = self.clip.crop
+        s = self.sampler.crop
         return read(ref.video_id, start, stop, ys=slice(y, y + s), xs=slice(x, x + s))
 
-    def convert(self, stream: str, raw: np.ndarray) -> torch.Tensor:
-        """The raw crop as handed over: a contiguous (T, crop, crop, C) uint8 / int8 tensor."""
-        return torch.from_numpy(np.ascontiguousarray(raw))
+    def read_steps(self, stream: str, ref: VideoRef, steps_nt: np.ndarray, y: int, x: int) -> np.ndarray:
+        """Raw (N, T, crop, crop, C) at the steps (N, T).  Steps less than a chunk apart are read as
+        one span (zarr decodes whole chunks: reading them apart would decode a shared chunk twice);
+        each step is read once however many views take it."""
+        flat = steps_nt.ravel()
+        uniq = np.unique(flat)
+        runs = np.split(uniq, np.flatnonzero(np.diff(uniq) > _MERGE_GAP) + 1)
+        lo = np.array([int(r[0]) for r in runs])
+        hi = np.array([int(r[-1]) + 1 for r in runs])
+        parts = [self.read_raw(stream, ref, int(a), int(b), y, x) for a, b in zip(lo, hi, strict=True)]
+        raw = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        k = np.searchsorted(lo, flat, side="right") - 1  # the span of each step
+        pos = (np.cumsum(hi - lo) - (hi - lo))[k] + flat - lo[k]
+        if len(pos) != len(raw) or not np.array_equal(pos, np.arange(len(raw))):  # looped, sparse or repeated steps
+            raw = raw[pos]
+        return raw.reshape(*steps_nt.shape, *raw.shape[1:])
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        if self.clip.train:
-            if isinstance(key, (tuple, list)):
-                v, seed = int(key[0]), int(key[1])
-            else:  # a plain sampler: torch's generator, seeded per DataLoader worker, draws the augmentation
-                v, seed = int(key), int(torch.randint(0, 2**62, ()).item())
-            ref = self.videos[v]
-            rng = np.random.default_rng(seed)
-            length = self.length(ref)
-            start = sample_start(length, self.clip.clip_len, rng)
-            y, x = sample_crop(ref.height, ref.width, self.clip.crop, rng)
-            flip = bool(self.clip.flip and rng.random() < 0.5)
-            clip_len = self.clip.clip_len
+        if isinstance(key, (tuple, list)):
+            i, seed = int(key[0]), int(key[1])
         else:
-            v, start = self.items[int(key)]
-            ref = self.videos[v]
-            y, x = centre_crop(ref.height, ref.width, self.clip.crop)
-            flip = False
-            clip_len = self.clip.clip_len
-        out: dict[str, Any] = {"label": ref.label, "video": v, "start": start, "y": y, "x": x, "flip": flip}
+            i, seed = int(key), None
+        v, k = self.items[i]
+        ref = self.videos[v]
+        rng = None
+        if self.sampler.random:
+            if seed is None:  # a plain sampler: torch's generator, seeded per DataLoader worker, draws the augmentation
+                seed = int(torch.randint(0, 2**62, ()).item())
+            rng = np.random.default_rng(seed)
+        length = self.length(ref)
+        info = self.sampler.draw(length, self.span, k, ref.height, ref.width, rng)
+        out: dict[str, Any] = {
+            "label": ref.label, "video": v, "start": torch.from_numpy(np.asarray(info.starts, np.int64)),
+            "y": info.y, "x": info.x, "flip": info.flip,
+        }
         if "flow" in self.streams:  # model units per int8 step / (1 / 127): this video's own bound
             out["flow_scale"] = ref.bound_px / FLOW_UNIT_PX
         for stream in self.streams:
-            n = ref.n_frames if stream == "rgb" else ref.n_frames - 1
-            if clip_len == 0:  # whole video: each stream all of its own time steps
-                t = np.arange(n)
+            if self.sampler.steps(stream) == 0:  # whole video: each stream all of its own time steps
+                steps = np.arange(ref.n_frames if stream == "rgb" else ref.n_frames - 1)[None]
             else:
-                t = window_indices(self.length(ref), clip_len, start)
-            lo, hi = int(t.min()), int(t.max()) + 1
-            raw = self.read_raw(stream, ref, lo, hi, y, x)
-            if len(t) != hi - lo or t[0] != lo:  # looped: pick the steps out of the span read
-                raw = raw[t - lo]
-            out[stream] = self.convert(stream, raw)
+                steps = self.sampler.indices(info.starts, stream, length)
+            out[stream] = torch.from_numpy(np.ascontiguousarray(self.read_steps(stream, ref, steps, info.y, info.x)))
         return out
 
 
 def collate_clips(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """``default_collate`` (kept as a name for callers): raw crops stack to (B, T, H, W, C)."""
+    """``default_collate`` (kept as a name for callers): raw crops stack to (B, N, T, H, W, C)."""
     return default_collate(batch)
 
 
@@ -335,14 +325,16 @@ def raw_to_model(
 
 
 def clips_to_model(batch: dict[str, Any], stream: str, device: torch.device | str) -> torch.Tensor:
-    """A collated batch's stream on ``device``, ready for the model: moved raw (a quarter of float32's
-    bytes), then flipped, converted and scaled there (``raw_to_model``)."""
+    """A collated batch's stream on ``device``: raw (B, N, T, H, W, C) moved as it is (a quarter of
+    float32's bytes), then flipped, converted and scaled there (``raw_to_model``) into
+    (B*N, C, T, H, W), views of a sample adjacent (``sampling.consensus`` averages them back)."""
     raw = batch[stream].to(device, non_blocking=True)
+    b, n = raw.shape[:2]
     flip = batch.get("flip")
     scale = batch.get("flow_scale") if stream == "flow" else None
-    return raw_to_model(
-        raw, stream, flip if isinstance(flip, torch.Tensor) else None, scale if isinstance(scale, torch.Tensor) else None
-    )
+    flip = flip.repeat_interleave(n) if isinstance(flip, torch.Tensor) else None
+    scale = scale.repeat_interleave(n) if isinstance(scale, torch.Tensor) else None
+    return raw_to_model(raw.flatten(0, 1), stream, flip, scale)
 
 
 # --- sampling for training --------------------------------------------------------------------
@@ -353,7 +345,7 @@ def sample_seed(seed: int, epoch: int, rank: int, position: int) -> int:
 
 
 class TrainSampler(Sampler):
-    """An endless stream of ``(video_index, seed)`` for one rank, starting at ``start_step``.
+    """An endless stream of ``(item, seed)`` (a training sampler's items are the videos) for one rank, starting at ``start_step``.
 
     Epoch after epoch, each rank takes ``DistributedSampler``'s shard of a fresh permutation
     (seeded by ``seed`` and the epoch); batches are cut from that stream every ``batch_size``

@@ -1,11 +1,13 @@
-"""Evaluate trained streams on whole videos: per stream and fused (sum of logits), as DeepMind did.
+"""Evaluate trained streams on videos: per stream and fused (sum of logits), as DeepMind did.
 
     flowprep evaluate --store out/ucf101.zarr --rgb runs/rgb/checkpoint.pt --flow runs/flow/checkpoint.pt
 
-Each video is read once for both streams (same centre crop).  A stream's video logits are its
-logits on the whole video (``--clip-len 0``, the default: I3D is fully convolutional in time),
-or the mean over consecutive windows of ``--clip-len`` steps.  Fused logits are the sum of the
-streams' video logits.  Writes ``report.json`` (top-1, top-k with k = min(5, classes), per-class accuracy, confusion
+Each stream is sampled by the evaluation side of the sampler it was trained with (its
+checkpoint's ``sampling``): dense clips on the whole video (``--clip-len 0``, the default: I3D is
+fully convolutional in time) or the mean over consecutive windows of ``--clip-len`` steps; TSN's
+25 segments, two-stream's 25 samples, SlowFast's 10 clips (``--views`` changes the count), each
+video's logits the mean over its views.  Streams with the same sampler share their reads (same
+centre crop).  Fused logits are the sum of the streams' video logits.  Writes ``report.json`` (top-1, top-k with k = min(5, classes), per-class accuracy, confusion
 matrix, per-video predictions) and ``confusion.png``; prints a summary.
 """
 
@@ -22,8 +24,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from flowprep.console import usage_error
-from flowprep.train.classifier import Classifier, classifier_from_checkpoint, load_checkpoint
-from flowprep.train.data import ClipConfig, VideoClips, clips_to_model, collate_clips
+from flowprep.train.classifier import load_checkpoint
+from flowprep.train.data import VideoClips, clips_to_model, collate_clips
+from flowprep.train.plugins import model_from_checkpoint, to_device
+from flowprep.train.sampling import ClipSampler, DenseEval, consensus, eval_sampler, to_memory_format
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -34,23 +38,24 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 @torch.inference_mode()
 def evaluate(
-    models: dict[str, Classifier], loader: DataLoader, n_videos: int, n_classes: int, *, device: torch.device, amp: bool,
+    models: dict[str, torch.nn.Module], loader: DataLoader, n_videos: int, n_classes: int, *, device: torch.device, amp: bool,
     channels_last: bool = False, progress: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Video logits per stream: (n_videos, n_classes), the mean over each video's clips."""
+    """Video logits per stream: (n_videos, n_classes), the mean over each video's samples, each
+    sample's logits the mean over its views (the loader's ``VideoClips`` sampler shapes the input)."""
     from tqdm import tqdm
 
+    sampler: ClipSampler = getattr(loader.dataset, "sampler", DenseEval())
     sums = {s: torch.zeros(n_videos, n_classes, dtype=torch.float64) for s in models}
     counts = torch.zeros(n_videos, dtype=torch.float64)
-    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
-    whole = loader.batch_size == 1  # whole videos: one per batch
+    whole = loader.batch_size == 1  # whole videos (or one many-view sample): one per batch
     bar = tqdm(loader, total=len(loader), unit="video" if whole else "batch",
                desc=f"{'+'.join(models)} {'videos' if whole else 'clips'}", disable=not progress, leave=False)
     for batch in bar:
         for stream, model in models.items():
-            x = clips_to_model(batch, stream, device).contiguous(memory_format=fmt)  # uint8/int8 until here
+            x = to_memory_format(sampler.model_input(clips_to_model(batch, stream, device)), channels_last)  # uint8/int8 until here
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(x).float().cpu().double()
+                logits = consensus(model(x).float(), batch[stream].shape[1]).cpu().double()
             sums[stream].index_add_(0, batch["video"], logits)
         counts.index_add_(0, batch["video"], torch.ones(len(batch["video"]), dtype=torch.float64))
     return {s: v / counts.clamp(min=1)[:, None] for s, v in sums.items()}
@@ -126,6 +131,17 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], title: str, p
     os.replace(tmp, path)
 
 
+def _sampler(blob: dict[str, Any], crop: int, clip_len: int | None, views: int | None) -> ClipSampler:
+    """The evaluation sampler of a checkpoint's training sampler (before issue 20: dense)."""
+    trained = blob.get("sampling", {"name": "dense"})
+    count = {"tsn": "segments", "stacked": "samples", "slowfast": "clips"}.get(trained["name"])
+    if count is None and views is not None:
+        raise ValueError("--views is for tsn, stacked and slowfast checkpoints; dense evaluation takes --clip-len")
+    if count is not None and clip_len is not None:
+        raise ValueError(f"--clip-len is for dense checkpoints; a {trained['name']} model takes the view length it was trained on")
+    return eval_sampler(trained, crop=crop, clip_len=clip_len if count is None else None, **({count: views} if count else {}))
+
+
 def main(args: argparse.Namespace) -> int:
     ckpts = {s: load_checkpoint(p) for s, p in (("rgb", args.rgb), ("flow", args.flow)) if p}
     for stream, blob in ckpts.items():
@@ -137,18 +153,19 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError("the RGB and flow checkpoints were trained on different class lists")
     crop = args.crop or next(iter(ckpts.values()))["clip"]["crop"]
     clip_lens = {s: getattr(args, f"{s}_clip_len") if getattr(args, f"{s}_clip_len") is not None else args.clip_len for s in ckpts}
+    samplers = {s: _sampler(blob, crop, clip_lens[s], args.views) for s, blob in ckpts.items()}
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     amp = device.type == "cuda" if args.amp == "auto" else args.amp == "on"
     channels_last = device.type == "cuda"  # as the trainer's auto setting
-    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
-    models = {s: classifier_from_checkpoint(blob).to(device, memory_format=fmt) for s, blob in ckpts.items()}
+    models = {s: model_from_checkpoint(blob) for s, blob in ckpts.items()}
+    for model in models.values():
+        to_device(model, device, channels_last)
     logits: dict[str, torch.Tensor] = {}
-    for clip_len in sorted(set(clip_lens.values())):  # streams with the same clip length share their reads
-        streams = tuple(s for s in ckpts if clip_lens[s] == clip_len)
-        clip = ClipConfig(clip_len=clip_len, crop=crop, train=False)
-        dataset = VideoClips(args.store, streams=streams, clip=clip, split=args.split, classes=classes)
-        # whole videos differ in length: one per batch
-        loader = DataLoader(dataset, batch_size=1 if clip_len == 0 else 4, num_workers=args.workers,
+    for sampler in dict.fromkeys(samplers.values()):  # streams with the same sampler share their reads
+        streams = tuple(s for s in ckpts if samplers[s] == sampler)
+        dataset = VideoClips(args.store, streams=streams, sampler=sampler, split=args.split, classes=classes)
+        # whole videos differ in length: one per batch; a sample of many views is a batch of its own
+        loader = DataLoader(dataset, batch_size=1 if sampler.steps(streams[0]) == 0 or sampler.views > 1 else 4, num_workers=args.workers,
                             pin_memory=device.type == "cuda", collate_fn=collate_clips)
         logits |= evaluate({s: models[s] for s in streams}, loader, len(dataset.videos), len(classes), device=device, amp=amp,
                             channels_last=channels_last, progress=not args.no_progress)
@@ -158,7 +175,8 @@ def main(args: argparse.Namespace) -> int:
     labels = torch.tensor([v.label for v in dataset.videos])
     report: dict[str, Any] = {
         "stores": dataset.store_paths, "split": args.split, "videos": len(dataset.videos), "classes": classes,
-        "chance": 1 / len(classes), "clip_len": clip_lens, "crop": crop,
+        "chance": 1 / len(classes), "clip_len": {s: samplers[s].steps(s) for s in samplers}, "crop": crop,
+        "sampling": {s: sampler.to_dict() for s, sampler in samplers.items()},
         "checkpoints": {s: {"path": str(getattr(args, s)), "step": blob["step"]} for s, blob in ckpts.items()},
         "streams": {s: metrics(v, labels, classes) for s, v in logits.items()},
         "predictions": [
@@ -175,7 +193,7 @@ def main(args: argparse.Namespace) -> int:
     os.replace(tmp, out / "report.json")
     k = min(5, len(classes))
     print(f"{len(dataset.videos)} videos, {len(classes)} classes (chance {1 / len(classes):.3f}); "
-          + ", ".join(f"{s}: {'whole videos' if n == 0 else f'{n}-step windows'}" for s, n in clip_lens.items())
+          + ", ".join(f"{s}: {samplers[s].name} {samplers[s].describe(s)}" for s in samplers)
           + f", centre crop {crop}")
     if k < 5:  # say why the column is not top-5
         print(f"top-{k}: top-5 capped at the number of classes ({len(classes)})")
@@ -195,9 +213,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rgb", metavar="CKPT", help="checkpoint of the RGB stream (flowprep train --stream rgb)")
     p.add_argument("--flow", metavar="CKPT", help="checkpoint of the flow stream")
     p.add_argument("--split", default="val", help="videos of this split (default: val; 'all' for every video)")
-    p.add_argument("--clip-len", type=int, default=0, help="0 (default): whole videos; N: average over consecutive N-step windows")
+    p.add_argument("--clip-len", type=int, help="dense sampling: 0 (default) whole videos; N: average over consecutive N-step windows")
     p.add_argument("--rgb-clip-len", type=int, help="the RGB stream's clip length (default: --clip-len)")
     p.add_argument("--flow-clip-len", type=int, help="the flow stream's clip length (default: --clip-len)")
+    p.add_argument("--views", type=int, help="tsn, stacked, slowfast: views averaged per video (default: the papers' 25, 25, 10)")
     p.add_argument("--crop", type=int, help="centre crop, px (default: the training crop of the checkpoint)")
     p.add_argument("--out", help="folder for report.json and confusion.png (default: beside the first checkpoint)")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),

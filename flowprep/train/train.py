@@ -1,7 +1,12 @@
-"""Train one stream (RGB or flow) of a two-stream I3D on clips from flowprep stores.
+"""Train one stream (RGB or flow) of a two-stream model on samples from flowprep stores.
 
     flowprep train --store out/ucf101.zarr --stream flow --out runs/ucf101-flow
     torchrun --nproc-per-node 8 -m flowprep train --store ... --stream rgb --out ...
+    flowprep train ... --model mymodels:tsn_resnet50 --sampling tsn
+
+The model is flowprep's I3D (``--model i3d``, dense clips) or any ``factory(num_classes,
+in_channels)`` (``flowprep.train.plugins``) fed by the sampler ``--sampling`` names
+(``flowprep.train.sampling``); a sample's views are averaged before the loss.
 
 One script for one CPU, one GPU and many (torchrun sets WORLD_SIZE; DistributedDataParallel
 and a distributed sampler only start when it is > 1).  Training counts steps, not epochs;
@@ -37,7 +42,9 @@ from torch.utils.data import DataLoader
 from flowprep.console import usage_error
 from flowprep.models.i3d import I3DConfig
 from flowprep.train.classifier import Classifier, initialise, load_checkpoint, save_checkpoint
-from flowprep.train.data import CHANNELS, ClipConfig, TrainSampler, VideoClips, clips_to_model, collate_clips
+from flowprep.train.data import TrainSampler, VideoClips, clips_to_model, collate_clips
+from flowprep.train.plugins import I3D, build_model, to_device
+from flowprep.train.sampling import SAMPLINGS, ClipSampler, consensus, to_memory_format, train_sampler
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -84,11 +91,13 @@ def _auto(flag: str, device: torch.device) -> bool:
 
 
 def train_step(
-    model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *, amp: bool
+    model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor | list[torch.Tensor],
+    y: torch.Tensor, *, amp: bool, views: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SGD step on a batch; returns (loss, number correct), detached."""
-    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
-        logits = model(x)
+    """One SGD step on a batch of B samples of ``views`` views each (``x``: B*views inputs, or
+    SlowFast's two pathways); the loss is on the views' mean logits.  Returns (loss, number correct), detached."""
+    with torch.autocast(device_type=y.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = consensus(model(x), views)  # (B*N, K) -> (B, K)
     loss = criterion(logits.float(), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -104,6 +113,7 @@ def train_one_epoch(
     batches: Iterator[dict[str, Any]],
     *,
     stream: str,
+    sampler: ClipSampler,
     device: torch.device,
     step: int,
     stop: int,
@@ -115,14 +125,14 @@ def train_one_epoch(
 ) -> int:
     """Steps ``step+1 .. stop``; logs each to stdout and ``log_file`` (rank 0).  Returns ``stop``."""
     model.train()
-    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     t_last = time.perf_counter()
     while step < stop:
         batch = next(batches)
-        x = clips_to_model(batch, stream, device).contiguous(memory_format=fmt)  # uint8/int8 until here
+        x = sampler.model_input(clips_to_model(batch, stream, device))  # uint8/int8 until clips_to_model
         y = batch["label"].to(device, non_blocking=True)
         lr = optimizer.param_groups[0]["lr"]
-        loss, correct = train_step(model, criterion, optimizer, x, y, amp=amp)
+        views = batch[stream].shape[1]
+        loss, correct = train_step(model, criterion, optimizer, to_memory_format(x, channels_last), y, amp=amp, views=views)
         scheduler.step()
         step += 1
         stats = torch.stack([loss.float() * len(y), correct.float(), torch.tensor(float(len(y)), device=device)])
@@ -217,6 +227,35 @@ def store_settings(paths: list[str]) -> dict[str, Any] | None:
     return fingerprint.normal(first) if first is not None and same else None
 
 
+def _model(
+    args: argparse.Namespace, blob: dict[str, Any] | None, num_classes: int, in_channels: int
+) -> tuple[nn.Module, dict[str, Any], str, str]:
+    """(model, its config for the checkpoint, how it was initialised, what it is) for ``--model``."""
+    if args.model != I3D:
+        model = build_model(args.model, num_classes, in_channels)
+        return model, {"num_classes": num_classes, "in_channels": in_channels}, "its factory's initialisation", args.model
+    if blob:
+        config = I3DConfig(**blob["model_config"])
+    else:
+        config = I3DConfig(
+            num_classes=num_classes, in_channels=in_channels, dropout=args.dropout, final_endpoint=args.endpoint,
+            bn_momentum=args.bn_momentum,
+        )
+    model = Classifier(config)
+    how = "" if blob else initialise(model, args.init or "kinetics400-rgb", _cache_dir(args))
+    return model, dataclasses.asdict(config), how, f"I3D to {config.final_endpoint}"
+
+
+def _check_resume(blob: dict[str, Any], args: argparse.Namespace, sampler: ClipSampler, resume: str) -> None:
+    if blob["stream"] != args.stream:
+        raise ValueError(f"--resume {resume} trained the {blob['stream']} stream, not {args.stream}")
+    if blob.get("model_factory", I3D) != args.model:
+        raise ValueError(f"--resume {resume} trained --model {blob.get('model_factory', I3D)}, not {args.model}")
+    trained = blob.get("sampling", {"name": "dense"})
+    if trained["name"] != sampler.name:
+        raise ValueError(f"--resume {resume} trained with --sampling {trained['name']}, not {sampler.name}")
+
+
 def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     ckpt_path = out / "checkpoint.pt"
@@ -239,26 +278,20 @@ def _train(args: argparse.Namespace, out: Path, ckpt_path: Path, resume: str | N
     classes = blob["classes"] if blob else (Path(args.classes).read_text().split("\n") if args.classes else None)
     if classes is not None:
         classes = [c for c in classes if c.strip()]
-    clip = ClipConfig(clip_len=args.clip_len, crop=args.crop, train=True, flip=not args.no_flip)
-    dataset = VideoClips(args.store, streams=(args.stream,), clip=clip, split=args.split, classes=classes)
+    sampling = train_sampler(
+        args.sampling, crop=args.crop, flip=False if args.no_flip else None, clip_len=args.clip_len, segments=args.segments,
+        stride=args.stride, alpha=args.alpha,
+    )
+    dataset = VideoClips(args.store, streams=(args.stream,), sampler=sampling, split=args.split, classes=classes)
     if blob:
-        if blob["stream"] != args.stream:
-            raise ValueError(f"--resume {resume} trained the {blob['stream']} stream, not {args.stream}")
-        config = I3DConfig(**blob["model_config"])
-    else:
-        config = I3DConfig(
-            num_classes=len(dataset.classes), in_channels=CHANNELS[args.stream], dropout=args.dropout,
-            final_endpoint=args.endpoint, bn_momentum=args.bn_momentum,
-        )
-    model = Classifier(config)
+        _check_resume(blob, args, sampling, resume)
+    model, model_config, how, what = _model(args, blob, len(dataset.classes), sampling.in_channels(args.stream))
     if blob:
         model.load_state_dict(blob["model"])
         how = f"resumed from {resume} at step {blob['step']}"
-    else:
-        how = initialise(model, args.init, _cache_dir(args))
     amp = _auto(args.amp, device)
     channels_last = _auto(args.channels_last, device)
-    model.to(device, memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+    to_device(model, device, channels_last)
     ddp_model: nn.Module = model
     if d.world_size > 1:
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -292,8 +325,9 @@ def _train(args: argparse.Namespace, out: Path, ckpt_path: Path, resume: str | N
         n_params = sum(p.numel() for p in model.parameters())
         print(
             f"train {args.stream}: {len(dataset.videos)} videos, {len(dataset.classes)} classes, "
-            f"clips {clip.clip_len}x{clip.crop}x{clip.crop}, batch {args.batch_size} x {d.world_size} process(es), "
-            f"I3D to {config.final_endpoint} ({n_params / 1e6:.1f} M parameters), {how}; "
+            f"{sampling.name} sampling: {sampling.describe(args.stream)}, crop {sampling.crop}, "
+            f"batch {args.batch_size} x {d.world_size} process(es), "
+            f"{what} ({n_params / 1e6:.1f} M parameters), {how}; "
             f"device {device}, bf16 {'on' if amp else 'off'}, channels-last {'on' if channels_last else 'off'}",
             flush=True,
         )
@@ -303,7 +337,7 @@ def _train(args: argparse.Namespace, out: Path, ckpt_path: Path, resume: str | N
     while step < end:
         stop = min(end, (step // args.save_every + 1) * args.save_every)
         step = train_one_epoch(
-            ddp_model, criterion, optimizer, scheduler, batches, stream=args.stream, device=device, step=step, stop=stop,
+            ddp_model, criterion, optimizer, scheduler, batches, stream=args.stream, sampler=sampling, device=device, step=step, stop=stop,
             amp=amp, channels_last=channels_last, d=d, log_file=log_file if d.main else None, total_steps=args.steps,
         )
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None}
@@ -315,8 +349,10 @@ def _train(args: argparse.Namespace, out: Path, ckpt_path: Path, resume: str | N
                 "step": step,
                 "stream": args.stream,
                 "classes": list(dataset.classes),
-                "model_config": dataclasses.asdict(config),
-                "clip": dataclasses.asdict(clip),
+                "model_factory": args.model,
+                "model_config": model_config,
+                "sampling": sampling.to_dict(),
+                "clip": {"crop": sampling.crop, "clip_len": sampling.steps(args.stream)},  # read by predict
                 "args": cfg,
                 "store_settings": settings,  # how the input was made: predict makes it the same way
                 "rng": rng,
@@ -336,14 +372,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", choices=("rgb", "flow"), required=True, help="which stream to train")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.jsonl, curves.png")
     p.add_argument("--split", default="train", help="videos of this split (default: train; 'all' for every video)")
-    p.add_argument("--init", default="kinetics400-rgb", help="kinetics400-rgb (default; flow: first conv averaged over RGB), kinetics400-rgb-imagenet, "
+    p.add_argument("--model", default=I3D, metavar="i3d|package.module:factory",
+                   help="i3d (default: flowprep's two-stream I3D), or factory(num_classes, in_channels) -> nn.Module "
+                   "(e.g. a wrapper of torchvision's r2plus1d_18); the current folder is importable")
+    p.add_argument("--sampling", choices=tuple(SAMPLINGS), default="dense",
+                   help="what a sample holds: dense clips (default; I3D, C3D, R(2+1)D), tsn segments, stacked two-stream "
+                   "snippets, slowfast pathways (README: one section per family)")
+    p.add_argument("--init", help="--model i3d only: kinetics400-rgb (default; flow: first conv averaged over RGB), kinetics400-rgb-imagenet, "
                    "kinetics400-flow[-imagenet], kinetics600-rgb (after `flowprep weights import`), none, or a .pt file")
     p.add_argument("--classes", help="file with one class name per line, in logit order (default: sorted labels)")
     p.add_argument("--resume", nargs="?", const="auto", help="continue from a checkpoint; bare --resume: <out>/checkpoint.pt if it exists, else start")
-    p.add_argument("--clip-len", type=int, default=64, help="time steps per training clip (default: 64)")
+    p.add_argument("--clip-len", type=int, help="time steps per view: dense clip (default 64), flow fields per snippet "
+                   "(tsn 5, stacked 10; RGB snippets are one frame), slowfast fast frames (32)")
+    p.add_argument("--segments", type=int, help="tsn: segments per video (default 3)")
+    p.add_argument("--stride", type=int, help="dense, slowfast: steps between a clip's frames (default 1; slowfast 2)")
+    p.add_argument("--alpha", type=int, help="slowfast: the slow pathway takes every alpha-th fast frame (default 8)")
     p.add_argument("--crop", type=int, default=224, help="random square crop, px (default: 224)")
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flip (for direction-labelled classes)")
-    p.add_argument("--endpoint", default="Mixed_5c", help="last I3D block before the logits (default: Mixed_5c, the whole I3D)")
+    p.add_argument("--endpoint", default="Mixed_5c", help="--model i3d: last I3D block before the logits (default: Mixed_5c, the whole I3D)")
     p.add_argument("--steps", type=int, default=5000, help="optimizer steps (default: 5000)")
     p.add_argument("--stop-after", type=int, help="end this run after N steps (checkpoint written); the schedule still follows --steps")
     p.add_argument("--batch-size", type=int, default=8, help="clips per step per process (default: 8)")
@@ -364,8 +410,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    for name in ("steps", "batch_size", "save_every", "clip_len", "crop"):
-        if getattr(args, name) < 1:
+    for name in ("steps", "batch_size", "save_every", "clip_len", "crop", "segments", "stride", "alpha"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             return usage_error(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 1")
     if args.split == "all":
         args.split = None
@@ -373,6 +419,10 @@ def command(args: argparse.Namespace) -> int:
     from flowprep.store.zarr_store import StoreError
     from flowprep.train.classifier import TRUNK_ENDPOINTS
 
+    if args.model == I3D and args.sampling != "dense":
+        return usage_error(f"--model i3d takes dense clips; --sampling {args.sampling} needs a 2D or two-pathway model: --model package.module:factory")
+    if args.model != I3D and args.init is not None:
+        return usage_error(f"--init is for --model i3d; {args.model} initialises itself in its factory")
     if args.endpoint not in TRUNK_ENDPOINTS:
         return usage_error(f"--endpoint={args.endpoint!r}: choose from {', '.join(TRUNK_ENDPOINTS)}")
     try:
