@@ -50,9 +50,12 @@ def test_every_codec_round_trips_within_its_promise(tmp_path, kind, name):
     else:  # lossy RGB at quality 95: close, not equal
         assert 0 < np.abs(got - x).mean() < 3
     np.testing.assert_array_equal(a[2:7, 3:20, 5:33], got[2:7, 3:20, 5:33])
-    rec = codec.record(quality=95, zstd_level=3)
+    rec = codec.record(quality=95)
     assert rec["name"] == name and rec["exact"] == codec.exact
     assert set(rec) - {"name", "exact", "max_error_steps"} == set(codec.settings)
+    if "zstd_level" in codec.settings:  # unset: the codec's own level; set: the recipe's
+        assert (rec["zstd_level"], codec.record(quality=95, zstd_level=9)["zstd_level"]) == (codec.zstd_level, 9)
+        assert codec.arrays(95)["compressors"].level == codec.zstd_level
 
 
 def test_near_lossless_grid_over_every_int8_value():
@@ -67,6 +70,7 @@ def test_table_names_and_errors():
     assert codecs.names("rgb") == ("jpeg", "jpegxl", "lossless")
     assert codecs.names("flow") == ("zstd-near", "ffv1", "zstd")
     assert (WriteConfig().rgb_codec, WriteConfig().flow_codec) == ("jpeg", "zstd-near")  # the defaults come first
+    assert codecs.lookup("flow", "zstd-near").zstd_level == 6 and codecs.lookup("rgb", "lossless").zstd_level == 3
     with pytest.raises(ValueError, match=r"write.flow_codec='png': allowed: zstd-near, ffv1, zstd"):
         WriteConfig(flow_codec="png")
     # the rows zarr decodes on its own name no package; flowprep's codecs name flowprep

@@ -78,7 +78,7 @@ def test_default_codecs_jpeg_as_faithful_as_rawframes_q95_and_flow_within_one_st
     np.testing.assert_array_equal(stored, near_lossless_thw2(flow))
     np.testing.assert_array_equal(s.read_flow_int8("v", 3, 10, ys=slice(5, 40), xs=slice(7, 70)), stored[3:10, 5:40, 7:70])
     assert s.info("v")["codecs"] == {"rgb": {"name": "jpeg", "exact": False, "quality": 95},
-                                     "flow": {"name": "zstd-near", "exact": False, "max_error_steps": 1, "zstd_level": 3}}
+                                     "flow": {"name": "zstd-near", "exact": False, "max_error_steps": 1, "zstd_level": 6}}
     meta = {a: json.loads((store / "videos" / "v" / a / "zarr.json").read_text()) for a in ("rgb", "flow")}
     inner = {a: [c["name"] for c in m["codecs"][0]["configuration"]["codecs"]] for a, m in meta.items()}
     # the image codecs have no checksum of their own: a crc32c codec follows them (flowprep.store.verify);

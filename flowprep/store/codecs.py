@@ -252,18 +252,23 @@ class Codec:
     kind: str  # "rgb" or "flow": the array it codes
     name: str  # the recipe value
     exact: bool  # reads back the values written (else: see max_error)
-    arrays: Callable[[int, int], dict[str, Any]]  # (quality, zstd_level) -> create_array's filters / serializer / compressors
+    build: Callable[[int, int], dict[str, Any]]  # (quality, zstd_level) -> create_array's filters / serializer / compressors
     settings: tuple[str, ...] = ()  # the WriteConfig settings it uses: recorded with it (video attribute, fingerprint)
+    zstd_level: int = 3  # its zstd level where the recipe sets none (the figures behind each: FORMAT.md)
     max_error: int | None = None  # flow: the largest difference in int8 steps a read may show (None: exact or lossy RGB)
     prepare: Callable[[np.ndarray], np.ndarray] = field(default=_same)  # what the writer does to values before encoding
     package: str | None = None  # what a reader needs beside zarr (None: zarr alone decodes it)
 
-    def record(self, *, quality: int, zstd_level: int) -> dict[str, Any]:
+    def arrays(self, quality: int, zstd_level: int | None = None) -> dict[str, Any]:
+        """``create_array`` keyword arguments (``filters``, ``serializer``, ``compressors``)."""
+        return self.build(quality, zstd_level or self.zstd_level)
+
+    def record(self, *, quality: int, zstd_level: int | None = None) -> dict[str, Any]:
         """What a video's attributes say about this array's codec (zarr.json has the full pipeline)."""
         rec: dict[str, Any] = {"name": self.name, "exact": self.exact}
         if self.max_error is not None:
             rec["max_error_steps"] = self.max_error
-        values = {"quality": quality, "zstd_level": zstd_level}
+        values = {"quality": quality, "zstd_level": zstd_level or self.zstd_level}
         rec.update({k: values[k] for k in self.settings})
         return rec
 
@@ -281,10 +286,11 @@ CODECS: dict[tuple[str, str], Codec] = {(c.kind, c.name): c for c in (
     Codec("rgb", "jpegxl", False, lambda q, z: {"serializer": JpegXlCodec(quality=q), "compressors": Crc32cCodec()},
           ("quality",), package="flowprep"),
     Codec("rgb", "lossless", True, lambda q, z: {"serializer": BytesCodec(), "compressors": _zstd(z)}, ("zstd_level",)),
-    # flow (T, H, W, 2) as planes (u of 8 fields, then v) before zstd: 5-10% smaller than interleaved u, v
+    # flow (T, H, W, 2) as planes (u of 8 fields, then v) before zstd: 5-10% smaller than interleaved u, v;
+    # level 6: 15% smaller than 3, where the whole store falls below rawframes on bikes (FORMAT.md)
     Codec("flow", "zstd-near", False, lambda q, z: {
         "filters": [TransposeCodec(order=(0, 3, 1, 2))], "serializer": BytesCodec(), "compressors": _zstd(z)},
-          ("zstd_level",), max_error=1, prepare=near_lossless_thw2),
+          ("zstd_level",), zstd_level=6, max_error=1, prepare=near_lossless_thw2),
     Codec("flow", "ffv1", True, lambda q, z: {"serializer": Ffv1Codec(), "compressors": Crc32cCodec()}, package="flowprep"),
     Codec("flow", "zstd", True, lambda q, z: {"serializer": BytesCodec(), "compressors": _zstd(z)}, ("zstd_level",)),
 )}
@@ -303,6 +309,6 @@ def lookup(kind: str, name: str) -> Codec:
     return codec
 
 
-def array_codecs(kind: str, codec: str, *, quality: int, zstd_level: int) -> dict[str, Any]:
+def array_codecs(kind: str, codec: str, *, quality: int, zstd_level: int | None = None) -> dict[str, Any]:
     """``create_array`` keyword arguments (``filters``, ``serializer``, ``compressors``) for one array."""
     return lookup(kind, codec).arrays(quality, zstd_level)

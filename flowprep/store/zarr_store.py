@@ -47,7 +47,8 @@ DIMENSIONS = {"rgb": ("t", "y", "x", "c"), "flow": ("t_flow", "y", "x", "uv")}
 class WriteConfig:
     shard_frames: int = 64  # frames per shard file: a 64-frame window touches at most 2 shards
     chunk_frames: int = 8  # frames per compressed chunk inside a shard (the unit of a read)
-    zstd_level: int = 3  # the zstd codecs ("lossless" RGB, flow "zstd-near" / "zstd"); FORMAT.md has other levels
+    # the zstd codecs' level ("lossless" RGB, flow "zstd-near" / "zstd"); None: each codec's own (3; 6 for zstd-near)
+    zstd_level: int | None = None
     rgb_codec: str = "jpeg"  # "jpeg" (as faithful as JPEG rawframes at the same quality), "jpegxl", "lossless"
     rgb_quality: int = 95  # JPEG / JPEG XL quality; 95 = mmaction2's rawframes
     # "zstd-near" (within 1 int8 step, zarr's own codecs, decodes fastest), "ffv1" (exact, smallest,
@@ -61,8 +62,8 @@ class WriteConfig:
             raise ValueError(
                 f"write.shard_frames={self.shard_frames!r}: must be a positive multiple of chunk_frames ({self.chunk_frames})"
             )
-        if not (isinstance(self.zstd_level, int) and 1 <= self.zstd_level <= 22):
-            raise ValueError(f"write.zstd_level={self.zstd_level!r}: must be an integer in [1, 22]")
+        if not (self.zstd_level is None or (isinstance(self.zstd_level, int) and 1 <= self.zstd_level <= 22)):
+            raise ValueError(f"write.zstd_level={self.zstd_level!r}: must be an integer in [1, 22] (or unset: each codec's own)")
         store_codecs.lookup("rgb", self.rgb_codec)
         store_codecs.lookup("flow", self.flow_codec)
         if not (isinstance(self.rgb_quality, int) and 50 <= self.rgb_quality <= 100):
