@@ -243,7 +243,7 @@ def flow_candidates() -> dict[str, tuple]:
     near = store_codecs.near_lossless_thw2
     return {
         "rawframes: 2 gray JPEG q95": _rawframes_flow(),
-        "ffv1 (format 2 default)": _ffv1(),
+        "ffv1 (exact; default before 19)": _ffv1(),
         "zstd 3 (exact, bytes)": _numcodecs([], Zstd(level=3), order=(0, 1, 2, 3)),
         "zstd 3, planes (exact)": _numcodecs([], Zstd(level=3)),
         "zstd 9, planes (exact)": _numcodecs([], Zstd(level=9)),

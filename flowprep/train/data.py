@@ -289,6 +289,15 @@ def collate_clips(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return default_collate(batch)
 
 
+def _float32(raw: torch.Tensor) -> torch.Tensor:
+    """A float32 copy.  On the CPU through numpy's cast: measured 4x faster than torch's uint8 / int8
+    -> float32 (a 64-frame 224 RGB clip: 10 ms against 40 ms, one thread), which is the bulk of a
+    training step's conversion when no GPU does it."""
+    if raw.device.type == "cpu":
+        return torch.from_numpy(raw.numpy().astype(np.float32))
+    return raw.float()
+
+
 def raw_to_model(
     raw_bthwc: torch.Tensor, stream: str, flip_b: torch.Tensor | None = None, scale_b: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -300,20 +309,19 @@ def raw_to_model(
     (B, C, T, H, W) view of
     channels-last memory (``torch.channels_last_3d``), as cuDNN's 3D convolutions prefer.
     """
-    flipped = flip_b.nonzero().flatten().to(raw_bthwc.device) if flip_b is not None else None
-    if flipped is not None and flipped.numel():
-        # mirror only the flipped samples, and their raw bytes (a quarter of float32's): on a CPU
-        # this halved the conversion of a flipped clip against flipping every sample in float
-        raw_bthwc = raw_bthwc.index_copy(0, flipped, raw_bthwc[flipped].flip(3))  # W is dim 3 of (B, T, H, W, C)
+    flips = [bool(f) for f in flip_b.tolist()] if flip_b is not None else []
+    if any(flips):
+        # mirror only the flipped samples, and their raw bytes (a quarter of float32's), one sample
+        # at a time: on a CPU, torch's advanced indexing and flipping float32 cost 10x a uint8 flip
+        raw_bthwc = torch.stack([r.flip(2) if f else r for r, f in zip(raw_bthwc, flips, strict=True)])  # W: dim 2 of (T, H, W, C)
     if stream == "rgb":
-        x = raw_bthwc.mul(1 / 127.5).sub_(1.0)  # uint8 * float: float32 in the same pass
+        x = _float32(raw_bthwc).mul_(1 / 127.5).sub_(1.0)
     else:
-        x = raw_bthwc.mul(1 / 127)
+        x = _float32(raw_bthwc).mul_(1 / 127)
         if scale_b is not None:
             x.mul_(scale_b.to(x.device, x.dtype).view(-1, 1, 1, 1, 1))
-        if flipped is not None and flipped.numel():  # a motion to the right seen in a mirror goes to the left
-            u = x[..., 0]
-            u[flipped] = -u[flipped]
+        for i in (i for i, f in enumerate(flips) if f):  # a motion to the right seen in a mirror goes to the left
+            x[i, ..., 0].neg_()
     return x.permute(0, 4, 1, 2, 3)
 
 
