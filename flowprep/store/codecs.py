@@ -242,7 +242,7 @@ def near_lossless_thw2(flow_q_thw2: np.ndarray) -> np.ndarray:
 
     A third of the values an entropy coder sees, so zstd alone gets below JPEG flow rawframes'
     bytes while decoding several times faster (FORMAT.md); the same grid JPEG-LS NEAR=1 quantizes
-    its residuals to.  One table look-up per value (14x the float arithmetic's speed)."""
+    its residuals to.  One table look-up per value: float arithmetic here bounded the writer's speed."""
     if flow_q_thw2.dtype != np.int8:
         raise TypeError(f"near_lossless_thw2: int8 flow expected, got {flow_q_thw2.dtype}")
     return _NEAR_LUT[flow_q_thw2.view(np.uint8)]
