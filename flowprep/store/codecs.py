@@ -232,9 +232,11 @@ for _cls in (JpegCodec, JpegXlCodec, Ffv1Codec):
 
 
 _VALUES = np.arange(-128, 128)
-# int8 value (read as its uint8 byte) -> the nearest multiple of 3; -128 (never written) stays -128
+# int8 value (read as its uint8 byte) -> the nearest multiple of 3; -128 (never written) stays -128,
+# and the bound itself (+-127, motion clipped at +-20 px: common) stays exact, so a read still spans [-1, 1]
 _NEAR_LUT = np.empty(256, np.int8)
 _NEAR_LUT[_VALUES.astype(np.uint8)] = np.clip(np.round(_VALUES / 3) * 3, -128, 127)
+_NEAR_LUT[np.array([127, -127], np.int8).view(np.uint8)] = (127, -127)
 
 
 def near_lossless_thw2(flow_q_thw2: np.ndarray) -> np.ndarray:
