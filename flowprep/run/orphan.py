@@ -57,3 +57,8 @@ def manager(parent_pid: int):
     m = SyncManager()
     m.start(initializer=watch_parent, initargs=(parent_pid,))
     return m
+
+
+class WorkerDied(RuntimeError):
+    """A run's worker process died (kill -9, the OOM killer): the run stops with this one line;
+    what it had not committed is redone by the next run."""
