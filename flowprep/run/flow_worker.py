@@ -229,13 +229,15 @@ def _flow_main(device: str, cfg_blob: bytes, requests: Any, replies: list[Any], 
 
 
 def _decode_main(
-    wid: int, cfg_blob: bytes, backend: str, work: tuple[Callable[..., Any], Callable[[int], None]],
+    wid: int, cfg_blob: bytes, backend: str, work_blob: bytes,
     n_decode: int, rows: Any, requests: Any, reply: Any, out: Any, failed: Any, parent_pid: int,
 ) -> None:
     orphan.watch_parent(parent_pid)
     # a dead flow worker may never read its requests again: exiting must not wait to flush them
     requests.cancel_join_thread()
-    process_video, set_threads = work
+    # (pipeline.process_video, pipeline._set_threads), pickled by name: imported here, after the
+    # parent watch started (orphan.run_watched)
+    process_video, set_threads = pickle.loads(work_blob)
     cfg = _load_cfg(cfg_blob)
     set_threads(n_decode)
     seq = 0
@@ -331,14 +333,16 @@ class _Session:
         n_decode = max(1, min(decode_workers(cfg.jobs, len(devices)), len(todo)))
         self.replies = [ctx.Queue() for _ in range(n_decode)]
         self.flows = [
-            ctx.Process(target=_flow_main, args=(d, blob, self.requests, self.replies, self.out, os.getpid()),
+            ctx.Process(target=orphan.run_watched,
+                        args=(os.getpid(), f"{__name__}:_flow_main", d, blob, self.requests, self.replies, self.out, os.getpid()),
                         name=f"flowprep-flow-{d}", daemon=True)
             for d in devices
         ]
         self.decoders = [
             ctx.Process(
-                target=_decode_main,
-                args=(i, blob, backend, work, n_decode, self.rows, self.requests, self.replies[i], self.out, self.failed, os.getpid()),
+                target=orphan.run_watched,
+                args=(os.getpid(), f"{__name__}:_decode_main", i, blob, backend, pickle.dumps(work), n_decode, self.rows,
+                      self.requests, self.replies[i], self.out, self.failed, os.getpid()),
                 name=f"flowprep-decode-{i}", daemon=True,
             )
             for i in range(n_decode)

@@ -50,6 +50,18 @@ def watch_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="flowprep-parent-watch", daemon=True).start()
 
 
+def run_watched(parent_pid: int, target: str, *args: object) -> None:
+    """A spawned process's target: watch ``parent_pid`` first, then import and call ``target``
+    ("module:function").  A spawned child unpickles its target (importing its module: numpy, zarr,
+    seconds on a busy node) before it runs; naming the target by string keeps that window to this
+    small module's import, so a child started just before the parent's death ends too."""
+    watch_parent(parent_pid)
+    import importlib
+
+    module, name = target.split(":")
+    getattr(importlib.import_module(module), name)(*args)
+
+
 def manager(parent_pid: int):
     """A started multiprocessing Manager whose server process also watches ``parent_pid``."""
     from multiprocessing.managers import SyncManager
