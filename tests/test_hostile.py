@@ -320,10 +320,11 @@ def test_ctrl_c_is_one_line_exit_130_and_a_rerun_resumes(tmp_path):
     recipe = write_recipe(tmp_path, _clips(tmp_path, 4, frames=60), short_side=48)
     out = tmp_path / "s.zarr"
     cmd = _cmd(recipe, out, "--jobs", "2")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # its own process group, as a shell's foreground job: Ctrl-C reaches every process of it
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     ledger = run_dir(out) / "ledger" / "local.jsonl"
     _wait(lambda: ledger.exists() and '"done"' in ledger.read_text(), proc=proc)
-    os.kill(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
     assert _one_line(err) == "flowprep: interrupted; run again to resume"

@@ -50,12 +50,24 @@ def watch_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="flowprep-parent-watch", daemon=True).start()
 
 
+def ignore_interrupts() -> None:
+    """In a worker: Ctrl-C (SIGINT to the whole foreground group) is the main process's to handle;
+    it stops the run and its workers, which must not each print a KeyboardInterrupt traceback."""
+    import signal
+
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: nothing to do here
+        pass
+
+
 def run_watched(parent_pid: int, target: str, *args: object) -> None:
     """A spawned process's target: watch ``parent_pid`` first, then import and call ``target``
     ("module:function").  A spawned child unpickles its target (importing its module: numpy, zarr,
     seconds on a busy node) before it runs; naming the target by string keeps that window to this
     small module's import, so a child started just before the parent's death ends too."""
     watch_parent(parent_pid)
+    ignore_interrupts()
     import importlib
 
     module, name = target.split(":")

@@ -25,7 +25,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -237,6 +237,7 @@ def process_video(
 def _worker(row: ManifestRow, cfg: RunConfig, backend: str, q: Any, parent_pid: int | None = None) -> LedgerRecord:
     if parent_pid is not None:
         orphan.watch_parent(parent_pid)
+        orphan.ignore_interrupts()
     _set_threads(cfg.jobs)
     return process_video(row, cfg, backend, q.put if q is not None else None, commit=False)
 
@@ -414,48 +415,54 @@ def _executor(cfg: RunConfig, backend: str, todo: list[ManifestRow], pairs: Call
     from flowprep.run import flow_worker
 
     devices = flow_worker.flow_devices(cfg, backend)
-    results: Iterator[LedgerRecord]
-    stop: threading.Event | None = None
-    manager = drainer = None
-    if cfg.executor != "local":
-        results = parallel_results(cfg, _worker, [(row, cfg, backend, None) for row in todo])
-    elif devices:
-        log.info("flow workers on %s; %d decode/write worker(s)", ", ".join(devices), flow_worker.decode_workers(cfg.jobs, len(devices)))
-        results = flow_worker.results(cfg, backend, todo, devices, (process_video, _set_threads), pairs)
-    elif cfg.jobs == 1:
-        _set_threads(1)
-        results = (process_video(row, cfg, backend, pairs, commit=False) for row in todo)
-    else:
-        from joblib import Parallel, delayed
+    with ExitStack() as helpers:
+        results: Iterator[LedgerRecord]
+        if cfg.executor != "local":
+            results = parallel_results(cfg, _worker, [(row, cfg, backend, None) for row in todo])
+        elif devices:
+            log.info("flow workers on %s; %d decode/write worker(s)", ", ".join(devices),
+                     flow_worker.decode_workers(cfg.jobs, len(devices)))
+            results = flow_worker.results(cfg, backend, todo, devices, (process_video, _set_threads), pairs)
+        elif cfg.jobs == 1:
+            _set_threads(1)
+            results = (process_video(row, cfg, backend, pairs, commit=False) for row in todo)
+        else:
+            results = helpers.enter_context(_joblib_results(cfg, backend, todo, pairs))
+        # a generator's own clean-up (workers, queues) runs when the run stops, not at exit
+        helpers.callback(getattr(results, "close", lambda: None))
+        yield _named_deaths(results)
 
-        manager = orphan.manager(os.getpid())
-        q = manager.Queue()
-        stop = threading.Event()
 
-        def drain() -> None:
-            while not stop.is_set():
-                try:
-                    pairs(q.get(timeout=0.2))
-                except queue.Empty:
-                    pass
-                except (EOFError, OSError):  # the Manager is gone (the run is ending)
-                    return
+@contextmanager
+def _joblib_results(
+    cfg: RunConfig, backend: str, todo: list[ManifestRow], pairs: Callable[[int], None]
+) -> Iterator[Iterator[LedgerRecord]]:
+    """``--jobs N`` loky workers; their flow-pair counts come back through a Manager queue."""
+    from joblib import Parallel, delayed
 
-        drainer = threading.Thread(target=drain, daemon=True)
-        drainer.start()
-        results = Parallel(n_jobs=cfg.jobs, return_as="generator_unordered")(
+    manager = orphan.manager(os.getpid())
+    q = manager.Queue()
+    stop = threading.Event()
+
+    def drain() -> None:
+        while not stop.is_set():
+            try:
+                pairs(q.get(timeout=0.2))
+            except queue.Empty:
+                pass
+            except (EOFError, OSError):  # the Manager is gone (the run is ending)
+                return
+
+    drainer = threading.Thread(target=drain, daemon=True)
+    drainer.start()
+    try:
+        yield Parallel(n_jobs=cfg.jobs, return_as="generator_unordered")(
             delayed(_worker)(row, cfg, backend, q, os.getpid()) for row in todo
         )
-    try:
-        yield _named_deaths(results)
     finally:
-        close = getattr(results, "close", None)
-        if close is not None:
-            close()  # a generator: its own clean-up (workers, queues) runs now, not at exit
-        if stop is not None:
-            stop.set()
-            drainer.join()
-            manager.shutdown()
+        stop.set()
+        drainer.join()
+        manager.shutdown()
 
 
 def _named_deaths(results: Iterator[LedgerRecord]) -> Iterator[LedgerRecord]:
