@@ -20,6 +20,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flowprep.cli.recipes import FolderSettings, prepare_target
     from flowprep.dataset.manifest import ManifestError
     from flowprep.run.lease import LeaseHeld
+    from flowprep.run.orphan import WorkerDied
     from flowprep.run.pipeline import run
     from flowprep.run.recipe import RecipeError, load_recipe
     from flowprep.run.state import index_path
@@ -30,6 +31,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as e:
         return usage_error(str(e))
     recipe, args.out = prepare_target(args.recipe, args.out, args.split, settings)  # a folder / video: a generated recipe
+    fresh = _only_generated_input(args.out)
     try:
         cfg = load_recipe(
             recipe, out=args.out, cache_dir=args.cache_dir, jobs=args.jobs, overwrite=args.overwrite,
@@ -42,10 +44,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             hint = missing_manifest_hint(cfg.manifest)
             return usage_error(f"manifest {cfg.manifest} not found" + (f": {hint}" if hint else ""))
-        _record_run(recipe, cfg)
-        summary = run(cfg)
+        summary = run(cfg, on_start=lambda: _record_run(recipe, cfg))
     except (RecipeError, ManifestError, StoreError, LeaseHeld, ValueError, OSError) as e:
+        if fresh:  # exit 2 leaves nothing behind: not even the manifest `run DIR` generated
+            _remove_generated(args.out)
         return usage_error(str(e))
+    except WorkerDied as e:
+        print(f"flowprep: error: {e}", file=sys.stderr)
+        return 1
     fps = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
     print(
         f"{cfg.dataset}: {summary.rows} rows: {summary.done} done, {summary.failed} failed, "
@@ -58,6 +64,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"failed by reason: {reasons}; details: {index}")
     print(f"store: {cfg.out}   inspect it: flowprep inspect {cfg.out}")
     return 0 if summary.ok else 1
+
+
+def _only_generated_input(out: str | None) -> bool:
+    """A first ``run DIR`` / ``run VIDEO``: the run folder holds only the input just generated."""
+    if out is None:
+        return False
+    from flowprep.run.state import run_dir
+
+    rd = run_dir(out)
+    return not Path(out).exists() and rd.is_dir() and {p.name for p in rd.iterdir()} == {"input"}
+
+
+def _remove_generated(out: str) -> None:
+    import shutil
+
+    from flowprep.run.state import run_dir
+
+    shutil.rmtree(run_dir(out), ignore_errors=True)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -131,6 +155,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             print(f"preview of {vid}{why}: {save_preview(store, vid, args.preview)}")
         except StoreError as e:
             return usage_error(str(e))
+        except OSError as e:  # a missing or read-only folder
+            return usage_error(f"--preview {args.preview}: cannot write ({e.strerror or e})")
     if damaged:
         print(f"{len(damaged)} damaged video(s): {', '.join(sorted(damaged))}; redo them with "
               f"`flowprep run RECIPE --out {args.store} --repair`", file=sys.stderr)
@@ -320,4 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     # need none of them (importing them all pulled in torch and zarr: 7 s on a busy machine)
     args = build_parser(only if only in COMMANDS else "").parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:  # Ctrl-C: what is committed stays, the rest is redone by a rerun
+        print("flowprep: interrupted; run again to resume", file=sys.stderr)
+        return 130

@@ -35,7 +35,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         return usage_error(f"video(s) not in {args.store}: {', '.join(missing)}")
     if not 1 <= args.quality <= 100:
         return usage_error(f"--quality {args.quality}: must be in [1, 100]")
-    counts = export_rawframes(store, args.out, video_ids=args.video, quality=args.quality, flow=not args.no_flow)
+    try:
+        counts = export_rawframes(store, args.out, video_ids=args.video, quality=args.quality, flow=not args.no_flow)
+    except OSError as e:  # a read-only or full output folder: one line naming the path
+        return usage_error(f"cannot write {e.filename or args.out}: {e.strerror or e}")
     lists = sorted(str(p) for p in Path(args.out).glob("*_list_rawframes*.txt"))
     print(f"{args.out}: {counts['videos']} video(s) ({counts['written']} written, {counts['skipped']} already complete); "
           f"lists {', '.join(lists) or 'none'}; classes {Path(args.out) / 'classes.txt'}")

@@ -6,7 +6,10 @@ ffmpeg (through ffmpeg-python) does all the work in one process per video:
 ``rgb24`` raw frames on a pipe.  Frames arrive in blocks so a long video is never whole in
 memory.  The ffmpeg binary is the one on PATH, else imageio-ffmpeg's static build.
 
-Errors become ``DecodeError`` carrying ffmpeg's last stderr lines, for the ledger.
+Errors become ``DecodeError`` carrying ffmpeg's last stderr lines, for the ledger.  An ffmpeg
+ended by a signal (the OOM killer, ``kill -9``, a SIGINT that reached only the child: ffmpeg
+then says "received signal") raises ``DecodeInterrupted``: the file is not at fault, a rerun
+may succeed (a retryable failure, ``flowprep.run.state.is_retryable``).
 
 **Completeness.** ffmpeg exits 0 on many damaged files (a faststart mp4 cut in half decodes to
 a third of its frames and prints "partial file").  A decode is *partial* when ffmpeg printed
@@ -33,6 +36,10 @@ import numpy as np
 
 class DecodeError(RuntimeError):
     """The video could not be decoded; the message is meant for a person (ledger, console)."""
+
+
+class DecodeInterrupted(DecodeError):
+    """ffmpeg was ended by a signal: the decode was interrupted, not refused by the file."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,22 @@ _OUT_STREAM = re.compile(r"Stream #0:\d+.*?: Video: rawvideo\b.*?, (\d{2,5})x(\d
 _DURATION = re.compile(r"^\s*Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
 # lines by which ffmpeg says the input is damaged although it may still exit 0
 _DAMAGE = re.compile(r"partial file|Invalid data found|error while decoding|corrupt|truncat", re.IGNORECASE)
+# ffmpeg's own words when it caught SIGINT / SIGTERM and stopped early (it then exits 255)
+_SIGNALLED = re.compile(r"received signal \d+|Exiting normally, received signal")
+
+
+def _check_signal(returncode: int | None, tail: deque[str]) -> None:
+    """Raise DecodeInterrupted if ffmpeg was ended (or stopped itself) because of a signal."""
+    if returncode is not None and returncode < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        raise DecodeInterrupted(f"ffmpeg was killed by {name} (out of memory? interrupted?); a rerun redoes this video")
+    if returncode and any(_SIGNALLED.search(ln) for ln in tail):
+        raise DecodeInterrupted(_explain(returncode, tail, "ffmpeg was interrupted by a signal") + "; a rerun redoes this video")
 
 
 def _build_command(path: str, cfg: DecodeConfig, start: float | None, end: float | None, exe: str) -> list[str]:
@@ -151,6 +174,7 @@ def decode_blocks(
         if not size:
             proc.wait()
             reader.join()
+            _check_signal(proc.returncode, tail)
             no_video = any("matches no streams" in ln for ln in tail)
             what = "the file has no video stream" if no_video else "ffmpeg could not read the file"
             raise DecodeError(_explain(proc.returncode, tail, what))
@@ -169,6 +193,7 @@ def decode_blocks(
                 block = []
         proc.wait()
         reader.join()
+        _check_signal(proc.returncode, tail)
         if proc.returncode != 0:
             raise DecodeError(_explain(proc.returncode, tail, "ffmpeg failed"))
         n_all = n_total + len(block)

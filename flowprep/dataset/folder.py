@@ -16,8 +16,9 @@ Folder layouts understood, decided per video by its path under ``DIR``:
 Videos are files with a known video extension (``VIDEO_EXTENSIONS``, any case); hidden files and
 folders (``.name``) are skipped; the order is sorted by relative path, so the manifest is the same
 on every run.  Ids follow ``manifest.safe_video_id`` (from the relative path, so
-``a/0001.mp4`` and ``b/0001.mp4`` differ); two videos that differ only by extension both get the
-hash suffix.  The ``path`` column holds the absolute path of the original file, which the store
+``a/0001.mp4`` and ``b/0001.mp4`` differ); videos whose ids would be equal ignoring case (same
+name, other extension; ``Clip.mp4`` and ``clip.mp4``) all get the hash suffix.  Symlinks are
+followed, each real file once; symlink loops are skipped and named in one warning line.  The ``path`` column holds the absolute path of the original file, which the store
 keeps as the video's ``source`` attribute.
 
 This module touches only the folder it lists and the manifest file it writes.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
 import os
 import re
 import unicodedata
@@ -40,6 +42,7 @@ from flowprep.dataset.manifest import SPLITS, ManifestError, safe_video_id
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .avi .mkv .webm .mpg .mpeg .mpe .ts .m2ts .mts .flv .wmv .asf .3gp .3g2 .ogv .vob .mxf .y4m".split()
 )
+log = logging.getLogger("flowprep")
 _SPLIT_FOLDERS = {"train": "train", "val": "val", "validate": "val", "validation": "val", "test": "test"}
 
 
@@ -64,14 +67,40 @@ def dataset_name(path: Path, fallback: str) -> str:
     return name or fallback
 
 
-def _walk(root: Path) -> list[str]:
-    out: list[str] = []
+def _walk(root: Path) -> tuple[list[str], list[str]]:
+    """(video paths relative to ``root``, symlinked folders skipped as loops).
+
+    Symlinks are followed, but a folder already on the way down (a loop such as ``cls/up -> ..``)
+    is not entered again, and a file reached by several paths is listed once, by its own path if
+    it has one without symlinks, else its first in sorted order: each real file is one video."""
+    found: list[tuple[str, str]] = []
+    loops: list[str] = []
+    entered: set[str] = set()  # real folders walked: a symlink to one of them is not followed again
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = os.path.realpath(dirpath)
+        entered.add(here)
+        keep = []
+        for d in sorted(x for x in dirnames if not x.startswith(".")):
+            target = os.path.realpath(os.path.join(dirpath, d))
+            if not os.path.islink(os.path.join(dirpath, d)):
+                keep.append(d)
+            elif here == target or here.startswith(target + os.sep):
+                loops.append(Path(dirpath, d).relative_to(root).as_posix())
+            elif target not in entered:
+                entered.add(target)
+                keep.append(d)
+        dirnames[:] = keep
         for f in filenames:
             if not f.startswith(".") and is_video_file(Path(f)):
-                out.append(Path(dirpath, f).relative_to(root).as_posix())
-    return sorted(out)
+                found.append((Path(dirpath, f).relative_to(root).as_posix(), os.path.realpath(os.path.join(dirpath, f))))
+    out, seen = [], set()
+    real_root = os.path.realpath(root)
+    # a file's own path (no symlink on the way) first, so its label is its real folder's
+    for rel, real in sorted(found, key=lambda f: (f[1] != os.path.join(real_root, f[0]), f[0])):
+        if real not in seen:
+            seen.add(real)
+            out.append(rel)
+    return sorted(out), sorted(loops)
 
 
 def _label_split(rel: str, split: str | None) -> tuple[str | None, str | None]:
@@ -91,14 +120,19 @@ def scan_folder(root: str | Path, split: str | None = None) -> list[FolderVideo]
         raise ManifestError(f"--split {split!r}: allowed: {', '.join(SPLITS)}")
     if not root.is_dir():
         raise ManifestError(f"{root} is not a folder")
-    rels = _walk(root)
+    rels, loops = _walk(root)
+    if loops:
+        log.warning("%s: %d symlink loop(s) not followed: %s", root, len(loops), ", ".join(loops[:5]) + (" ..." if len(loops) > 5 else ""))
     if not rels:
         raise ManifestError(f"no videos under {root} (files ending in {', '.join(sorted(VIDEO_EXTENSIONS))})")
-    stems = Counter(r.rsplit(".", 1)[0] for r in rels)  # same name, other extension: hash both
+    # Ids that would collide case-insensitively (same name, other extension; Clip.mp4 and
+    # clip.mp4) all get the hash suffix: one folder on a case-folding file system otherwise.
+    plain = {rel: safe_video_id(rel) for rel in rels}
+    folded = Counter(v.casefold() for v in plain.values())
     videos = []
     for rel in rels:
         label, sp = _label_split(rel, split)
-        vid = safe_video_id(rel, force_hash=stems[rel.rsplit(".", 1)[0]] > 1)
+        vid = safe_video_id(rel, force_hash=True) if folded[plain[rel].casefold()] > 1 else plain[rel]
         videos.append(FolderVideo(vid, root / rel, rel, label, sp))
     _check_unique(videos)
     return videos
@@ -157,9 +191,10 @@ def assign_splits(videos: list[FolderVideo], val_fraction: float = VAL_FRACTION)
 def _check_unique(videos: list[FolderVideo]) -> None:
     seen: dict[str, str] = {}
     for v in videos:
-        if v.video_id in seen:  # only if two SHA-1 prefixes collide, or a name mimics a hashed id
-            raise ManifestError(f"{v.rel_path} and {seen[v.video_id]} both map to video id {v.video_id!r}; rename one")
-        seen[v.video_id] = v.rel_path
+        key = v.video_id.casefold()
+        if key in seen:  # only if two SHA-1 prefixes collide, or a name mimics a hashed id
+            raise ManifestError(f"{v.rel_path} and {seen[key]} both map to video id {v.video_id!r} (ignoring case); rename one")
+        seen[key] = v.rel_path
 
 
 def manifest_text(videos: list[FolderVideo]) -> str:

@@ -199,17 +199,39 @@ def _parse_row(rec: dict[str, str], line: int, file: str) -> tuple[ManifestRow |
     return row, None
 
 
+def _not_utf8(rec: dict) -> tuple[str | None, str] | None:
+    """(column, "byte 0xff") of the first field holding a byte that was not UTF-8, else None."""
+    for k, v in rec.items():
+        for value in v if isinstance(v, list) else [v]:
+            if value is None:
+                continue
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                byte = ord(value[e.start]) - 0xDC00  # surrogateescape keeps the byte in the low 8 bits
+                return (k if isinstance(k, str) else None), f"byte 0x{byte:02x}"
+    return None
+
+
 def parse_manifest(path: str | Path) -> tuple[list[ManifestRow], list[RowError]]:
     """Read a manifest CSV.  Raises ManifestError only when the file as a whole is unusable."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        # bytes that are not UTF-8 become lone surrogates here and fail only their own row (_not_utf8)
+        text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
     except FileNotFoundError:
         raise ManifestError(f"manifest {path} not found") from None
-    except UnicodeDecodeError as e:
-        raise ManifestError(f"manifest {path} is not UTF-8 text: {e}") from None
+    except IsADirectoryError:
+        raise ManifestError(f"manifest {path} is a folder, not a CSV file") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = [h.strip() for h in (reader.fieldnames or [])]
+    try:
+        fieldnames = reader.fieldnames or []
+    except csv.Error as e:
+        raise ManifestError(f"{path}:1: header is not a CSV line ({e})") from None
+    bad = _not_utf8({h: h for h in fieldnames})
+    if bad:
+        raise ManifestError(f"{path}:1: header is not UTF-8 text ({bad[1]}); save the manifest as UTF-8")
+    header = [h.strip() for h in fieldnames]
     if not header:
         raise ManifestError(f"manifest {path} is empty (no header line)")
     unknown = [h for h in header if h not in KNOWN_COLUMNS]
@@ -226,10 +248,22 @@ def parse_manifest(path: str | Path) -> tuple[list[ManifestRow], list[RowError]]
     # Ids that differ only in case are one folder on a case-folding file system (macOS, Windows,
     # SMB, some NFS exports) and a store may be copied to one later: refused everywhere.
     folded: dict[str, tuple[str, int]] = {}
-    for rec in reader:
+    while True:
+        before = reader.line_num
+        try:
+            rec = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:  # e.g. a field over csv's limit of 131,072 characters: this row only
+            errors.append(RowError(str(path), before + 1, None, f"not a CSV row: {e}"))
+            continue
         line = reader.line_num
         if not any((v or "").strip() for k, v in rec.items() if k is not None) and None not in rec:
             continue  # blank line
+        bad = _not_utf8(rec)
+        if bad:
+            errors.append(RowError(str(path), line, bad[0], f"not UTF-8 text ({bad[1]}); save the manifest as UTF-8"))
+            continue
         row, error = _parse_row(rec, line, str(path))
         if error:
             errors.append(error)

@@ -19,9 +19,12 @@ device waits for host work only when the decoders cannot keep up.  Several flow 
 GPUs) share the one request queue, so whichever is free takes the next batch.
 
 Pairs are independent in the solver, so the flow is the one each worker would compute alone
-(tests compare the stores).  A flow worker that dies fails the videos waiting on it (as
-``internal`` ledger rows, so a rerun redoes them); a decode worker that dies stops the run with
-an error, and a rerun resumes from the ledger as after any interruption.
+(tests compare the stores).  A flow worker that dies fails only the videos waiting on it (as
+``internal`` ledger rows, so a rerun redoes them); the videos not yet started go on with fresh
+workers and queues (a process killed inside a queue operation can leave the queue's lock held
+or a message cut in half, so queues are never reused).  A decode worker that dies stops the run
+with one line (``orphan.WorkerDied``), and a rerun resumes from the ledger as after any
+interruption.  The parent never waits on a queue's feeder thread at exit (``cancel_join_thread``).
 
 May touch: processes and queues it starts, the devices named; nothing on disk but through
 ``pipeline.process_video``.
@@ -155,9 +158,10 @@ def _load_cfg(blob: bytes) -> RunConfig:
 
 
 def _flow_main(device: str, cfg_blob: bytes, requests: Any, replies: list[Any], out: Any, parent_pid: int) -> None:
+    orphan.watch_parent(parent_pid)  # kill -9 of the run ends this worker too (before torch's import: seconds)
+    for r in replies:  # a reply nobody reads any more must not hold up this process's exit
+        r.cancel_join_thread()
     import torch
-
-    orphan.watch_parent(parent_pid)  # kill -9 of the run ends this worker too
 
     from flowprep.flow import tvl1_device, tvl1_torch
 
@@ -225,11 +229,15 @@ def _flow_main(device: str, cfg_blob: bytes, requests: Any, replies: list[Any], 
 
 
 def _decode_main(
-    wid: int, cfg_blob: bytes, backend: str, work: tuple[Callable[..., dict[str, Any]], Callable[[int], None]],
+    wid: int, cfg_blob: bytes, backend: str, work_blob: bytes,
     n_decode: int, rows: Any, requests: Any, reply: Any, out: Any, failed: Any, parent_pid: int,
 ) -> None:
     orphan.watch_parent(parent_pid)
-    process_video, set_threads = work
+    # a dead flow worker may never read its requests again: exiting must not wait to flush them
+    requests.cancel_join_thread()
+    # (pipeline.process_video, pipeline._set_threads), pickled by name: imported here, after the
+    # parent watch started (orphan.run_watched)
+    process_video, set_threads = pickle.loads(work_blob)
     cfg = _load_cfg(cfg_blob)
     set_threads(n_decode)
     seq = 0
@@ -243,7 +251,8 @@ def _decode_main(
                 got, result = reply.get(timeout=0.5)
             except queue.Empty:
                 if failed.is_set():
-                    raise RuntimeError("a flow worker died; this video's flow was not computed") from None
+                    raise FlowWorkerDied("a flow worker died while this video's flow was being computed; "
+                                         "a rerun redoes it") from None
                 continue
             if got != seq:
                 continue  # the answer to an earlier request this worker gave up on
@@ -251,14 +260,25 @@ def _decode_main(
                 raise RuntimeError(result)
             return result
 
-    while (row := rows.get()) is not None:
+    while not failed.is_set() and (row := rows.get()) is not None:
+        out.put(("start", row.video_id))  # the parent knows which rows were taken
         # commit=False: the video stays in staging, verified; the run's parent (the lease holder)
         # commits it and writes its ledger line (pipeline.commit_staged), as for the joblib workers
         rec = process_video(row, cfg, backend, lambda n: out.put(("pairs", n)), flow_fn=flow_fn, commit=False)
         out.put(("record", rec))
 
 
+class FlowWorkerDied(RuntimeError):
+    """The flow worker a video waited on died (a retryable "internal" failure of that video)."""
+
+
 # -- the parent ---------------------------------------------------------------------------------
+
+# A flow worker that dies is replaced this many times per run (fresh processes and queues: a
+# process killed inside a queue operation may leave that queue's lock held or a message cut).
+MAX_RESTARTS = 2
+# How long the decode workers of a broken session get to record their videos and exit.
+GRACE_S = 5.0
 
 
 def results(
@@ -266,81 +286,156 @@ def results(
     backend: str,
     todo: list[ManifestRow],
     devices: list[str],
-    work: tuple[Callable[..., dict[str, Any]], Callable[[int], None]],
+    work: tuple[Callable[..., Any], Callable[[int], None]],
     progress: Callable[[int], None] | None = None,
     stats: list[FlowWorkerStats] | None = None,
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[Any]:
     """Ledger records of ``todo`` as videos finish, computed by ``cfg.jobs`` decode/write workers
     and one flow worker per device; ``stats`` (a list) receives each flow worker's figures.
     ``work`` = (``pipeline.process_video``, ``pipeline._set_threads``), passed in so that this
-    module does not import the pipeline that starts it."""
+    module does not import the pipeline that starts it.
+
+    A flow worker that dies fails only the videos waiting on it (retryable); the videos not yet
+    started go on in a fresh session (new workers, new queues), up to ``MAX_RESTARTS`` times,
+    after which the run stops (``orphan.WorkerDied``) and they stay pending."""
     last_stats.clear()
-    if not todo:
-        return
-    # spawn: a CUDA context does not survive fork, and the parent may have one
-    ctx = multiprocessing.get_context("spawn")
-    blob = _dump_cfg(cfg)
-    requests, rows, out, failed = ctx.Queue(), ctx.Queue(), ctx.Queue(), ctx.Event()
-    n_decode = max(1, min(decode_workers(cfg.jobs, len(devices)), len(todo)))
-    replies = [ctx.Queue() for _ in range(n_decode)]
-    flows = [
-        ctx.Process(target=_flow_main, args=(d, blob, requests, replies, out, os.getpid()), name=f"flowprep-flow-{d}", daemon=True)
-        for d in devices
-    ]
-    decoders = [
-        ctx.Process(
-            target=_decode_main, args=(i, blob, backend, work, n_decode, rows, requests, replies[i], out, failed, os.getpid()),
-            name=f"flowprep-decode-{i}", daemon=True,
-        )
-        for i in range(n_decode)
-    ]
-    for p in flows + decoders:
-        p.start()
-    for row in todo:
-        rows.put(row)
-    for _ in decoders:
-        rows.put(None)
-    remaining, got_stats = len(todo), 0
-    try:
+    remaining = list(todo)
+    for attempt in range(MAX_RESTARTS + 1):
+        if not remaining:
+            return
+        session = _Session(cfg, backend, remaining, devices, work, progress, stats)
+        done_ids: set[str] = set()
+        try:
+            for rec in session.records():
+                done_ids.add(rec.key)
+                yield rec
+        finally:
+            session.close()
+        remaining = [r for r in remaining if r.video_id not in done_ids]
+        if remaining and attempt < MAX_RESTARTS:
+            log.warning("a flow worker died; %d video(s) not started go on with fresh workers", len(remaining))
+    if remaining:
+        raise orphan.WorkerDied(f"flow workers died {MAX_RESTARTS + 1} times; {len(remaining)} video(s) left pending: "
+                                "run again to resume")
+
+
+class _Session:
+    """One set of flow and decode/write workers with their queues, over ``todo``."""
+
+    def __init__(self, cfg: RunConfig, backend: str, todo: list[ManifestRow], devices: list[str],
+                 work: tuple[Callable[..., Any], Callable[[int], None]], progress: Callable[[int], None] | None,
+                 stats: list[FlowWorkerStats] | None):
+        self.todo, self.progress, self.stats = todo, progress, stats
+        # spawn: a CUDA context does not survive fork, and the parent may have one
+        ctx = multiprocessing.get_context("spawn")
+        blob = _dump_cfg(cfg)
+        self.requests, self.rows, self.out, self.failed = ctx.Queue(), ctx.Queue(), ctx.Queue(), ctx.Event()
+        n_decode = max(1, min(decode_workers(cfg.jobs, len(devices)), len(todo)))
+        self.replies = [ctx.Queue() for _ in range(n_decode)]
+        self.flows = [
+            ctx.Process(target=orphan.run_watched,
+                        args=(os.getpid(), f"{__name__}:_flow_main", d, blob, self.requests, self.replies, self.out, os.getpid()),
+                        name=f"flowprep-flow-{d}", daemon=True)
+            for d in devices
+        ]
+        self.decoders = [
+            ctx.Process(
+                target=orphan.run_watched,
+                args=(os.getpid(), f"{__name__}:_decode_main", i, blob, backend, pickle.dumps(work), n_decode, self.rows,
+                      self.requests, self.replies[i], self.out, self.failed, os.getpid()),
+                name=f"flowprep-decode-{i}", daemon=True,
+            )
+            for i in range(n_decode)
+        ]
+        for p in self.flows + self.decoders:
+            p.start()
+        for p in self.flows:
+            log.info("flow worker on %s: pid %d", p.name.removeprefix("flowprep-flow-"), p.pid)
+        for row in todo:
+            self.rows.put(row)
+        for _ in self.decoders:
+            self.rows.put(None)
+        self.started: dict[str, ManifestRow] = {}
+        self.rows_by_id = {r.video_id: r for r in todo}
+        self.got_stats = 0
+
+    def records(self) -> Iterator[Any]:
+        remaining = len(self.todo)
+        broken_at: float | None = None
         while remaining:
             try:
-                kind, value = out.get(timeout=0.5)
+                kind, value = self.out.get(timeout=0.5)
             except queue.Empty:
-                if not failed.is_set() and any(p.exitcode is not None for p in flows):
+                if broken_at is None and any(p.exitcode is not None for p in self.flows):
                     log.error("a flow worker died; the videos waiting for it fail")
-                    failed.set()
-                dead = [p.name for p in decoders if p.exitcode not in (None, 0)]
+                    self.failed.set()  # decoders fail their waiting video and take no more rows
+                    broken_at = time.monotonic()
+                if broken_at is not None:
+                    alive = [p for p in self.decoders if p.exitcode is None]
+                    if not alive or time.monotonic() - broken_at > GRACE_S:
+                        yield from self._fail_unrecorded()
+                        return
+                    continue
+                dead = [p.name for p in self.decoders if p.exitcode not in (None, 0)]
                 if dead:
-                    raise RuntimeError(f"decode worker(s) {dead} died; rerun to resume") from None
+                    raise orphan.WorkerDied(f"decode worker(s) {', '.join(dead)} died; run again to resume") from None
                 continue
             if kind == "pairs":
-                if progress:
-                    progress(value)
+                if self.progress:
+                    self.progress(value)
+            elif kind == "start":
+                self.started[value] = self.rows_by_id[value]
             elif kind == "record":
                 remaining -= 1
+                self.started.pop(value.key, None)
                 yield value
-    finally:
-        for _ in flows:
-            requests.put(None)
+            elif kind == "stats":
+                self._stats(value)
+
+    def _fail_unrecorded(self) -> Iterator[Any]:
+        """Videos a decode worker took but never reported (it was stuck on a dead flow worker)."""
+        from flowprep.run.state import LedgerRecord
+
+        for p in self.decoders:
+            if p.exitcode is None:
+                p.terminate()
+        for vid, row in self.started.items():
+            yield LedgerRecord(
+                key=vid, line=row.line, status="failed", label=row.label, split=row.split, reason_class="internal",
+                reason="flow worker died while this video's flow was being computed; a rerun redoes it",
+            )
+        self.started.clear()
+
+    def _stats(self, value: FlowWorkerStats) -> None:
+        self.got_stats += 1
+        log.info("flow worker %s: %d pairs in %d batches, busy %.0f%%",
+                 value.device, value.pairs, value.batches, 100 * value.busy_fraction)
+        last_stats.append(value)
+        if self.stats is not None:
+            self.stats.append(value)
+
+    def close(self) -> None:
+        """Stop every worker, then let go of the queues without waiting on their feeder threads
+        (a dead reader would block the interpreter's exit forever)."""
+        for q in (self.requests, self.rows, self.out, *self.replies):
+            q.cancel_join_thread()
+        for p in self.flows:
+            if p.exitcode is None:
+                self.requests.put(None)
         deadline = time.monotonic() + 30
-        while got_stats < len(flows) and time.monotonic() < deadline:
+        while self.got_stats < len(self.flows) and time.monotonic() < deadline:
+            if all(p.exitcode is not None for p in self.flows):
+                break
             try:
-                kind, value = out.get(timeout=0.5)
+                kind, value = self.out.get(timeout=0.5)
             except queue.Empty:
-                if all(p.exitcode is not None for p in flows):
-                    break
                 continue
             if kind == "stats":
-                got_stats += 1
-                log.info(
-                    "flow worker %s: %d pairs in %d batches, busy %.0f%%",
-                    value.device, value.pairs, value.batches, 100 * value.busy_fraction,
-                )
-                last_stats.append(value)
-                if stats is not None:
-                    stats.append(value)
-        for p in flows + decoders:
+                self._stats(value)
+        for p in self.flows + self.decoders:
             p.join(timeout=5)
             if p.exitcode is None:
                 p.terminate()
                 p.join()
+        for q in (self.requests, self.rows, self.out, *self.replies):
+            q.close()

@@ -76,7 +76,8 @@ def read_lease(path: Path) -> dict[str, Any] | None:
 def is_stale(info: dict[str, Any], now: float | None = None, stale_after: float = STALE_AFTER_S) -> bool:
     now = time.time() if now is None else now
     if info.get("host") == socket.gethostname():
-        return not pid_alive(int(info.get("pid", 0)), info.get("proc_start"))
+        pid = info.get("pid")
+        return not (isinstance(pid, int) and pid > 0 and pid_alive(pid, info.get("proc_start")))
     return now - float(info.get("heartbeat", 0)) > stale_after
 
 
@@ -86,22 +87,24 @@ def describe(info: dict[str, Any]) -> str:
 
 
 def live_owner(path: Path, stale_after: float = STALE_AFTER_S) -> dict[str, Any] | None:
-    """The lease at ``path`` if a live process holds it, else None (absent or stale)."""
+    """The lease at ``path`` if a live process holds it, else None (absent or stale).
+
+    An unreadable lease (0 bytes or cut JSON, as a full disk leaves it) is stale: a lease
+    appears complete or not at all (``Lease._create`` links a fully written file into place), and
+    its heartbeat is rewritten by rename."""
     info = read_lease(path)
-    if info is None:
-        # absent, or being written this instant by its creator: a fresh unreadable file counts as live
-        try:
-            fresh = time.time() - path.stat().st_mtime < stale_after
-        except OSError:
-            return None
-        return {"host": "?", "pid": "?", "heartbeat": path.stat().st_mtime} if fresh else None
+    if not isinstance(info, dict):
+        return None
     return None if is_stale(info, stale_after=stale_after) else info
 
 
 class Lease:
     """Hold the lease at ``path`` for the life of a run: ``with Lease(path, what).acquire(): ...``."""
 
-    def __init__(self, path: Path, what: str, heartbeat_s: float = HEARTBEAT_S, stale_after: float = STALE_AFTER_S):
+    def __init__(
+        self, path: Path, what: str, heartbeat_s: float = HEARTBEAT_S, stale_after: float = STALE_AFTER_S,
+        extra: dict[str, Any] | None = None,
+    ):
         self.path = Path(path)
         self.what = what  # for messages: "store out/demo.zarr, task local"
         self.heartbeat_s = heartbeat_s
@@ -119,6 +122,7 @@ class Lease:
             "started_iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
             "heartbeat": now,
             "token": self.token,
+            **(extra or {}),  # e.g. the run's settings digest (flowprep.run.state.acquire_lease)
         }
 
     def acquire(self) -> Lease:
@@ -126,9 +130,7 @@ class Lease:
         deadline = time.monotonic() + self.stale_after + 2 * self.heartbeat_s
         takeovers = 0
         while takeovers < 5 and time.monotonic() < deadline:
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+            if not self._create():
                 owner = live_owner(self.path, self.stale_after)
                 if owner is not None and self._missing_beats(owner):
                     # another node's run stopped beating (a preempted, requeued SLURM task, say):
@@ -149,14 +151,36 @@ class Lease:
                 except FileNotFoundError:
                     pass
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.info, f)
             break
         else:
             raise LeaseHeld(f"{self.what}: could not take the lease {self.path} (contended); try again")
         self._thread = threading.Thread(target=self._beat, name="flowprep-lease", daemon=True)
         self._thread.start()
         return self
+
+    def _create(self) -> bool:
+        """Create the lease file with its content in one step (False: a lease is there).
+
+        The content is written to a private file first and hard-linked to the lease path (link
+        fails if the path exists, also on NFS), so nobody ever reads a half-written lease; where
+        the file system has no hard links, an exclusive create and a write."""
+        tmp = self.path.with_name(f".{self.path.name}.{self.token[:8]}.new")
+        tmp.write_text(json.dumps(self.info))
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (some FUSE / SMB mounts)
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.info, f)
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _missing_beats(self, owner: dict[str, Any]) -> bool:
         """The owner is on another host and has missed two heartbeats (it may be dead)."""

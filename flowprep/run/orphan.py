@@ -50,6 +50,30 @@ def watch_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="flowprep-parent-watch", daemon=True).start()
 
 
+def ignore_interrupts() -> None:
+    """In a worker: Ctrl-C (SIGINT to the whole foreground group) is the main process's to handle;
+    it stops the run and its workers, which must not each print a KeyboardInterrupt traceback."""
+    import signal
+
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: nothing to do here
+        pass
+
+
+def run_watched(parent_pid: int, target: str, *args: object) -> None:
+    """A spawned process's target: watch ``parent_pid`` first, then import and call ``target``
+    ("module:function").  A spawned child unpickles its target (importing its module: numpy, zarr,
+    seconds on a busy node) before it runs; naming the target by string keeps that window to this
+    small module's import, so a child started just before the parent's death ends too."""
+    watch_parent(parent_pid)
+    ignore_interrupts()
+    import importlib
+
+    module, name = target.split(":")
+    getattr(importlib.import_module(module), name)(*args)
+
+
 def manager(parent_pid: int):
     """A started multiprocessing Manager whose server process also watches ``parent_pid``."""
     from multiprocessing.managers import SyncManager
@@ -57,3 +81,8 @@ def manager(parent_pid: int):
     m = SyncManager()
     m.start(initializer=watch_parent, initargs=(parent_pid,))
     return m
+
+
+class WorkerDied(RuntimeError):
+    """A run's worker process died (kill -9, the OOM killer): the run stops with this one line;
+    what it had not committed is redone by the next run."""

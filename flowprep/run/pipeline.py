@@ -25,35 +25,41 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
-from flowprep.dataset.decode import DecodeError, decode_blocks
+from flowprep.dataset.decode import DecodeError, DecodeInterrupted, decode_blocks
 from flowprep.dataset.manifest import ManifestRow, RowError
 from flowprep.dataset.probe import expected_pairs
 from flowprep.dataset.source import SourceError, resolve_clip
 from flowprep.flow import api as flowmod
 from flowprep.run import orphan
-from flowprep.run.lease import Lease
+from flowprep.run.lease import Lease, LeaseHeld, describe
 from flowprep.run.recipe import RunConfig
 from flowprep.run.shard import item_key, keep_only, read_manifest, shard_manifest
 from flowprep.run.state import (
+    LedgerRecord,
     LedgerWriter,
     acquire_lease,
     clean_staging,
     index_part_path,
     kept_failure,
+    live_leases,
     read_latest,
+    read_repair,
     run_dir,
     staging_entry,
     summarize,
+    update_repair,
     write_index,
 )
 from flowprep.store import fingerprint
 from flowprep.store.verify import verify_store
-from flowprep.store.zarr_store import FORMAT_VERSION, StoreError, VideoWriter, create_store, is_complete, publish
+from flowprep.store.zarr_store import FORMAT_VERSION, StoreError, VideoWriter, create_store, publish
 
 log = logging.getLogger("flowprep")
 T = TypeVar("T")
@@ -99,6 +105,87 @@ def _set_threads(jobs: int) -> None:
         pass
 
 
+def _flow_blocks(
+    cfg: RunConfig, backend: str, blocks: Iterator[np.ndarray], progress: Callable[[int], None] | None,
+    flow_fn: Callable[[np.ndarray], np.ndarray] | None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(RGB block, its int8 flow) for each decoded block; flow across blocks by ``gray_blocks``."""
+    batch = _flow_batch(cfg, backend)
+    for block, gray in flowmod.gray_blocks(blocks):
+        if len(gray) < 2:
+            flow_q = np.zeros((0, *block.shape[1:3], 2), np.int8)
+        elif flow_fn is not None:  # the whole block at once, in a flow worker
+            flow_q = flow_fn(gray)
+            if progress:
+                progress(len(gray) - 1)
+        else:
+            flows = []
+            for i in range(0, len(gray) - 1, batch):
+                f = flowmod.compute_flow(gray[i : i + batch + 1], backend=backend, device=cfg.flow.device, **cfg.flow.params)
+                flows.append(flowmod.quantize_flow(f, cfg.flow.bound))
+                if progress:
+                    progress(len(f))
+            flow_q = np.concatenate(flows)
+        yield block, flow_q
+
+
+def video_attrs(row: ManifestRow, cfg: RunConfig, backend: str, height: int, width: int, partial: str | None) -> dict[str, Any]:
+    """A video's attributes (FORMAT.md): its row, its size, and its content settings
+    (``content_settings``, recorded whole as ``settings``: ``fingerprint.is_current`` compares it)."""
+    s = content_settings(cfg, backend)
+    flow, q = s["flow"], s["flow"]["quantization"]
+    return {
+        **({"partial_decode": partial} if partial else {}),
+        "video_id": row.video_id,
+        "label": row.label,
+        "split": row.split,
+        "source": row.path if row.path is not None else f"youtube:{row.youtube_id}",
+        "manifest_line": row.line,
+        "time_start": row.time_start,
+        "time_end": row.time_end,
+        "fps": cfg.decode.fps,
+        "height": height,
+        "width": width,
+        "rgb": {"dtype": "uint8", "to_float": "x / 127.5 - 1", "range": [-1, 1]},
+        "flow": {
+            **flow,
+            "input": "BT.601 luma of the RGB frames, uint8",
+            "quantization": {
+                **q,
+                "encode": "q = round(clip(px, -bound, bound) / bound * 127)",
+                "decode": "q / 127 (in [-1, 1]); x bound for pixels",
+            },
+            "channels": ["u (right)", "v (down)"],
+            "pairing": "flow[t] maps frame t to frame t+1",
+        },
+        "decode": s["decode"],
+        "format_version": s["format_version"],
+        "settings": fingerprint.normal(s),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+# Exception -> ledger reason class, first match wins; anything else is "internal" (with its
+# traceback).  A SourceError may carry its own class (fetch: unavailable, private, rate_limited, ...);
+# DecodeInterrupted (ffmpeg killed by a signal) comes before DecodeError: it is retryable.
+FAILURES: tuple[tuple[type[Exception], Callable[[Exception], str]], ...] = (
+    (SourceError, lambda e: getattr(e, "reason_class", "source")),
+    (DecodeInterrupted, lambda e: "interrupted"),
+    (DecodeError, lambda e: "decode"),
+    (TooFewFrames, lambda e: "too_few_frames"),
+)
+
+
+def _fail(rec: LedgerRecord, e: Exception) -> None:
+    for kind, reason_class in FAILURES:
+        if isinstance(e, kind):
+            rec.status, rec.reason_class, rec.reason = "failed", reason_class(e), str(e)
+            return
+    # a bug or a resource problem: record it with the traceback, go on
+    rec.status, rec.reason_class, rec.reason = "failed", "internal", f"{type(e).__name__}: {e}"
+    rec.traceback = traceback.format_exc(limit=8)
+
+
 def process_video(
     row: ManifestRow,
     cfg: RunConfig,
@@ -106,7 +193,7 @@ def process_video(
     progress: Callable[[int], None] | None = None,
     commit: bool = True,
     flow_fn: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> dict[str, Any]:
+) -> LedgerRecord:
     """Decode, compute flow and write one video.  Returns its ledger record; never raises for bad input.
 
     ``commit=False``: leave the finished, verified video in staging and name it in the record's
@@ -114,131 +201,84 @@ def process_video(
     ``flow_fn`` (gray uint8 (n+1, H, W) -> int8 flow (n, H, W, 2)) computes a whole block's flow
     elsewhere (a flow worker, ``flowprep.run.flow_worker``); by default it is computed here."""
     t0 = time.time()
-    record: dict[str, Any] = {"key": row.video_id, "line": row.line, "label": row.label, "split": row.split}
+    rec = LedgerRecord(key=row.video_id, line=row.line, status="failed", label=row.label, split=row.split)
     writer: VideoWriter | None = None
     try:
         path, start, end = resolve_clip(row, cfg.manifest.parent, cfg.cache_dir, cfg.fetch)
-        record["source"] = str(path)
-        batch = _flow_batch(cfg, backend)
+        rec.source = str(path)
         decoded: dict[str, Any] = {}
-        for block, gray in flowmod.gray_blocks(decode_blocks(str(path), cfg.decode, start, end, report=decoded)):
+        blocks = decode_blocks(str(path), cfg.decode, start, end, report=decoded)
+        for block, flow_q in _flow_blocks(cfg, backend, blocks, progress, flow_fn):
             if writer is None:
-                writer = VideoWriter(
-                    cfg.out, row.video_id, block.shape[1], block.shape[2], cfg.write,
-                    staging_entry(cfg.out, cfg.task, row.video_id),
-                )
-            if len(gray) < 2:
-                flow_q = np.zeros((0, *block.shape[1:3], 2), np.int8)
-            elif flow_fn is not None:  # the whole block at once, in a flow worker
-                flow_q = flow_fn(gray)
-                if progress:
-                    progress(len(gray) - 1)
-            else:
-                flows = []
-                for i in range(0, len(gray) - 1, batch):
-                    f = flowmod.compute_flow(
-                        gray[i : i + batch + 1], backend=backend, device=cfg.flow.device, **cfg.flow.params
-                    )
-                    flows.append(flowmod.quantize_flow(f, cfg.flow.bound))
-                    if progress:
-                        progress(len(f))
-                flow_q = np.concatenate(flows)
+                entry = staging_entry(cfg.out, cfg.task, row.video_id)
+                writer = VideoWriter(cfg.out, row.video_id, block.shape[1], block.shape[2], cfg.write, entry)
             writer.append(block, flow_q)
         assert writer is not None  # decode_blocks raises when there are no frames
         if writer.n_frames < 2:
             raise TooFewFrames(f"too few frames: {writer.n_frames} decoded, flow needs at least 2")
-        attrs = {
-            **({"partial_decode": decoded["partial"]} if decoded.get("partial") else {}),
-            "video_id": row.video_id,
-            "label": row.label,
-            "split": row.split,
-            "source": row.path if row.path is not None else f"youtube:{row.youtube_id}",
-            "manifest_line": row.line,
-            "time_start": row.time_start,
-            "time_end": row.time_end,
-            "fps": cfg.decode.fps,
-            "height": int(writer.rgb.array.shape[1]),
-            "width": int(writer.rgb.array.shape[2]),
-            "rgb": {"dtype": "uint8", "to_float": "x / 127.5 - 1", "range": [-1, 1]},
-            "flow": {
-                "algorithm": "tv-l1",
-                "backend": backend,
-                "params": flowmod.resolve_params(cfg.flow.params),
-                "input": "BT.601 luma of the RGB frames, uint8",
-                "bound_px": cfg.flow.bound,
-                "quantization": {
-                    "dtype": "int8",
-                    "scale": flowmod.QUANT_LEVELS,
-                    "encode": "q = round(clip(px, -bound, bound) / bound * 127)",
-                    "decode": "q / 127 (in [-1, 1]); x bound for pixels",
-                },
-                "channels": ["u (right)", "v (down)"],
-                "pairing": "flow[t] maps frame t to frame t+1",
-            },
-            "decode": {"short_side": cfg.decode.short_side, "interpolation": "bilinear", "fps": cfg.decode.fps},
-            "format_version": FORMAT_VERSION,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+        h, w = int(writer.rgb.array.shape[1]), int(writer.rgb.array.shape[2])
+        attrs = video_attrs(row, cfg, backend, h, w, decoded.get("partial"))
         if commit:
             writer.commit(attrs, overwrite=cfg.overwrite)
         else:
-            record["staged"] = str(writer.prepare(attrs))
-        record.update(status="done", n_frames=writer.n_frames, height=attrs["height"], width=attrs["width"])
-        if decoded.get("partial"):
-            record["partial"] = decoded["partial"]  # kept under --allow-partial: the ledger says so
+            rec.staged = str(writer.prepare(attrs))
+        rec.status, rec.n_frames, rec.height, rec.width = "done", writer.n_frames, h, w
+        rec.partial = decoded.get("partial")  # kept under --allow-partial: the ledger says so
         writer = None
-    except SourceError as e:
-        # a fetch.FetchError carries its class (unavailable, private, rate_limited, ...)
-        record.update(status="failed", reason_class=getattr(e, "reason_class", "source"), reason=str(e))
-    except DecodeError as e:
-        record.update(status="failed", reason_class="decode", reason=str(e))
-    except TooFewFrames as e:
-        record.update(status="failed", reason_class="too_few_frames", reason=str(e))
-    except Exception as e:  # a bug or a resource problem: record it with the traceback, go on
-        record.update(
-            status="failed",
-            reason_class="internal",
-            reason=f"{type(e).__name__}: {e}",
-            traceback=traceback.format_exc(limit=8),
-        )
+    except Exception as e:
+        _fail(rec, e)
     finally:
         if writer is not None:
             writer.abort()
-    record["seconds"] = round(time.time() - t0, 3)
-    return record
+    rec.seconds = round(time.time() - t0, 3)
+    return rec
 
 
-def _worker(row: ManifestRow, cfg: RunConfig, backend: str, q: Any, parent_pid: int | None = None) -> dict[str, Any]:
+def _worker(row: ManifestRow, cfg: RunConfig, backend: str, q: Any, parent_pid: int | None = None) -> LedgerRecord:
     if parent_pid is not None:
         orphan.watch_parent(parent_pid)
+        orphan.ignore_interrupts()
     _set_threads(cfg.jobs)
     return process_video(row, cfg, backend, q.put if q is not None else None, commit=False)
 
 
-def commit_staged(rec: dict[str, Any], cfg: RunConfig, lease: Lease | None) -> dict[str, Any]:
-    """In the lease holder: make a worker's prepared video visible, or turn the record into a failure."""
-    staged = rec.pop("staged", None)
+def commit_staged(rec: LedgerRecord, cfg: RunConfig, lease: Lease | None, settings: dict[str, Any] | None = None) -> LedgerRecord:
+    """In the lease holder: make a worker's prepared video visible, or turn the record into a failure.
+
+    A video another run (another task tag) committed meanwhile with the same settings is not a
+    failure: the staged copy is dropped and the row is skipped.  A video in the store made with
+    other settings is replaced (it is not complete: ``fingerprint.is_current``)."""
+    staged, rec.staged = rec.staged, None
     if staged is None:
         return rec
-    from pathlib import Path
+    import shutil
+
+    def current() -> bool:
+        return settings is not None and fingerprint.is_current(cfg.out, rec.key, settings)
 
     try:
         if lease is not None:
             lease.check()
-        publish(cfg.out, rec["key"], Path(staged), overwrite=cfg.overwrite)
-    except (StoreError, OSError) as e:
-        import shutil
-
+        if not cfg.overwrite and current():
+            raise _AlreadyThere()
+        publish(cfg.out, rec.key, Path(staged), overwrite=True if settings is not None else cfg.overwrite)
+    except (StoreError, OSError, _AlreadyThere) as e:
         shutil.rmtree(staged, ignore_errors=True)
-        for k in ("n_frames", "height", "width"):
-            rec.pop(k, None)
-        rec.update(status="failed", reason_class="internal", reason=f"commit: {e}")
+        rec.n_frames = rec.height = rec.width = None
+        if isinstance(e, _AlreadyThere) or (not cfg.overwrite and current()):  # lost a race to the same video
+            rec.status, rec.reason = "skipped", "already complete in the store (committed by another run meanwhile)"
+        else:
+            rec.status, rec.reason_class, rec.reason = "failed", "internal", f"commit: {e}"
     return rec
+
+
+class _AlreadyThere(Exception):
+    pass
 
 
 def content_settings(cfg: RunConfig, backend: str) -> dict[str, Any]:
     """The settings that change a store's content (its fingerprint; flowprep.store.fingerprint),
-    the same fields ``process_video`` writes into every video's attributes."""
+    the same fields ``video_attrs`` writes into every video's attributes."""
     return {
         "format_version": FORMAT_VERSION,
         "decode": {"fps": cfg.decode.fps, "short_side": cfg.decode.short_side, "interpolation": "bilinear"},
@@ -251,138 +291,238 @@ def content_settings(cfg: RunConfig, backend: str) -> dict[str, Any]:
     }
 
 
-def _repair_rows(cfg: RunConfig, rows: list[ManifestRow]) -> list[ManifestRow]:
-    """``--repair``: the rows whose stored video is damaged (every chunk read); their groups are removed."""
+def _take_out(cfg: RunConfig, video_ids: list[str], why: str) -> None:
+    """Move videos out of the store (at once, by rename), then delete them; they are listed in the
+    repair list first (``state.update_repair``), so a kill in between loses no redo."""
     import shutil
 
+    if not video_ids:
+        return
+    update_repair(cfg.out, add=video_ids)
+    for vid in video_ids:
+        trash = staging_entry(cfg.out, cfg.task, vid)
+        try:
+            os.rename(cfg.out / "videos" / vid, trash)
+        except FileNotFoundError:
+            continue  # another task of the same run took it out first
+        shutil.rmtree(trash, ignore_errors=True)
+    log.warning("%d video(s) taken out of the store (%s); they are redone by this run or the next", len(video_ids), why)
+
+
+def _repair_rows(cfg: RunConfig, rows: list[ManifestRow], settings: dict[str, Any]) -> list[ManifestRow]:
+    """``--repair``: the rows whose stored video is damaged (every chunk read; other settings count
+    as damage), plus those an interrupted repair or a settings change took out and nobody redid."""
     damaged = verify_store(cfg.out, full=True, ids=[r.video_id for r in rows])
     for vid, problems in damaged.items():
         log.warning("repair %s: %s", vid, "; ".join(problems))
-        trash = staging_entry(cfg.out, cfg.task, vid)
-        os.rename(cfg.out / "videos" / vid, trash)  # out of the store at once, then deleted
-        shutil.rmtree(trash, ignore_errors=True)
-    log.info("repair: %d damaged video(s) to redo", len(damaged))
-    return [r for r in rows if r.video_id in damaged]
+    _take_out(cfg, sorted(damaged), "damaged")
+    listed = {vid for vid in read_repair(cfg.out) if not fingerprint.is_current(cfg.out, vid, settings)}
+    redo = set(damaged) | listed
+    log.info("repair: %d damaged video(s), %d left by an earlier repair or settings change; to redo: %d",
+             len(damaged), len(listed - set(damaged)), len(redo & {r.video_id for r in rows}))
+    return [r for r in rows if r.video_id in redo]
 
 
-def _row_error_record(e: RowError) -> dict[str, Any]:
-    return {"key": item_key(e), "line": e.line, "status": "failed", "reason_class": "manifest", "reason": str(e)}
+def _row_error_record(e: RowError) -> LedgerRecord:
+    return LedgerRecord(key=item_key(e), line=e.line, status="failed", reason_class="manifest", reason=str(e))
 
 
-def run(cfg: RunConfig) -> RunSummary:
-    """Process every row of ``cfg.manifest`` into ``cfg.out``; see the module docstring."""
+@dataclass(frozen=True)
+class _Work:
+    """What a run covers, read before its lease is taken."""
 
+    rows: list[ManifestRow]  # to process (after sharding, --ids-from)
+    row_errors: list[RowError]
+    index_rows: list[ManifestRow]  # the task's share: what its index covers
+    index_errors: list[RowError]
+    backend: str
+    settings: dict[str, Any]  # content_settings(cfg, backend)
+
+
+def run(cfg: RunConfig, on_start: Callable[[], None] | None = None) -> RunSummary:
+    """Process every row of ``cfg.manifest`` into ``cfg.out``; see the module docstring.
+
+    ``on_start`` runs once the manifest, the store, the lease and the settings are checked, before
+    any row is processed (the CLI records ``run.json`` there): a run refused for bad input leaves
+    nothing behind."""
     t0 = time.time()
     rows, row_errors = read_manifest(cfg)
     # A cluster task does its share; the index covers the share, the work may be a retry's subset.
     index_rows, index_errors = shard_manifest(rows, row_errors, cfg.num_tasks, cfg.task_index)
     rows, row_errors = keep_only(index_rows, index_errors, cfg.only_keys)
     backend = flowmod.pick_backend(cfg.flow.backend, cfg.flow.device)
+    work = _Work(rows, row_errors, index_rows, index_errors, backend, content_settings(cfg, backend))
     create_store(cfg.out, cfg.dataset)
-    rdir = run_dir(cfg.out)
-    rdir.mkdir(parents=True, exist_ok=True)
-    with acquire_lease(cfg.out, cfg.task) as lease:  # LeaseHeld: a live run owns this task tag
-        return _run_leased(cfg, lease, t0, rows, row_errors, index_rows, index_errors, backend, rdir)
-
-
-def _run_leased(
-    cfg: RunConfig, lease: Lease, t0: float, rows: list[ManifestRow], row_errors: list[RowError],
-    index_rows: list[ManifestRow], index_errors: list[RowError], backend: str, rdir: Any,
-) -> RunSummary:
-    from joblib import Parallel, delayed
-    from tqdm import tqdm
-
-    n_debris = clean_staging(cfg.out, cfg.task, held=lease)
-    if n_debris:
-        log.info("removed %d partial video(s) left by an interrupted run", n_debris)
-    fingerprint.check(cfg.out, content_settings(cfg, backend), cfg.overwrite)
-    if cfg.repair:  # exactly the damaged videos; malformed rows and pending ones are not repairs
-        rows, row_errors = _repair_rows(cfg, rows), []
-
-    records: list[dict[str, Any]] = []
-    with LedgerWriter(rdir, cfg.task) as ledger:
-        for e in row_errors:
-            rec = _row_error_record(e)
-            ledger.write(rec)
-            records.append(rec)
-        todo: list[ManifestRow] = []
-        previous = read_latest(rdir) if cfg.retry_failed else {}
-        for row in rows:
-            kept = kept_failure(row, previous.get(row.video_id))
-            if not cfg.overwrite and is_complete(cfg.out, row.video_id):
-                rec = {"key": row.video_id, "line": row.line, "status": "skipped", "reason": "already complete in the store"}
-                ledger.write(rec)
-                records.append(rec)
-            elif kept is not None:
-                ledger.write(kept)
-                records.append(kept)
-            else:
-                todo.append(row)
-
-        log.info(
-            "%s: %d rows, %d to do, %d already complete, %d malformed; flow backend: %s; %d job(s)",
-            cfg.dataset, len(rows) + len(row_errors), len(todo), len(rows) - len(todo), len(row_errors), backend, cfg.jobs,
-        )
-        frames = 0
-        video_bar = tqdm(total=len(todo), unit="video", desc="videos", disable=not cfg.progress, position=0)
-        total = expected_pairs(todo, cfg.manifest.parent, cfg.decode.fps) if cfg.progress else None  # an estimate
-        pair_bar = tqdm(total=total, unit="pair", desc="flow", disable=not cfg.progress, position=1, leave=False)
-        from flowprep.run import flow_worker
-
-        devices = flow_worker.flow_devices(cfg, backend)
-        if cfg.executor != "local":
-            results = parallel_results(cfg, _worker, [(row, cfg, backend, None) for row in todo])
-            stop = None
-        elif devices:
-            n_decode = flow_worker.decode_workers(cfg.jobs, len(devices))
-            log.info("flow workers on %s; %d decode/write worker(s)", ", ".join(devices), n_decode)
-            results = flow_worker.results(cfg, backend, todo, devices, (process_video, _set_threads), pair_bar.update)
-            stop = None
-        elif cfg.jobs == 1:
-            _set_threads(1)
-            results = (process_video(row, cfg, backend, pair_bar.update, commit=False) for row in todo)
-            stop = None
-        else:
-            manager = orphan.manager(os.getpid())
-            q = manager.Queue()
-            stop = threading.Event()
-
-            def drain() -> None:
-                while not stop.is_set():
-                    try:
-                        pair_bar.update(q.get(timeout=0.2))
-                    except queue.Empty:
-                        pass
-
-            drainer = threading.Thread(target=drain, daemon=True)
-            drainer.start()
-            results = Parallel(n_jobs=cfg.jobs, return_as="generator_unordered")(
-                delayed(_worker)(row, cfg, backend, q, os.getpid()) for row in todo
-            )
-        try:
-            for rec in results:
-                rec = commit_staged(rec, cfg, lease)
-                ledger.write(rec)
-                records.append(rec)
-                frames += rec.get("n_frames", 0)
-                video_bar.update(1)
-                if rec["status"] == "failed":
-                    video_bar.write(f"failed {rec['key']}: {rec['reason']}")
-        finally:
-            if stop is not None:
-                stop.set()
-                drainer.join()
-                manager.shutdown()
-            pair_bar.close()
-            video_bar.close()
-
-    # Many tasks never write one file: each writes its part, `flowprep finalize` the whole index.
-    write_index(cfg, index_rows, index_errors, index_part_path(rdir, cfg.task) if cfg.num_tasks > 1 else None)
+    run_dir(cfg.out).mkdir(parents=True, exist_ok=True)
+    # LeaseHeld: a live run owns this task tag
+    with acquire_lease(cfg.out, cfg.task, fingerprint.digest(work.settings)) as lease:
+        records, frames = _run_leased(cfg, lease, work, on_start)
     s = summarize(records)
     return RunSummary(
         rows=s["rows"], done=s["done"], failed=s["failed"], skipped=s["skipped"], seconds=time.time() - t0,
         frames=frames, failed_by_reason=s["failed_by_reason"], backend=backend,
     )
+
+
+def _refuse_other_settings(cfg: RunConfig, work: _Work) -> None:
+    """A run never overlaps a live run (any task tag) of other content settings: one of two such
+    runs always sees the other, since each records its settings in its lease before looking."""
+    mine = fingerprint.digest(work.settings)
+    stored = fingerprint.recorded(cfg.out)
+    differs = stored is not None and fingerprint.differences(stored, work.settings) != []
+    for tag, info in live_leases(cfg.out).items():
+        theirs = info.get("settings")
+        if tag != cfg.task and (theirs not in (None, mine) or (theirs is None and differs)):
+            raise LeaseHeld(
+                f"{cfg.out} is being written by a live run with other settings (task {tag}, {describe(info)}); "
+                "a run with other settings must not overlap it: wait for it to end, or use another --out"
+            )
+
+
+def _prepare_store(cfg: RunConfig, lease: Lease, work: _Work) -> None:
+    """Under the lease: clean dead runs' debris, settle the settings (refuse, or invalidate under --overwrite)."""
+    n_debris = clean_staging(cfg.out, cfg.task, held=lease)
+    if n_debris:
+        log.info("removed %d partial video(s) left by an interrupted run", n_debris)
+    _refuse_other_settings(cfg, work)
+    diff = fingerprint.check(
+        cfg.out, work.settings, cfg.overwrite,
+        invalidate=lambda stale: _take_out(cfg, stale, "made with the store's old settings"),
+    )
+    if diff:
+        log.warning("new settings recorded (%s); every video made with the old ones was taken out", "; ".join(diff))
+
+
+def _triage(cfg: RunConfig, work: _Work, rows: list[ManifestRow], row_errors: list[RowError]) -> tuple[list[LedgerRecord], list[ManifestRow]]:
+    """Records of rows settled without work (malformed, current in the store, kept failures) and the rows to do."""
+    records = [_row_error_record(e) for e in row_errors]
+    todo: list[ManifestRow] = []
+    previous = read_latest(run_dir(cfg.out)) if cfg.retry_failed else {}
+    for row in rows:
+        kept = kept_failure(row, previous.get(row.video_id))
+        if not cfg.overwrite and fingerprint.is_current(cfg.out, row.video_id, work.settings):
+            records.append(LedgerRecord(key=row.video_id, line=row.line, status="skipped", reason="already complete in the store"))
+        elif kept is not None:
+            records.append(kept)
+        else:
+            todo.append(row)
+    return records, todo
+
+
+@contextmanager
+def _executor(cfg: RunConfig, backend: str, todo: list[ManifestRow], pairs: Callable[[int], None]) -> Iterator[Iterator[LedgerRecord]]:
+    """Ledger records of ``todo`` as videos finish, on the executor the config picks; on exit
+    every helper (workers, queues, the progress drainer) is stopped, also after an error."""
+    from flowprep.run import flow_worker
+
+    devices = flow_worker.flow_devices(cfg, backend)
+    with ExitStack() as helpers:
+        results: Iterator[LedgerRecord]
+        if cfg.executor != "local":
+            results = parallel_results(cfg, _worker, [(row, cfg, backend, None) for row in todo])
+        elif devices:
+            log.info("flow workers on %s; %d decode/write worker(s)", ", ".join(devices),
+                     flow_worker.decode_workers(cfg.jobs, len(devices)))
+            results = flow_worker.results(cfg, backend, todo, devices, (process_video, _set_threads), pairs)
+        elif cfg.jobs == 1:
+            _set_threads(1)
+            results = (process_video(row, cfg, backend, pairs, commit=False) for row in todo)
+        else:
+            results = helpers.enter_context(_joblib_results(cfg, backend, todo, pairs))
+        # a generator's own clean-up (workers, queues) runs when the run stops, not at exit
+        helpers.callback(getattr(results, "close", lambda: None))
+        yield _named_deaths(results)
+
+
+@contextmanager
+def _joblib_results(
+    cfg: RunConfig, backend: str, todo: list[ManifestRow], pairs: Callable[[int], None]
+) -> Iterator[Iterator[LedgerRecord]]:
+    """``--jobs N`` loky workers; their flow-pair counts come back through a Manager queue."""
+    from joblib import Parallel, delayed
+
+    manager = orphan.manager(os.getpid())
+    q = manager.Queue()
+    stop = threading.Event()
+
+    def drain() -> None:
+        while not stop.is_set():
+            try:
+                pairs(q.get(timeout=0.2))
+            except queue.Empty:
+                pass
+            except (EOFError, OSError):  # the Manager is gone (the run is ending)
+                return
+
+    drainer = threading.Thread(target=drain, daemon=True)
+    drainer.start()
+    try:
+        yield Parallel(n_jobs=cfg.jobs, return_as="generator_unordered")(
+            delayed(_worker)(row, cfg, backend, q, os.getpid()) for row in todo
+        )
+    finally:
+        stop.set()
+        drainer.join()
+        manager.shutdown()
+
+
+def _named_deaths(results: Iterator[LedgerRecord]) -> Iterator[LedgerRecord]:
+    """A worker process that died (kill -9, the OOM killer) ends the run with one line (WorkerDied)."""
+    try:
+        from joblib.externals.loky.process_executor import TerminatedWorkerError
+    except ImportError:  # pragma: no cover
+        TerminatedWorkerError = orphan.WorkerDied  # noqa: N806
+    try:
+        yield from results
+    except TerminatedWorkerError as e:
+        raise orphan.WorkerDied(
+            f"a worker process died ({str(e).splitlines()[-1][:200]}); the videos it held were not committed: "
+            "run again to resume"
+        ) from None
+
+
+def _run_leased(
+    cfg: RunConfig, lease: Lease, work: _Work, on_start: Callable[[], None] | None = None
+) -> tuple[list[LedgerRecord], int]:
+    from tqdm import tqdm
+
+    _prepare_store(cfg, lease, work)
+    if on_start is not None:
+        on_start()
+    rows, row_errors = work.rows, work.row_errors
+    if cfg.repair:  # exactly the damaged videos; malformed rows and pending ones are not repairs
+        rows, row_errors = _repair_rows(cfg, rows, work.settings), []
+    rdir = run_dir(cfg.out)
+    records, todo = _triage(cfg, work, rows, row_errors)
+    frames = 0
+    with LedgerWriter(rdir, cfg.task) as ledger:
+        for rec in records:
+            ledger.write(rec)
+        log.info(
+            "%s: %d rows, %d to do, %d already complete, %d malformed; flow backend: %s; %d job(s)",
+            cfg.dataset, len(rows) + len(row_errors), len(todo), len(rows) - len(todo), len(row_errors), work.backend, cfg.jobs,
+        )
+        video_bar = tqdm(total=len(todo), unit="video", desc="videos", disable=not cfg.progress, position=0)
+        total = expected_pairs(todo, cfg.manifest.parent, cfg.decode.fps) if cfg.progress else None  # an estimate
+        pair_bar = tqdm(total=total, unit="pair", desc="flow", disable=not cfg.progress, position=1, leave=False)
+        try:
+            with _executor(cfg, work.backend, todo, pair_bar.update) as results:
+                for rec in results:
+                    rec = commit_staged(rec, cfg, lease, work.settings)
+                    ledger.write(rec)
+                    records.append(rec)
+                    frames += rec.n_frames or 0
+                    video_bar.update(1)
+                    if rec.status == "failed":
+                        video_bar.write(f"failed {rec.key}: {rec.reason}")
+        finally:
+            pair_bar.close()
+            video_bar.close()
+    if cfg.repair or read_repair(cfg.out):
+        update_repair(cfg.out, done=[vid for vid in read_repair(cfg.out) if fingerprint.is_current(cfg.out, vid, work.settings)])
+    # Many tasks never write one file: each writes its part, `flowprep finalize` the whole index.
+    write_index(cfg, work.index_rows, work.index_errors, index_part_path(rdir, cfg.task) if cfg.num_tasks > 1 else None)
+    return records, frames
 
 
 # -- other executors --------------------------------------------------------------------------------

@@ -12,14 +12,18 @@ Nothing else knows this folder's layout; every other room asks here for a path.
       slurm/                  sbatch scripts, jobs.jsonl (flowprep.run.slurm)
       logs/                   cluster task logs
       input/                  recipe.toml + manifest.csv that `flowprep run DIR|VIDEO` generated
+      repair.json             videos taken out of the store and not yet redone (``run --repair``
+                              damage, or videos of old settings that ``--overwrite`` removed), so
+                              a killed repair resumes instead of finding "0 damaged"
 
 The rules of a run live here too: a row is **done** when its video is complete in the store,
 **failed** when its latest ledger record failed, **pending** otherwise; ``is_retryable`` is the
 single retry rule that ``run --retry-failed``, ``status`` and ``slurm submit --retry-failed``
 share.
 
-Ledger records: ``{"key", "line", "status": "done"|"failed"|"skipped", "reason", "task", "time", ...}``.
-``key`` is the video id, or ``line:<n>`` for a row too malformed to have one.  Each task writes
+Ledger records: ``LedgerRecord`` (``key``, ``line``, ``status``: "done" | "failed" | "skipped",
+``reason_class``, ``reason``, ...), written as one JSON line with ``task`` and ``time``; fields
+that are unset are left out of the line.  ``key`` is the video id, or ``line:<n>`` for a row too malformed to have one.  Each task writes
 only its own file, so cluster tasks never write the same file; the latest record of a key (by
 time) wins when files are merged.  ``index.json`` is the merged view, rewritten atomically.
 """
@@ -31,16 +35,50 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from flowprep.run.lease import Lease, live_owner
 from flowprep.run.shard import read_manifest
 from flowprep.store.zarr_store import FORMAT_VERSION, is_complete
 
 STATUSES = ("done", "failed", "skipped")
+Status = Literal["done", "failed", "skipped"]
+
+
+@dataclass
+class LedgerRecord:
+    """One manifest row's outcome: what ``process_video`` returns and the ledger stores."""
+
+    key: str  # the video id, or ``line:<n>`` for a row too malformed to have one
+    line: int  # manifest line (1-based; the header is line 1)
+    status: Status
+    label: str | None = None
+    split: str | None = None
+    source: str | None = None  # the local file the video was decoded from
+    reason_class: str | None = None  # failed: manifest, source, decode, interrupted, internal, ...
+    reason: str | None = None  # failed / skipped: for a person
+    traceback: str | None = None  # failed as "internal": where
+    n_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    partial: str | None = None  # kept under --allow-partial: why the decode was partial
+    seconds: float | None = None
+    kept: bool = False  # an earlier non-retryable failure carried over by --retry-failed
+    staged: str | None = None  # in flight only: the prepared staging folder the parent commits
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"ledger status must be one of {STATUSES}, got {self.status!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The ledger line's fields: unset ones and ``staged`` (never written) left out."""
+        return {
+            f.name: v for f in fields(self)
+            if (v := getattr(self, f.name)) is not None and v is not False and f.name != "staged"
+        }
 
 # Failures that a rerun cannot fix: the row, the file or the video itself is the problem.
 # Everything else (network, timeouts, "internal" crashes, a full disk, out of memory, ...) is
@@ -81,9 +119,49 @@ def lease_path(store_path: str | Path, tag: str) -> Path:
     return run_dir(store_path) / "leases" / f"{tag or 'local'}.json"
 
 
-def acquire_lease(store_path: str | Path, tag: str) -> Lease:
-    """Own task ``tag`` of this store until ``release``; raises ``LeaseHeld`` if a live run owns it."""
-    return Lease(lease_path(store_path, tag), f"store {store_path} (task {tag or 'local'})").acquire()
+def acquire_lease(store_path: str | Path, tag: str, settings: str | None = None) -> Lease:
+    """Own task ``tag`` of this store until ``release``; raises ``LeaseHeld`` if a live run owns it.
+    ``settings``: the digest of the run's content settings, recorded in the lease so that a run
+    with other settings can see this one (``live_leases``)."""
+    extra = {"settings": settings} if settings is not None else {}
+    return Lease(lease_path(store_path, tag), f"store {store_path} (task {tag or 'local'})", extra=extra).acquire()
+
+
+def live_leases(store_path: str | Path) -> dict[str, dict[str, Any]]:
+    """Task tag -> lease of every live run of this store (the caller's own included)."""
+    folder = run_dir(store_path) / "leases"
+    out = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        info = live_owner(path)
+        if info is not None:
+            out[path.stem] = info
+    return out
+
+
+# -- repair list: videos out of the store that a repair must still redo -------------------------
+
+
+def repair_path(store_path: str | Path) -> Path:
+    return run_dir(store_path) / "repair.json"
+
+
+def read_repair(store_path: str | Path) -> set[str]:
+    try:
+        return set(json.loads(repair_path(store_path).read_text())["ids"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def update_repair(store_path: str | Path, add: Iterable[str] = (), done: Iterable[str] = ()) -> None:
+    """Add ids before their videos leave the store; drop them once redone.  Atomic rewrite."""
+    add, done = set(add), set(done)
+    ids = read_repair(store_path)
+    new = (ids | add) - done
+    if new == ids:
+        return
+    path = repair_path(store_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"ids": sorted(new)})
 
 
 def clean_staging(store_path: str | Path, tag: str = "", held: Lease | None = None) -> int:
@@ -147,7 +225,9 @@ class LedgerWriter:
         self.task = task
         self._f = open(self.path, "a", encoding="utf-8")
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: LedgerRecord | Mapping[str, Any]) -> None:
+        if isinstance(record, LedgerRecord):
+            record = record.to_json()
         if record.get("status") not in STATUSES:
             raise ValueError(f"ledger status must be one of {STATUSES}, got {record.get('status')!r}")
         rec = {"time": time.time(), "task": self.task, **record}
@@ -199,9 +279,9 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    counts = Counter(r["status"] for r in records)
-    reasons = Counter(r.get("reason_class", "other") for r in records if r["status"] == "failed")
+def summarize(records: list[LedgerRecord]) -> dict[str, Any]:
+    counts = Counter(r.status for r in records)
+    reasons = Counter(r.reason_class or "other" for r in records if r.status == "failed")
     return {"rows": len(records), **{s: counts.get(s, 0) for s in STATUSES}, "failed_by_reason": dict(reasons)}
 
 
@@ -289,7 +369,7 @@ def finalize(cfg: Any) -> dict[str, Any]:
 # -- done / failed / pending -------------------------------------------------------------------
 
 
-def kept_failure(row: Any, previous: dict[str, Any] | None) -> dict[str, Any] | None:
+def kept_failure(row: Any, previous: dict[str, Any] | None) -> LedgerRecord | None:
     """For ``--retry-failed``: the record that keeps a row's earlier non-retryable failure.
 
     None (redo the row) unless its latest record failed with a class ``is_retryable`` refuses
@@ -297,10 +377,10 @@ def kept_failure(row: Any, previous: dict[str, Any] | None) -> dict[str, Any] | 
     """
     if previous is None or previous.get("status") != "failed" or is_retryable(previous.get("reason_class")):
         return None
-    return {
-        "key": row.video_id, "line": row.line, "label": row.label, "split": row.split, "status": "failed",
-        "reason_class": previous["reason_class"], "reason": previous.get("reason"), "kept": True,
-    }
+    return LedgerRecord(
+        key=row.video_id, line=row.line, label=row.label, split=row.split, status="failed",
+        reason_class=previous["reason_class"], reason=previous.get("reason"), kept=True,
+    )
 
 
 def write_index(

@@ -16,6 +16,7 @@ image; the JPEG loss happened when they were written).
 
 from __future__ import annotations
 
+import errno
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +40,12 @@ def flow_u8_to_q(v8: np.ndarray) -> np.ndarray:
     return np.clip(np.round((v8.astype(np.float32) / 127.5 - 1) * 127), -127, 127).astype(np.int8)
 
 
+def _imwrite(path: Path, img: np.ndarray, params: list[int]) -> None:
+    # OpenCV only returns False (read-only folder, full disk): never mark such a folder complete
+    if not cv2.imwrite(str(path), img, params):
+        raise OSError(errno.EIO, "OpenCV could not write the JPEG (read-only folder or full disk?)", str(path))
+
+
 def export_rawframes(
     store: Store, root: str | Path, *, video_ids: list[str] | None = None, quality: int = 95, flow: bool = True,
     progress: Callable[[str], None] | None = None,
@@ -60,11 +67,11 @@ def export_rawframes(
         n = int(infos[vid]["n_frames"])
         for start in range(0, n, 64):  # a shard at a time: memory stays small for long videos
             for t, frame in enumerate(store.read_rgb_uint8(vid, start, start + 64), start):
-                cv2.imwrite(str(d / f"img_{t + 1:05d}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), params)
+                _imwrite(d / f"img_{t + 1:05d}.jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), params)
             if flow:
                 for t, f in enumerate(flow_q_to_u8(store.read_flow_int8(vid, start, start + 64)), start):
-                    cv2.imwrite(str(d / f"flow_x_{t + 1:05d}.jpg"), f[..., 0], params)
-                    cv2.imwrite(str(d / f"flow_y_{t + 1:05d}.jpg"), f[..., 1], params)
+                    _imwrite(d / f"flow_x_{t + 1:05d}.jpg", f[..., 0], params)
+                    _imwrite(d / f"flow_y_{t + 1:05d}.jpg", f[..., 1], params)
         done.write_text("")  # a rerun after a kill redoes only the folders without it
         written += 1
         if progress:
@@ -102,10 +109,10 @@ def find_videos(
     root = Path(root)
     if not root.is_dir():
         raise StoreError(f"{root}: no such folder")
-    names = Path(classes_file).read_text().splitlines() if classes_file else None
+    names = _read_text(classes_file, "--classes").splitlines() if classes_file else None
     out = []
     if list_file:
-        for n, line in enumerate(Path(list_file).read_text().splitlines(), 1):
+        for n, line in enumerate(_read_text(list_file, "--list").splitlines(), 1):
             parts = line.split()
             if not parts:
                 continue
@@ -142,11 +149,26 @@ def _frames(folder: Path, prefix: str) -> list[Path]:
     return [p for _, p in found]
 
 
-def _read(path: Path, flags: int) -> np.ndarray:
+def _read(path: Path, flags: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A frame; ``size`` (h, w): the video's, and a frame of another size is an error naming it."""
     img = cv2.imread(str(path), flags)
     if img is None:
         raise StoreError(f"{path}: not a readable JPEG")
+    if size is not None and img.shape[:2] != size:
+        raise StoreError(f"{path}: frame of {img.shape[1]}x{img.shape[0]}, the video's first frame is {size[1]}x{size[0]}")
     return img
+
+
+def _read_text(path: str | Path, what: str) -> str:
+    """A list or classes file as text; missing or binary is one line naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StoreError(f"{what} {path}: no such file") from None
+    except IsADirectoryError:
+        raise StoreError(f"{what} {path}: is a folder, not a text file") from None
+    except UnicodeDecodeError as e:
+        raise StoreError(f"{what} {path}: not a text file (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
 
 
 def _blocks(paths: list[Path], n: int, read: Callable[[Path], np.ndarray]) -> Iterator[np.ndarray]:
@@ -170,9 +192,9 @@ def import_video(
     h, w = first.shape[:2]
     writer = VideoWriter(store_path, video.video_id, h, w, cfg, staging)
     try:
-        rgb = _blocks(imgs, n, lambda p: cv2.cvtColor(_read(p, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
-        u = _blocks(fx, n - 1, lambda p: _read(p, cv2.IMREAD_GRAYSCALE))
-        v = _blocks(fy, n - 1, lambda p: _read(p, cv2.IMREAD_GRAYSCALE))
+        rgb = _blocks(imgs, n, lambda p: cv2.cvtColor(_read(p, cv2.IMREAD_COLOR, (h, w)), cv2.COLOR_BGR2RGB))
+        u = _blocks(fx, n - 1, lambda p: _read(p, cv2.IMREAD_GRAYSCALE, (h, w)))
+        v = _blocks(fy, n - 1, lambda p: _read(p, cv2.IMREAD_GRAYSCALE, (h, w)))
         for block in rgb:
             if block.shape[1:3] != (h, w):
                 raise StoreError(f"{video.folder}: frames of different sizes ({block.shape[1:3]} and {(h, w)})")

@@ -3,7 +3,12 @@
 A video is sound when its group metadata reads, both arrays' shapes agree with ``n_frames`` /
 ``n_flow``, every shard file the shape needs exists, its index (the table of chunk offsets at
 the end of each shard, crc32c-protected) is intact and points inside the file, and, for a
-**full** check, every chunk decompresses and passes its checksum.
+**full** check, every chunk decompresses and passes its checksum.  Videos written since
+``shard_digests`` existed record each shard file's size and SHA-256 at commit (attribute
+``shard_digests``): sizes are checked always, digests in a full check, so a shard file swapped
+with another video's (chunk checksums are not tied to their video) is damage too.  In a store,
+a video made with other content settings than the root records is damaged as well
+(``flowprep.store.fingerprint``; ``run --repair`` redoes it).
 
 Stores written since chunks carry checksums (zstd ``checksum: true``; FORMAT.md) are
 **strict**: they write every chunk, also all-zero ones, so a missing shard file or a chunk the
@@ -17,6 +22,7 @@ damaged videos).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -151,6 +157,51 @@ def array_problems(array_dir: Path, expected: int | None, full: bool = False) ->
     return problems
 
 
+def shard_files(video_dir: Path) -> list[str]:
+    """Every shard file a video's arrays need, as ``<array>/<file>`` relative to the video's folder."""
+    out = []
+    for name, _ in ARRAYS:
+        layout = ArrayLayout(Path(video_dir) / name)
+        out += [f"{name}/{layout.shard_file(s).name}" for s in range(layout.n_shards())]
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def shard_digests(video_dir: Path) -> dict[str, dict[str, Any]]:
+    """``{"rgb/c.0.0.0.0": {"bytes": n, "sha256": hex}, ...}`` of a written video's shard files: the
+    writer records it in the video's attributes, ``video_problems`` checks it."""
+    return {
+        rel: {"bytes": (Path(video_dir) / rel).stat().st_size, "sha256": _sha256(Path(video_dir) / rel)}
+        for rel in shard_files(video_dir)
+    }
+
+
+def _digest_problems(video_dir: Path, recorded: Any, full: bool) -> list[str]:
+    if not isinstance(recorded, dict):
+        return []  # written before digests were recorded
+    problems = []
+    for rel, want in sorted(recorded.items()):
+        path = Path(video_dir) / rel
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            continue  # reported by the shard check
+        if not isinstance(want, dict) or size != want.get("bytes"):
+            problems.append(f"{rel.replace('/', ': shard file ', 1)} has {size} bytes, {want.get('bytes') if isinstance(want, dict) else '?'} "
+                            "recorded at commit (replaced or rewritten)")
+        elif full and _sha256(path) != want.get("sha256"):
+            problems.append(f"{rel.replace('/', ': shard file ', 1)} differs from the digest recorded at commit "
+                            "(swapped with another video's or rewritten)")
+    return problems
+
+
 def video_attrs(video_dir: Path) -> dict[str, Any]:
     try:
         meta = json.loads((Path(video_dir) / "zarr.json").read_text())
@@ -172,7 +223,7 @@ def video_problems(video_dir: Path, full: bool = False) -> list[str]:
             problems.append(f"attribute {count!r} is missing or not an integer")
             n = None
         problems += [f"{name}: {p}" for p in array_problems(Path(video_dir) / name, n, full)]
-    return problems
+    return problems + _digest_problems(Path(video_dir), attrs.get("shard_digests"), full)
 
 
 def check_read(video_id: str, name: str, layout: ArrayLayout, expected: int, start: int, stop: int) -> None:
@@ -197,7 +248,11 @@ def decode_error(video_id: str, name: str, array: Any, layout: ArrayLayout, star
 
 
 def verify_store(store_path: str | Path, full: bool = True, ids: list[str] | None = None) -> dict[str, list[str]]:
-    """Damaged videos of a store: ``{video_id: [problem, ...]}`` (sound ones are left out)."""
+    """Damaged videos of a store: ``{video_id: [problem, ...]}`` (sound ones are left out); a video
+    made with other content settings than the root records is damaged too."""
+    from flowprep.store import fingerprint
+
+    settings = fingerprint.root_settings(store_path)
     videos = Path(store_path) / "videos"
     if ids is None:
         ids = sorted(e.name for e in os.scandir(videos) if e.is_dir()) if videos.is_dir() else []
@@ -206,6 +261,11 @@ def verify_store(store_path: str | Path, full: bool = True, ids: list[str] | Non
         if not (videos / vid / "zarr.json").exists():
             continue  # not complete: not the store's, the ledger's concern
         problems = video_problems(videos / vid, full)
+        if settings is not None and not problems:
+            diff = fingerprint.differences(settings, fingerprint.video_settings(video_attrs(videos / vid)))
+            if diff:
+                problems = ["made with other settings than the store's: " + "; ".join(
+                    d.replace(", this run ", ", video ") for d in diff)]
         if problems:
             damaged[vid] = problems
     return damaged

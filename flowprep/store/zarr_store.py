@@ -225,7 +225,11 @@ class VideoWriter:
         self.flow.flush()
         if self.n_flow != self.n_frames - 1:
             raise StoreError(f"{self.video_id}: {self.n_frames} frames but {self.n_flow} flow fields")
-        self.group.attrs.update({**attrs, "n_frames": self.n_frames, "n_flow": self.n_flow, "codecs": self.cfg.codecs()})
+        # each shard file's size and SHA-256 (verify.shard_digests): ties the files to this video
+        digests = verify.shard_digests(self.tmp)
+        self.group.attrs.update({
+            **attrs, "n_frames": self.n_frames, "n_flow": self.n_flow, "codecs": self.cfg.codecs(), "shard_digests": digests,
+        })
         problems = verify.video_problems(self.tmp, full=True)
         if problems:
             raise StoreError(f"{self.video_id}: written data do not read back: {'; '.join(problems)}")
