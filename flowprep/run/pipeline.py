@@ -35,7 +35,7 @@ from flowprep.dataset.manifest import ManifestRow, RowError
 from flowprep.dataset.probe import expected_pairs
 from flowprep.dataset.source import SourceError, resolve_clip
 from flowprep.flow import api as flowmod
-from flowprep.run import orphan
+from flowprep.run import cpus, orphan
 from flowprep.run.lease import Lease
 from flowprep.run.recipe import RunConfig
 from flowprep.run.shard import item_key, keep_only, read_manifest, shard_manifest
@@ -87,16 +87,8 @@ def _flow_batch(cfg: RunConfig, backend: str) -> int:
 
 
 def _set_threads(jobs: int) -> None:
-    n = max(1, (os.cpu_count() or 1) // jobs)
-    import cv2
-
-    cv2.setNumThreads(n)
-    try:
-        import torch
-
-        torch.set_num_threads(n)
-    except ImportError:
-        pass
+    # jobs x threads <= the CPUs this process may use (affinity, cgroup quota)
+    cpus.set_solver_threads(cpus.threads_per_job(jobs))
 
 
 def process_video(
