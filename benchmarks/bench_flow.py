@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -153,7 +154,7 @@ def _target(key: str) -> tuple[str, str]:
 
 def _targets(devices: list[str]) -> list[str]:
     base = ["baseline@cpu"] if BASELINE else []
-    keys = [f"{e}-engine@{d}" for d in devices for e in ("cpu", "device")]
+    keys = [f"{e}-engine@{d}" for d in devices for e in ("numba", "cpu", "device") if not (e == "numba" and d != "cpu")]
     return base + [k for k in keys if not (SKIP_DEVICE_CPU and k == "device-engine@cpu")]
 
 
@@ -261,6 +262,144 @@ def print_table(rows: list[Row]) -> None:
         )
 
 
+def copy_gb_s(nbytes: int = 256 << 20) -> float:
+    """numpy copy bandwidth of this core, read + write counted, best of 5 (GB/s)."""
+    a = np.ones(nbytes // 4, np.float32)
+    b = np.empty_like(a)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * nbytes / best / 1e9
+
+
+def _solve_rate(key: str, i0: torch.Tensor, i1: torch.Tensor, out: list | None = None) -> float:
+    """Seconds for one call of solver ``key`` on the batch (i0, i1)."""
+    from flowprep.flow import tvl1_numba
+
+    t0 = time.perf_counter()
+    if key == "numba":
+        tvl1_numba.tvl1_flow_numba(i0, i1, schedule_out=out)
+    elif key == "torch-cpu":
+        tvl1_torch.tvl1_flow(i0, i1)
+    else:
+        # the pairs are consecutive frames: OpenCV solves them from the video they come from
+        compute_flow(np.concatenate([i0[:1].numpy(), i1.numpy()]), backend="opencv")
+    return time.perf_counter() - t0
+
+
+def bench_memory_bound(gray_thw: np.ndarray, args: argparse.Namespace) -> dict:
+    """Solver pairs/s of numba, the torch "cpu" engine and OpenCV on the same real consecutive
+    pairs, one thread each (``--threads``), pair by pair in interleaved rounds (best round
+    each); then bytes moved by the numba iterations (88 B per pixel-iteration, iterations
+    counted) against a numpy copy measured in the same run."""
+    from flowprep.flow import tvl1_numba
+
+    t, h, w = gray_thw.shape
+    i0, i1 = torch.from_numpy(gray_thw[:-1]), torch.from_numpy(gray_thw[1:])
+    t0 = time.perf_counter()
+    tvl1_numba.tvl1_flow_numba(i0[:1], i1[:1])
+    warm = time.perf_counter() - t0
+    keys = ("numba", "torch-cpu", "opencv")
+    rounds = {k: [] for k in keys}
+    counted: list = []
+    for rnd in range(2):
+        for k in keys:
+            # the same pairs for every solver; the video is consecutive so OpenCV gets pairs too
+            rounds[k].append(_solve_rate(k, i0, i1, counted if (k == "numba" and rnd == 0) else None))
+    best = {k: min(v) for k, v in rounds.items()}
+    pps = {k: (t - 1) / best[k] for k in keys}
+    copy = copy_gb_s()
+    px_iters = sum(px * n for px, n in counted[0].iterations.items())
+    bytes_moved = tvl1_device.BYTES_PER_PIXEL_ITERATION * px_iters
+    achieved = bytes_moved / best["numba"] / 1e9
+    print(
+        f"\nsolver, {t - 1} real {h}x{w} pairs, {torch.get_num_threads()} thread(s) each, 2 interleaved rounds, best: "
+        f"numba {pps['numba']:.3f} pairs/s ({pps['numba'] / pps['opencv']:.2f}x OpenCV), torch cpu engine "
+        f"{pps['torch-cpu']:.3f} ({pps['torch-cpu'] / pps['opencv']:.2f}x), OpenCV {pps['opencv']:.3f}; "
+        f"numba first call in this process (cache load + 1 pair) {warm:.1f} s"
+    )
+    print(
+        f"memory bound: {px_iters / (h * w) / (t - 1):.0f} finest-level-equivalent iterations per pair, "
+        f"{bytes_moved / (t - 1) / 1e9:.2f} GB per pair by design (88 B per pixel-iteration); numba moves "
+        f"{achieved:.1f} GB/s, numpy copy {copy:.1f} GB/s in this run: {achieved / copy:.0%} of the copy bound "
+        f"(which would be {copy * 1e9 / (bytes_moved / (t - 1)):.2f} pairs/s)"
+    )
+    return {"numba_pps": pps["numba"], "opencv_pps": pps["opencv"], "copy_gb_s": copy, "hw": (h, w)}
+
+
+def _cut_clips(folder: Path, n: int, seconds: float) -> int:
+    """``n`` real clips of ``seconds`` cut from bikes.mp4 (re-encoded, H.264); pairs they hold."""
+    import subprocess
+
+    from flowprep.dataset.decode import ffmpeg_exe
+
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = round(seconds * 25)
+    for k in range(n):
+        cmd = [
+            ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-ss", f"{k * seconds:.2f}",
+            "-i", str(flow_eval.bikes_path()), "-frames:v", str(frames), "-r", "25", "-c:v", "libx264",
+            "-crf", "18", "-an", str(folder / f"bikes_{k:02d}.mp4"),
+        ]  # fmt: skip
+        subprocess.run(cmd, check=True)
+    return n * (frames - 1)
+
+
+def _flowprep_run(folder: Path, out: Path, jobs: str) -> float:
+    import shutil
+    import subprocess
+
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(str(out) + ".run", ignore_errors=True)
+    exe = Path(sys.executable).parent / "flowprep"
+    t0 = time.perf_counter()
+    subprocess.run(
+        [str(exe), "run", str(folder), "--out", str(out), "--jobs", jobs, "--backend", "torch", "--device", "cpu", "--no-progress"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return time.perf_counter() - t0
+
+
+def bench_end_to_end(args: argparse.Namespace, bound: dict) -> None:
+    """``flowprep run`` on real clips (bikes.mp4 cut up), pairs/s against the numba solver's
+    pairs/s at the clips' frame size x jobs; with --busy-loop, the same run beside a busy loop
+    on every CPU."""
+    import subprocess
+    import tempfile
+
+    from flowprep.run import cpus
+
+    jobs = cpus.parse_jobs(args.jobs)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-flow-"))
+    pairs = _cut_clips(tmp / "clips", args.clips, args.clip_seconds)
+    gray = flow_eval.bikes_gray(5, short_side=256, start=30)  # the size `flowprep run` stores: short side 256
+    i0, i1 = torch.from_numpy(gray[:-1]), torch.from_numpy(gray[1:])
+    solver = 4 / min(_solve_rate("numba", i0, i1) for _ in range(2))
+    quiet = _flowprep_run(tmp / "clips", tmp / "quiet.zarr", args.jobs)
+    run_pps = pairs / quiet
+    h, w = gray.shape[1:]
+    print(
+        f"\nflowprep run, {args.clips} real clips ({pairs} pairs of {h}x{w}), --jobs {args.jobs} = {jobs}: "
+        f"{quiet:.1f} s, {run_pps:.3f} pairs/s; numba solver alone (1 thread, same size, same run) "
+        f"{solver:.3f} pairs/s x {jobs} jobs = {solver * jobs:.3f}: ratio {run_pps / (solver * jobs):.2f}"
+    )
+    if args.busy_loop:
+        n = cpus.available_cpus()
+        hogs = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) for _ in range(n)]
+        try:
+            busy = _flowprep_run(tmp / "clips", tmp / "busy.zarr", args.jobs)
+        finally:
+            for hog in hogs:
+                hog.kill()
+                hog.wait()
+        print(
+            f"the same run beside {n} busy loops (`yes > /dev/null`, one per CPU): {busy:.1f} s, "
+            f"{busy / quiet:.2f}x its time without them"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--opencv-pairs", type=int, default=6, help="real pairs timed for OpenCV per size")
@@ -274,14 +413,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-cuda", action="store_true", help="skip CUDA even when present")
     p.add_argument("--compile", action="store_true", help="torch backend with torch.compile (first call compiles)")
     p.add_argument(
-        "--threads", type=int, default=0, help="CPU threads for both OpenCV and torch (default: their own, all cores)"
+        "--threads", type=int, default=1,
+        help="solver threads for OpenCV, torch and numba alike (default 1: one job's share; 0: their own defaults)",
+    )
+    p.add_argument("--no-table", action="store_true", help="skip the per-size table (speed, EPE, agreement, memory)")
+    p.add_argument("--clips", type=int, default=4, help="real clips (cut from bikes.mp4) for the end-to-end run; 0 skips it")
+    p.add_argument("--clip-seconds", type=float, default=2.0)
+    p.add_argument("--jobs", default="auto", help="--jobs of the end-to-end run")
+    p.add_argument(
+        "--busy-loop", action="store_true",
+        help="also time the end-to-end run with a busy loop on every CPU (`yes > /dev/null` per CPU): shared-machine ratio",
     )
     args = p.parse_args(argv)
     if args.threads:
-        import cv2
+        from flowprep.run import cpus
 
-        cv2.setNumThreads(args.threads)
-        torch.set_num_threads(args.threads)
+        cpus.set_solver_threads(args.threads)
     if min(args.opencv_pairs, args.torch_pairs, args.device_cpu_pairs) < args.rounds:
         p.error("need at least one pair per round")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.no_cuda else [])
@@ -300,11 +447,16 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     rows: list[Row] = []
-    for h, w in sizes:
+    for h, w in [] if args.no_table else sizes:
         real_thw = flow_eval.center_crop(real, h, w)
         src = flow_eval.center_crop(big[None], h + 2 * MARGIN, w + 2 * MARGIN)[0]
         rows += bench_size(h, w, real_thw, src, args, devices)
         print(f"  {h}x{w} done", flush=True)
+    bound = bench_memory_bound(flow_eval.center_crop(real[:9], *sizes[0]), args)
+    if args.clips:
+        bench_end_to_end(args, bound)
+    if args.no_table:
+        return 0
     print(f"compiled kernels in use: {_compile_flag(args)}")
     print_table(rows)
 

@@ -290,12 +290,12 @@ def test_compile_failure_falls_back_to_the_same_result(monkeypatch):
     monkeypatch.setattr(tvl1_torch, "_COMPILED", fresh)
     gray = flow_eval.center_crop(flow_eval.bikes_gray(2, short_side=48), 48, 64)
     with pytest.warns(RuntimeWarning, match="no compiler here"):
-        fallback = compute_flow(gray, backend="torch", device="cpu", compile=True)
+        fallback = compute_flow(gray, backend="torch", device="cpu", engine="cpu", compile=True)
     assert not tvl1_torch.compile_works()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second attempt, no second warning
-        again = compute_flow(gray, backend="torch", device="cpu", compile=True)
-    eager = compute_flow(gray, backend="torch", device="cpu", compile=False)
+        again = compute_flow(gray, backend="torch", device="cpu", engine="cpu", compile=True)
+    eager = compute_flow(gray, backend="torch", device="cpu", engine="cpu", compile=False)
     np.testing.assert_array_equal(fallback, eager)
     np.testing.assert_array_equal(again, eager)
 
@@ -303,10 +303,10 @@ def test_compile_failure_falls_back_to_the_same_result(monkeypatch):
 @pytest.mark.slow
 def test_compiled_matches_eager():
     gray = flow_eval.center_crop(flow_eval.bikes_gray(3, short_side=64), 64, 96)
-    compiled = compute_flow(gray, backend="torch", device="cpu", compile=True)
+    compiled = compute_flow(gray, backend="torch", device="cpu", engine="cpu", compile=True)
     if not tvl1_torch.compile_works():
         pytest.skip("torch.compile does not work on this machine (the fallback is tested above)")
-    eager = compute_flow(gray, backend="torch", device="cpu", compile=False)
+    eager = compute_flow(gray, backend="torch", device="cpu", engine="cpu", compile=False)
     assert flow_eval.epe(compiled, eager) < 0.02
 
 

@@ -11,8 +11,8 @@ Pure functions over arrays; no I/O.  Conventions (I3D, Carreira & Zisserman 2017
 
 Backends are picked by name from ``BACKENDS``; ``opencv`` (``cv2.optflow.DualTVL1OpticalFlow``,
 CPU) is the reference; ``torch`` (``flowprep.flow.tvl1_torch``, batched, CPU or CUDA) follows it step
-for step, with two engines (option ``engine``: "cpu", the CPU default, or "device",
-``flowprep.flow.tvl1_device``, the CUDA default).  Options that only one backend understands (``BACKEND_OPTIONS``) pass through
+for step, with three engines (option ``engine``: "numba", ``flowprep.flow.tvl1_numba``, the CPU
+default; "cpu", torch's eager kernels; "device", ``flowprep.flow.tvl1_device``, the CUDA default).  Options that only one backend understands (``BACKEND_OPTIONS``) pass through
 ``compute_flow`` like TV-L1 parameters and are errors for the other backends.
 """
 
@@ -92,12 +92,16 @@ BACKEND_OPTIONS: Mapping[str, Mapping[str, tuple[Callable[[Any], bool], str, Any
         ),
         # torch.compile the solver's kernels (falls back to eager if compiling fails); None = the
         # engine's default: off for the "cpu" engine (its blocked eager kernels are as fast on the
-        # CPU, without a minute of compiling), on for the "device" engine on CUDA
+        # CPU, without a minute of compiling), on for the "device" engine on CUDA; the "numba"
+        # engine is always compiled (by numba) and ignores it
         "compile": (lambda x: x is None or isinstance(x, bool), "None (engine's default), True or False", None),
-        # how the solver iterates (tvl1_torch.tvl1_flow): "cpu" = blocked in-place kernels, one
-        # host check per iteration; "device" = masked fused iterations, one host check per block
-        # (tvl1_device); None = by device ("device" on CUDA, "cpu" on the CPU)
-        "engine": (lambda x: x in (None, "cpu", "device"), "None (by device), 'cpu' or 'device'", None),
+        # how the solver iterates: "numba" = a fused compiled CPU kernel, a warp per call
+        # (tvl1_numba; the CPU default); "cpu" = torch's blocked in-place kernels, one host check
+        # per iteration (tvl1_torch); "device" = masked fused iterations, one host check per block
+        # (tvl1_device; the CUDA default); None = by device
+        "engine": (
+            lambda x: x in (None, "numba", "cpu", "device"), "None (by device), 'numba', 'cpu' or 'device'", None
+        ),
     },
 }
 

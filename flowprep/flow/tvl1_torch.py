@@ -48,16 +48,22 @@ warps within 0.2% of OpenCV's and 0.989 vs 0.990 px on Middlebury's motorcycle a
 * **Float rounding.**  float32 throughout as in OpenCV, in a different operation order (and
   ``hypot`` vs ``sqrt(x^2 + y^2)``, and on CUDA fused multiply-adds), so not bit for bit.
 
-Batching and speed: pairs in a batch are independent (a pair alone gives the same flow as in
-a batch).  Two engines run this scheme (``compute_flow(..., engine=)``):
+Structure: ``solve`` is the one TV-L1 (input checks, pyramids, per level the centred gradient
+and p = 0, per warp ``warp_consts``, between levels ``upsample_flow``) over named records
+(``TVL1Params``, frozen, defaults from ``api.DEFAULT_TVL1_PARAMS``; ``TVL1State``; ``WarpConsts``;
+``Level``); an engine is a ``Schedule``, which only decides how one warp's iterations run.
+Pairs in a batch are independent (a pair alone gives the same flow as in a batch).  Engines
+(``tvl1_device.tvl1_flow_engine(..., engine=)``):
 
-* "cpu" (this module's ``tvl1_flow``; the default on the CPU): u and p are updated in place in
-  kept buffers; on the CPU the frames are cut into blocks of rows sized for the caches, and a
-  pair that has converged in a warp is simply skipped.  The host reads every pair's error after
-  every iteration (``.tolist()``), and an iteration is ~65 small operations (counted by
-  ``make bench-flow``): fine on the CPU, launch- and sync-bound on a GPU.  ``compile=True`` runs
-  functional kernels through ``torch.compile`` instead (converged pairs are then compacted out);
-  it falls back to eager if compiling fails.
+* "numba" (``flowprep.flow.tvl1_numba``; the default on the CPU): a warp's iterations in one
+  compiled call, one pass over the image per iteration, pairs in parallel.
+* "cpu" (this module's ``tvl1_flow``, ``InPlaceSchedule``): u and p are updated in place in
+  kept buffers; the frames are cut into blocks of rows sized for the caches, and a pair that
+  has converged in a warp is simply skipped.  The host reads every pair's error after every
+  iteration (``.tolist()``), and an iteration is ~65 small operations (counted by
+  ``make bench-flow``).  ``compile=True`` runs functional kernels through ``torch.compile``
+  instead (``CompactingSchedule``: converged pairs are compacted out); it falls back to eager
+  if compiling fails.
 * "device" (``flowprep.flow.tvl1_device``; the default on CUDA): the same numerics with the
   stopping rule masked on the device and one host check per block of iterations, compiled.
 """
