@@ -263,22 +263,25 @@ def print_table(rows: list[Row]) -> None:
 
 
 def copy_gb_s(nbytes: int = 256 << 20) -> float:
-    """numpy copy bandwidth of this core, read + write counted, best of 5 (GB/s)."""
+    """numpy copy bandwidth of one core, read + write counted, per CPU-second of this process
+    (as the solver's figure), best of 5 (GB/s)."""
     a = np.ones(nbytes // 4, np.float32)
     b = np.empty_like(a)
     best = float("inf")
     for _ in range(5):
-        t0 = time.perf_counter()
+        c0 = time.process_time()
         np.copyto(b, a)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, time.process_time() - c0)
     return 2 * nbytes / best / 1e9
 
 
-def _solve_rate(key: str, i0: torch.Tensor, i1: torch.Tensor, out: list | None = None) -> float:
-    """Seconds for one call of solver ``key`` on the batch (i0, i1)."""
+def _solve_rate(key: str, i0: torch.Tensor, i1: torch.Tensor, out: list | None = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) for one call of solver ``key`` on the batch
+    (i0, i1).  With one solver thread, CPU seconds are what the solve costs whatever else runs on
+    the machine (on a shared one, wall time mostly measures the other processes)."""
     from flowprep.flow import tvl1_numba
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if key == "numba":
         tvl1_numba.tvl1_flow_numba(i0, i1, schedule_out=out)
     elif key == "torch-cpu":
@@ -286,7 +289,7 @@ def _solve_rate(key: str, i0: torch.Tensor, i1: torch.Tensor, out: list | None =
     else:
         # the pairs are consecutive frames: OpenCV solves them from the video they come from
         compute_flow(np.concatenate([i0[:1].numpy(), i1.numpy()]), backend="opencv")
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def bench_memory_bound(gray_thw: np.ndarray, args: argparse.Namespace) -> dict:
@@ -302,29 +305,33 @@ def bench_memory_bound(gray_thw: np.ndarray, args: argparse.Namespace) -> dict:
     tvl1_numba.tvl1_flow_numba(i0[:1], i1[:1])
     warm = time.perf_counter() - t0
     keys = ("numba", "torch-cpu", "opencv")
-    rounds = {k: [] for k in keys}
+    rounds: dict[str, list[tuple[float, float]]] = {k: [] for k in keys}
     counted: list = []
-    for rnd in range(2):
+    for rnd in range(args.rounds):
         for k in keys:
-            # the same pairs for every solver; the video is consecutive so OpenCV gets pairs too
+            # the same pairs for every solver, interleaved rounds
             rounds[k].append(_solve_rate(k, i0, i1, counted if (k == "numba" and rnd == 0) else None))
-    best = {k: min(v) for k, v in rounds.items()}
+    best = {k: min(w for w, _ in v) for k, v in rounds.items()}
+    best_cpu = {k: min(c for _, c in v) for k, v in rounds.items()}
     pps = {k: (t - 1) / best[k] for k in keys}
+    cps = {k: (t - 1) / best_cpu[k] for k in keys}
     copy = copy_gb_s()
     px_iters = sum(px * n for px, n in counted[0].iterations.items())
     bytes_moved = tvl1_device.BYTES_PER_PIXEL_ITERATION * px_iters
-    achieved = bytes_moved / best["numba"] / 1e9
+    achieved = bytes_moved / best_cpu["numba"] / 1e9
+    n_thr = torch.get_num_threads()
     print(
-        f"\nsolver, {t - 1} real {h}x{w} pairs, {torch.get_num_threads()} thread(s) each, 2 interleaved rounds, best: "
-        f"numba {pps['numba']:.3f} pairs/s ({pps['numba'] / pps['opencv']:.2f}x OpenCV), torch cpu engine "
-        f"{pps['torch-cpu']:.3f} ({pps['torch-cpu'] / pps['opencv']:.2f}x), OpenCV {pps['opencv']:.3f}; "
+        f"\nsolver, {t - 1} real {h}x{w} pairs, {n_thr} thread(s) each, {args.rounds} interleaved rounds, best; "
         f"numba first call in this process (cache load + 1 pair) {warm:.1f} s"
     )
+    print(f"{'solver':<18} {'pairs/s wall':>12} {'x OpenCV':>8} {'pairs/CPU-s':>11} {'x OpenCV':>8}")
+    for k, label in zip(keys, ("numba", "torch cpu engine", "OpenCV"), strict=True):
+        print(f"{label:<18} {pps[k]:>12.3f} {pps[k] / pps['opencv']:>8.2f} {cps[k]:>11.3f} {cps[k] / cps['opencv']:>8.2f}")
     print(
         f"memory bound: {px_iters / (h * w) / (t - 1):.0f} finest-level-equivalent iterations per pair, "
         f"{bytes_moved / (t - 1) / 1e9:.2f} GB per pair by design (88 B per pixel-iteration); numba moves "
-        f"{achieved:.1f} GB/s, numpy copy {copy:.1f} GB/s in this run: {achieved / copy:.0%} of the copy bound "
-        f"(which would be {copy * 1e9 / (bytes_moved / (t - 1)):.2f} pairs/s)"
+        f"{achieved:.1f} GB per CPU-second, numpy copy {copy:.1f} GB/s in this run: {achieved / copy:.0%} of the "
+        f"copy bound (which would be {copy * 1e9 / (bytes_moved / (t - 1)):.2f} pairs per CPU-second)"
     )
     return {"numba_pps": pps["numba"], "opencv_pps": pps["opencv"], "copy_gb_s": copy, "hw": (h, w)}
 
@@ -347,25 +354,31 @@ def _cut_clips(folder: Path, n: int, seconds: float) -> int:
     return n * (frames - 1)
 
 
-def _flowprep_run(folder: Path, out: Path, jobs: str) -> float:
+def _flowprep_run(folder: Path, out: Path, jobs: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the run and all its workers) of one ``flowprep run``."""
+    import resource
     import shutil
     import subprocess
 
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(str(out) + ".run", ignore_errors=True)
     exe = Path(sys.executable).parent / "flowprep"
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(
         [str(exe), "run", str(folder), "--out", str(out), "--jobs", jobs, "--backend", "torch", "--device", "cpu", "--no-progress"],
         check=True, capture_output=True,
     )  # fmt: skip
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
 
 
 def bench_end_to_end(args: argparse.Namespace, bound: dict) -> None:
     """``flowprep run`` on real clips (bikes.mp4 cut up), pairs/s against the numba solver's
-    pairs/s at the clips' frame size x jobs; with --busy-loop, the same run beside a busy loop
-    on every CPU."""
+    pairs/s at the clips' frame size x jobs (wall time), and pairs per CPU-second of the whole
+    run (decode, write, workers' start-up) against the solver's (what the ratio is on a machine
+    shared with other work); with --busy-loop, the same run beside a busy loop on every CPU."""
     import subprocess
     import tempfile
 
@@ -376,27 +389,30 @@ def bench_end_to_end(args: argparse.Namespace, bound: dict) -> None:
     pairs = _cut_clips(tmp / "clips", args.clips, args.clip_seconds)
     gray = flow_eval.bikes_gray(5, short_side=256, start=30)  # the size `flowprep run` stores: short side 256
     i0, i1 = torch.from_numpy(gray[:-1]), torch.from_numpy(gray[1:])
-    solver = 4 / min(_solve_rate("numba", i0, i1) for _ in range(2))
-    quiet = _flowprep_run(tmp / "clips", tmp / "quiet.zarr", args.jobs)
+    rates = [_solve_rate("numba", i0, i1) for _ in range(2)]
+    solver, solver_cpu = 4 / min(r[0] for r in rates), 4 / min(r[1] for r in rates)
+    quiet, quiet_cpu = _flowprep_run(tmp / "clips", tmp / "quiet.zarr", args.jobs)
     run_pps = pairs / quiet
     h, w = gray.shape[1:]
     print(
         f"\nflowprep run, {args.clips} real clips ({pairs} pairs of {h}x{w}), --jobs {args.jobs} = {jobs}: "
         f"{quiet:.1f} s, {run_pps:.3f} pairs/s; numba solver alone (1 thread, same size, same run) "
-        f"{solver:.3f} pairs/s x {jobs} jobs = {solver * jobs:.3f}: ratio {run_pps / (solver * jobs):.2f}"
+        f"{solver:.3f} pairs/s x {jobs} jobs = {solver * jobs:.3f}: ratio {run_pps / (solver * jobs):.2f}; "
+        f"per CPU-second: run {pairs / quiet_cpu:.3f} pairs, solver {solver_cpu:.3f}: ratio "
+        f"{pairs / quiet_cpu / solver_cpu:.2f}"
     )
     if args.busy_loop:
         n = cpus.available_cpus()
         hogs = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) for _ in range(n)]
         try:
-            busy = _flowprep_run(tmp / "clips", tmp / "busy.zarr", args.jobs)
+            busy, busy_cpu = _flowprep_run(tmp / "clips", tmp / "busy.zarr", args.jobs)
         finally:
             for hog in hogs:
                 hog.kill()
                 hog.wait()
         print(
             f"the same run beside {n} busy loops (`yes > /dev/null`, one per CPU): {busy:.1f} s, "
-            f"{busy / quiet:.2f}x its time without them"
+            f"{busy / quiet:.2f}x its time without them (CPU seconds {busy_cpu:.0f} vs {quiet_cpu:.0f})"
         )
 
 

@@ -830,7 +830,15 @@ class _Kernels:
         pool: dict = {}
         eager_median = functools.partial(median_filter_blocked, pool=pool)
         if compile:
-            self.iteration = functools.partial(_COMPILED["tvl1_iteration"], tvl1_iteration)
+            # the fallback: the "cpu" engine's in-place iteration (updates its inputs), so that a
+            # failed compile gives the very flow of compile=False
+            eager = EagerIteration()
+
+            def eager_iteration(*a: Any) -> tuple[torch.Tensor, ...]:
+                err = eager(TVL1State(list(a[:2]), list(a[2:6])), WarpConsts(*a[6:10]), *a[10:])
+                return (*a[:6], err)
+
+            self.iteration = functools.partial(_COMPILED["tvl1_iteration"], eager_iteration)
             self.iteration_gamma = functools.partial(_COMPILED["tvl1_iteration_gamma"], tvl1_iteration_gamma)
             self.median = functools.partial(_COMPILED["median_filter"], eager_median)
         else:
