@@ -32,7 +32,7 @@ from numba import njit, prange
 from flowprep.flow.tvl1_torch import InPlaceSchedule, Level, Schedule, TVL1Params, TVL1State, WarpConsts, solve
 
 
-@njit(cache=True, fastmath=False, inline="always")
+@njit(cache=True, fastmath=False)
 def _u_row(y, u1, u2, p11, p12, p21, p22, ix, iy, nig, rho, l_t, theta, s, d1, d2):
     """Row y's u-update in place; returns the row's sum of |d|^2 (float64).  Short loops that
     each write one scratch row, so that LLVM vectorizes them (few aliasing checks)."""
@@ -76,7 +76,7 @@ def _u_row(y, u1, u2, p11, p12, p21, p22, ix, iy, nig, rho, l_t, theta, s, d1, d
     return (a0 + a1) + (a2 + a3)
 
 
-@njit(cache=True, fastmath=False, inline="always")
+@njit(cache=True, fastmath=False)
 def _p_row(y, u1, u2, p11, p12, p21, p22, taut, gx, gy, ng):
     """Row y's dual update from the new u (forward differences, 0 on the last row / column)."""
     h, w = u1.shape
