@@ -200,9 +200,14 @@ def process_video(
     return record
 
 
-def _worker(row: ManifestRow, cfg: RunConfig, backend: str, q: Any, parent_pid: int | None = None) -> dict[str, Any]:
+def _worker(
+    row: ManifestRow, cfg: RunConfig, backend: str, q: Any, parent_pid: int | None = None, cwd: str | None = None
+) -> dict[str, Any]:
     if parent_pid is not None:
         orphan.watch_parent(parent_pid)
+    if cwd is not None and os.getcwd() != cwd:
+        # loky reuses workers across runs in one process: relative paths mean the caller's folder
+        os.chdir(cwd)
     _set_threads(cfg.jobs)
     return process_video(row, cfg, backend, q.put if q is not None else None, commit=False)
 
@@ -348,7 +353,7 @@ def _run_leased(
             drainer = threading.Thread(target=drain, daemon=True)
             drainer.start()
             results = Parallel(n_jobs=cfg.jobs, return_as="generator_unordered")(
-                delayed(_worker)(row, cfg, backend, q, os.getpid()) for row in todo
+                delayed(_worker)(row, cfg, backend, q, os.getpid(), os.getcwd()) for row in todo
             )
         try:
             for rec in results:
