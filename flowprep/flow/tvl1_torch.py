@@ -50,7 +50,7 @@ warps within 0.2% of OpenCV's and 0.989 vs 0.990 px on Middlebury's motorcycle a
 
 Structure: ``solve`` is the one TV-L1 (input checks, pyramids, per level the centred gradient
 and p = 0, per warp ``warp_consts``, between levels ``upsample_flow``) over named records
-(``TVL1Params``, frozen, defaults from ``api.DEFAULT_TVL1_PARAMS``; ``TVL1State``; ``WarpConsts``;
+(``TVL1Params``, frozen, defaults from ``params.DEFAULT_TVL1_PARAMS``; ``TVL1State``; ``WarpConsts``;
 ``Level``); an engine is a ``Schedule``, which only decides how one warp's iterations run.
 Pairs in a batch are independent (a pair alone gives the same flow as in a batch).  Engines
 (``tvl1_device.tvl1_flow_engine(..., engine=)``):
@@ -82,7 +82,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flowprep.flow.api import DEFAULT_TVL1_PARAMS
+from flowprep.flow.params import DEFAULT_TVL1_PARAMS
 
 # Smallest pyramid side OpenCV keeps (a level with a side under this ends the pyramid).
 MIN_PYRAMID_SIDE = 16
@@ -92,7 +92,7 @@ _FLT_EPS = 1.1920928955078125e-07
 
 @dataclass(frozen=True, slots=True)
 class TVL1Params:
-    """The TV-L1 parameters of one solve, frozen; defaults from ``api.DEFAULT_TVL1_PARAMS`` (the
+    """The TV-L1 parameters of one solve, frozen; defaults from ``params.DEFAULT_TVL1_PARAMS`` (the
     one table, where each is explained; ``api.resolve_params`` checks user input)."""
 
     tau: float = DEFAULT_TVL1_PARAMS["tau"]
