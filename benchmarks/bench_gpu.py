@@ -99,6 +99,35 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+# Kinetics-like frame sizes (short side 256, several aspect ratios): each may compile at most twice
+COMPILE_SIZES = ((256, 340), (256, 454), (256, 256), (256, 320), (256, 342), (240, 320))
+
+
+def compile_report(log: Tee, g: torch.Tensor, graphs: bool, dev: torch.device) -> dict:
+    """First-call time per frame size and torch._dynamo's counters over COMPILE_SIZES (crops and
+    pads of the real frames): graphs compiled, recompiles, graph breaks."""
+    from torch._dynamo.utils import counters
+
+    from flowprep.flow import tvl1_device
+
+    out = {}
+    for h, w in COMPILE_SIZES:
+        x = torch.nn.functional.pad(g[:3].float(), (0, max(0, w - g.shape[2]), 0, max(0, h - g.shape[1])), mode="replicate")
+        x = x[:, :h, :w].contiguous()
+        t0 = time.perf_counter()
+        tvl1_device.tvl1_flow_device(x[:2], x[1:3], cuda_graphs=graphs)
+        _sync(dev)
+        out[f"{h}x{w}"] = time.perf_counter() - t0
+    stats = dict(counters["stats"])
+    breaks = sum(counters["graph_break"].values())
+    recompiles = sum(v for k, v in counters["recompiles"].items()) if "recompiles" in counters else 0
+    log(
+        "first call per frame size (s): " + ", ".join(f"{k} {v:.1f}" for k, v in out.items())
+        + f"; dynamo: unique graphs {stats.get('unique_graphs', 0)}, graph breaks {breaks}, recompiles {recompiles}"
+    )
+    return {"first_call_s": out, "unique_graphs": stats.get("unique_graphs", 0), "graph_breaks": breaks}
+
+
 def solver_sweep(log: Tee, batches: list[int], graphs: bool, dev: torch.device, crop: tuple[int, int] = (H, W)) -> dict:
     from flowprep.flow import tvl1_device
 
@@ -112,7 +141,7 @@ def solver_sweep(log: Tee, batches: list[int], graphs: bool, dev: torch.device, 
     tvl1_device.tvl1_flow_device(g[:8], g[1:9], cuda_graphs=graphs)
     _sync(dev)
     log(f"first call (compiling): {time.perf_counter() - t0:.1f} s; compile works: {tvl1_device.compile_works()}")
-    results = {"source": source, "graphs": graphs, "batches": {}}
+    results = {"source": source, "graphs": graphs, "batches": {}, "compiles": compile_report(log, g, graphs, dev)}
     log(f"{'batch':>6} {'pairs/s':>9} {'s/call':>8} {'iters/warp':>10} {'GB/s design':>11} {'peak GB':>8}")
     for b in batches:
         idx = torch.arange(b, device=dev) % 64

@@ -3,7 +3,7 @@ batching, robustness, options.  Small frames so the file runs in well under a mi
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import warnings
 
 import cv2
@@ -51,8 +51,11 @@ def synthetic_results(synthetic):
 
 
 def test_defaults_are_the_projects():
-    sig = inspect.signature(tvl1_flow).parameters
-    assert {k: sig[k].default for k in DEFAULT_TVL1_PARAMS} == dict(DEFAULT_TVL1_PARAMS)
+    assert dataclasses.asdict(tvl1_torch.TVL1Params()) == dict(DEFAULT_TVL1_PARAMS)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tvl1_torch.TVL1Params().tau = 0.1  # type: ignore[misc]
+    with pytest.raises(TypeError, match="warp"):
+        tvl1_flow(torch.zeros(1, 8, 8), torch.zeros(1, 8, 8), warp=3)  # a misspelt parameter is an error
 
 
 def test_synthetic_warps_epe_no_worse_than_opencv(synthetic_results):
@@ -133,7 +136,7 @@ def test_video_goes_to_the_solver_batch_by_batch_as_uint8(monkeypatch):
 
     monkeypatch.setattr(tvl1_torch, "tvl1_flow", spy)
     gray = flow_eval.center_crop(flow_eval.bikes_gray(8, short_side=32), 32, 40)
-    flow = compute_flow(gray, backend="torch", device="cpu", batch_size=3)
+    flow = compute_flow(gray, backend="torch", device="cpu", batch_size=3, engine="cpu")
     assert flow.shape == (7, 32, 40, 2) and flow.dtype == np.float32
     assert calls == [((3, 32, 40), torch.uint8, "cpu")] * 2 + [((1, 32, 40), torch.uint8, "cpu")]
 
@@ -207,13 +210,14 @@ def test_eager_in_place_iteration_equals_the_functional_one(monkeypatch, block):
     state = [torch.randn(b, h, w, generator=gen) for _ in range(6)]
     i1wx, i1wy = (10 * torch.randn(b, h, w, generator=gen) for _ in range(2))
     i1wx[0, :5], i1wy[0, :5] = 0.0, 0.0  # flat region: no data step
-    consts = (i1wx, i1wy, tvl1_torch.neg_inv_grad2(i1wx, i1wy), 20 * torch.randn(b, h, w, generator=gen))
+    consts = tvl1_torch.WarpConsts(i1wx, i1wy, tvl1_torch.neg_inv_grad2(i1wx, i1wy), 20 * torch.randn(b, h, w, generator=gen))
     ref = tvl1_torch.tvl1_iteration(*state, *consts, 0.045, 0.3, 0.83)
     eager = tvl1_torch.EagerIteration()
-    out = eager(*[x.clone() for x in state], *consts, 0.045, 0.3, 0.83)
-    for a, e in zip(ref[:-1], out[:-1], strict=True):
+    st = [x.clone() for x in state]
+    err = eager(tvl1_torch.TVL1State(st[:2], st[2:]), consts, 0.045, 0.3, 0.83)
+    for a, e in zip(ref[:-1], st, strict=True):
         torch.testing.assert_close(e, a, atol=2e-6, rtol=0)
-    torch.testing.assert_close(out[-1], ref[-1], rtol=1e-5, atol=0)
+    torch.testing.assert_close(err, ref[-1], rtol=1e-5, atol=0)
     assert (ref[0] - state[0]).abs().max() > 0.1  # the step did something
 
 
@@ -286,12 +290,12 @@ def test_compile_failure_falls_back_to_the_same_result(monkeypatch):
     monkeypatch.setattr(tvl1_torch, "_COMPILED", fresh)
     gray = flow_eval.center_crop(flow_eval.bikes_gray(2, short_side=48), 48, 64)
     with pytest.warns(RuntimeWarning, match="no compiler here"):
-        fallback = compute_flow(gray, backend="torch", device="cpu", compile=True)
+        fallback = compute_flow(gray, backend="torch", device="cpu", engine="cpu", compile=True)
     assert not tvl1_torch.compile_works()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second attempt, no second warning
-        again = compute_flow(gray, backend="torch", device="cpu", compile=True)
-    eager = compute_flow(gray, backend="torch", device="cpu", compile=False)
+        again = compute_flow(gray, backend="torch", device="cpu", engine="cpu", compile=True)
+    eager = compute_flow(gray, backend="torch", device="cpu", engine="cpu", compile=False)
     np.testing.assert_array_equal(fallback, eager)
     np.testing.assert_array_equal(again, eager)
 
@@ -299,10 +303,10 @@ def test_compile_failure_falls_back_to_the_same_result(monkeypatch):
 @pytest.mark.slow
 def test_compiled_matches_eager():
     gray = flow_eval.center_crop(flow_eval.bikes_gray(3, short_side=64), 64, 96)
-    compiled = compute_flow(gray, backend="torch", device="cpu", compile=True)
+    compiled = compute_flow(gray, backend="torch", device="cpu", engine="cpu", compile=True)
     if not tvl1_torch.compile_works():
         pytest.skip("torch.compile does not work on this machine (the fallback is tested above)")
-    eager = compute_flow(gray, backend="torch", device="cpu", compile=False)
+    eager = compute_flow(gray, backend="torch", device="cpu", engine="cpu", compile=False)
     assert flow_eval.epe(compiled, eager) < 0.02
 
 

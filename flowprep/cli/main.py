@@ -14,6 +14,7 @@ from pathlib import Path
 
 from flowprep import __version__
 from flowprep.console import usage_error
+from flowprep.run.cpus import parse_jobs, quiet_openmp
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -27,6 +28,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flowprep.store.zarr_store import StoreError
 
     try:
+        jobs = parse_jobs(args.jobs)
         settings = FolderSettings.from_args(args)
     except ValueError as e:
         return usage_error(str(e))
@@ -34,7 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     fresh = _only_generated_input(args.out)
     try:
         cfg = load_recipe(
-            recipe, out=args.out, cache_dir=args.cache_dir, jobs=args.jobs, overwrite=args.overwrite,
+            recipe, out=args.out, cache_dir=args.cache_dir, jobs=jobs, overwrite=args.overwrite,
             limit=args.limit, backend=args.backend, device=args.device, devices=args.devices,
             progress=not args.no_progress, retry_failed=args.retry_failed, repair=args.repair,
             allow_partial=args.allow_partial, fetch=_fetch_overrides(args), **_cluster_overrides(args),
@@ -183,7 +185,11 @@ def _add_run(p: argparse.ArgumentParser) -> None:
                    help="a shipped recipe's name (demo, kinetics, ucf101, ...: `flowprep recipes`), a recipe file (my.toml),"
                    " a folder of videos (class subfolders become labels) or one video file")
     p.add_argument("--out", help="store path (default: out/<dataset>.zarr)")
-    p.add_argument("--jobs", type=int, default=1, help="videos processed in parallel (default: 1)")
+    p.add_argument(
+        "--jobs", default="auto",
+        help="videos processed in parallel, one solver thread each (default: auto = the CPUs this process may use: "
+        "affinity and cgroup quota)",
+    )
     p.add_argument("--overwrite", action="store_true", help="redo videos that are already complete")
     p.add_argument("--limit", type=int, help="process only the first K manifest rows")
     p.add_argument("--backend", help="flow backend: auto (fastest here), opencv, torch")
@@ -341,6 +347,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    quiet_openmp()  # before torch or numba start OpenMP threads (workers inherit it)
     only = next((a for a in argv if not a.startswith("-")), None)
     # import only the named command's module: `flowprep --help`, `--version` or a mistyped command
     # need none of them (importing them all pulled in torch and zarr: 7 s on a busy machine)

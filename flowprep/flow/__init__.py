@@ -1,6 +1,7 @@
 """Flow layer: TV-L1 between consecutive grayscale frames and its int8 storage mapping.
 
-``api`` (backends by name, quantization), ``tvl1_torch`` (the batched PyTorch solver),
+``api`` (backends by name, quantization), ``tvl1_torch`` (the batched PyTorch solver and its
+skeleton), ``tvl1_numba`` (its fused CPU kernel), ``tvl1_device`` (its GPU schedule),
 ``evaluation`` (real and synthetic test frames, EPE) and ``viz`` (flow pictures).  Pure
 functions over arrays, except ``evaluation`` (reads a sample video) and ``viz`` (writes a PNG).
 """

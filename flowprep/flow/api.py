@@ -11,8 +11,8 @@ Pure functions over arrays; no I/O.  Conventions (I3D, Carreira & Zisserman 2017
 
 Backends are picked by name from ``BACKENDS``; ``opencv`` (``cv2.optflow.DualTVL1OpticalFlow``,
 CPU) is the reference; ``torch`` (``flowprep.flow.tvl1_torch``, batched, CPU or CUDA) follows it step
-for step, with two engines (option ``engine``: "cpu", the CPU default, or "device",
-``flowprep.flow.tvl1_device``, the CUDA default).  Options that only one backend understands (``BACKEND_OPTIONS``) pass through
+for step, with three engines (option ``engine``: "numba", ``flowprep.flow.tvl1_numba``, the CPU
+default; "cpu", torch's eager kernels; "device", ``flowprep.flow.tvl1_device``, the CUDA default).  Options that only one backend understands (``BACKEND_OPTIONS``) pass through
 ``compute_flow`` like TV-L1 parameters and are errors for the other backends.
 """
 
@@ -23,27 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from flowprep.flow.params import DEFAULT_TVL1_PARAMS
+
 FLOW_BOUND = 20.0
 QUANT_LEVELS = 127
 
-# TV-L1 parameters, named after OpenCV's DualTVL1OpticalFlow setters.  All but two are OpenCV's
-# defaults.  scale_step is 0.5 instead of 0.8: with 5 scales of 0.8 the coarsest level is only
-# 0.8**4 = 0.41 of full size and the solver cannot follow motion over ~10 px (EPE 11.1 px vs
-# 1.8 px with 0.5 on Middlebury's motorcycle pair at half size); with 5 scales of 0.5 the coarsest
-# level is 1/16 of full size, so a 20 px motion (the storage bound) is ~1.3 px there.
-DEFAULT_TVL1_PARAMS: Mapping[str, Any] = {
-    "tau": 0.25,  # time step of the numerical scheme
-    "lambda_": 0.15,  # data-term weight (smaller = smoother)
-    "theta": 0.3,  # tightness of the u/v coupling
-    "nscales": 5,  # pyramid levels
-    "scale_step": 0.5,  # downscale factor between levels (see above)
-    "warps": 5,  # warpings per level
-    "epsilon": 0.01,  # stopping threshold
-    "inner_iterations": 30,
-    "outer_iterations": 10,
-    "gamma": 0.0,  # illumination-variation term (0 = off, as in the original TV-L1)
-    "median_filtering": 5,  # median filter size applied to the flow after each warp
-}
+# DEFAULT_TVL1_PARAMS (the one table of TV-L1 defaults) lives in flowprep.flow.params, which the
+# solvers import without importing this module (no cycle); it is re-exported here.
 
 _PARAM_CHECKS: Mapping[str, tuple[type, Callable[[Any], bool], str]] = {
     "tau": (float, lambda x: 0 < x <= 0.25, "in (0, 0.25]"),
@@ -92,12 +78,16 @@ BACKEND_OPTIONS: Mapping[str, Mapping[str, tuple[Callable[[Any], bool], str, Any
         ),
         # torch.compile the solver's kernels (falls back to eager if compiling fails); None = the
         # engine's default: off for the "cpu" engine (its blocked eager kernels are as fast on the
-        # CPU, without a minute of compiling), on for the "device" engine on CUDA
+        # CPU, without a minute of compiling), on for the "device" engine on CUDA; the "numba"
+        # engine is always compiled (by numba) and ignores it
         "compile": (lambda x: x is None or isinstance(x, bool), "None (engine's default), True or False", None),
-        # how the solver iterates (tvl1_torch.tvl1_flow): "cpu" = blocked in-place kernels, one
-        # host check per iteration; "device" = masked fused iterations, one host check per block
-        # (tvl1_device); None = by device ("device" on CUDA, "cpu" on the CPU)
-        "engine": (lambda x: x in (None, "cpu", "device"), "None (by device), 'cpu' or 'device'", None),
+        # how the solver iterates: "numba" = a fused compiled CPU kernel, a warp per call
+        # (tvl1_numba; the CPU default); "cpu" = torch's blocked in-place kernels, one host check
+        # per iteration (tvl1_torch); "device" = masked fused iterations, one host check per block
+        # (tvl1_device; the CUDA default); None = by device
+        "engine": (
+            lambda x: x in (None, "numba", "cpu", "device"), "None (by device), 'numba', 'cpu' or 'device'", None
+        ),
     },
 }
 

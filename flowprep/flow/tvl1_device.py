@@ -278,12 +278,12 @@ class _Block:
                 if mode == "kernels":
                     if cls._kernels is None:
                         cls._kernels = (
-                            torch.compile(masked_iteration, dynamic=True),
-                            torch.compile(masked_median, dynamic=True),
+                            torch.compile(masked_iteration, dynamic=True, fullgraph=True),
+                            torch.compile(masked_median, dynamic=True, fullgraph=True),
                         )
                     return _block_loop(*cls._kernels, *args)
                 if cls._graphs is None:
-                    cls._graphs = torch.compile(iteration_block, dynamic=True, mode="reduce-overhead")
+                    cls._graphs = torch.compile(iteration_block, dynamic=True, fullgraph=True, mode="reduce-overhead")
                 # CUDA graphs: outputs live in the graph's pool and the next replay overwrites
                 # them, so each replay is a new step and its outputs are copied out (one copy of
                 # the state per block of iterations)
@@ -296,25 +296,44 @@ class _Block:
         return iteration_block(*args)
 
 
-ENGINES = ("cpu", "device")
+# "numba": fused CPU kernel (tvl1_numba), the CPU default; "cpu": tvl1_torch's blocked eager
+# torch kernels (the CPU default before numba; kept for comparison and where numba is missing);
+# "device": this module, the CUDA default
+ENGINES = ("numba", "cpu", "device")
+
+
+def _numba_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("numba") is not None
 
 
 def resolve_engine(engine: str | None, device: torch.device) -> str:
-    """None -> "device" on CUDA, "cpu" elsewhere; anything but ENGINES is an error."""
+    """None -> "device" on CUDA, "numba" (or "cpu" without numba) elsewhere; anything but
+    ENGINES is an error, and so is "numba" off the CPU."""
     if engine is None:
-        return "device" if device.type == "cuda" else "cpu"
+        if device.type == "cuda":
+            return "device"
+        return "numba" if _numba_available() else "cpu"
     if engine not in ENGINES:
         raise ValueError(f"engine={engine!r}: allowed: {', '.join(ENGINES)} (or None: by device)")
+    if engine == "numba" and device.type != "cpu":
+        raise ValueError(f"engine='numba' runs on the CPU, not on {device}")
     return engine
 
 
 def engine_solver(engine: str | None, device: torch.device) -> Callable[..., torch.Tensor]:
     """The solver function of ``engine`` (None: by ``device``), with ``tvl1_torch.tvl1_flow``'s signature."""
-    return tvl1_flow_device if resolve_engine(engine, device) == "device" else tt.tvl1_flow
+    name = resolve_engine(engine, device)
+    if name == "numba":
+        from flowprep.flow import tvl1_numba
+
+        return tvl1_numba.tvl1_flow_numba
+    return tvl1_flow_device if name == "device" else tt.tvl1_flow
 
 
 def tvl1_flow_engine(i0_bhw: torch.Tensor, i1_bhw: torch.Tensor, *, engine: str | None = None, **params: Any) -> torch.Tensor:
-    """TV-L1 flow with the engine named (None: "device" on CUDA, "cpu" elsewhere)."""
+    """TV-L1 flow with the engine named (None: "device" on CUDA, "numba" elsewhere)."""
     return engine_solver(engine, i0_bhw.device)(i0_bhw, i1_bhw, **params)
 
 
@@ -327,21 +346,11 @@ def tvl1_flow_device(
     i0_bhw: torch.Tensor,
     i1_bhw: torch.Tensor,
     *,
-    tau: float = 0.25,
-    lambda_: float = 0.15,
-    theta: float = 0.3,
-    nscales: int = 5,
-    scale_step: float = 0.5,
-    warps: int = 5,
-    epsilon: float = 0.01,
-    inner_iterations: int = 30,
-    outer_iterations: int = 10,
-    gamma: float = 0.0,
-    median_filtering: int = 5,
     compile: bool | None = None,
     cuda_graphs: bool = False,
     check_every: int | None = None,
     stats: DeviceStats | None = None,
+    **params: Any,
 ) -> torch.Tensor:
     """As ``tvl1_torch.tvl1_flow`` (same parameters, same flow), with the device engine.
 
@@ -350,65 +359,62 @@ def tvl1_flow_device(
     iterations between the host's convergence checks (default ``inner_iterations``); the result
     does not depend on either.
     """
-    b, h, w = tt.check_inputs(i0_bhw, i1_bhw, median_filtering, scale_step)
-    if b == 0:
-        return torch.zeros((0, h, w, 2), dtype=torch.float32, device=i0_bhw.device)
+    prm = tt.TVL1Params(**params)
     if compile is None:
         compile = i0_bhw.device.type == "cuda"
-    block = check_every or inner_iterations
+    block = check_every or prm.inner_iterations
     if block < 1:
         raise ValueError(f"check_every={check_every!r}: must be >= 1")
-    sizes, i0s, i1s = tt.build_pyramids(i0_bhw, i1_bhw, nscales, scale_step)
-    if stats is not None:
-        stats.finest_pixels = h * w
-        stats.per_pair = []
     mode = "eager" if not compile else ("graphs" if cuda_graphs and i0_bhw.device.type == "cuda" else "kernels")
-    run_block = functools.partial(_Block.run, mode)
-    n_u = 3 if gamma != 0.0 else 2
-    ch, cw = sizes[-1]
-    u = [i0s[-1].new_zeros((b, ch, cw)) for _ in range(n_u)]
-    n_iter = outer_iterations * inner_iterations
-    for s in range(len(sizes) - 1, -1, -1):
-        i0, i1 = i0s[s], i1s[s]
-        lh, lw = sizes[s]
-        thresh = epsilon * epsilon * lh * lw
-        l_t, taut = lambda_ * theta, tau / theta
-        i1x, i1y = tt.centered_gradient(i1)
-        i1_stack = torch.stack((i1, i1x, i1y), dim=1)
-        del i1x, i1y
-        p = [torch.zeros_like(i0) for _ in range(2 * n_u)]
-        u = [x.contiguous() for x in u]
-        count = torch.zeros(b, dtype=torch.int32, device=i0.device)
-        for _ in range(warps):
-            i1w, i1wx, i1wy = tt._warp_bhw(i1_stack, u[0], u[1])
-            i1wx, i1wy = i1wx.contiguous(), i1wy.contiguous()
-            consts = (i1wx, i1wy, tt.neg_inv_grad2(i1wx, i1wy), i1w - i1wx * u[0] - i1wy * u[1] - i0)
-            del i1w
-            state = _Working(u, p, consts, count)
-            for start in range(0, n_iter, block):
-                n = min(block, n_iter - start)
-                w = state
-                w.u, w.p, w.active, w.count = run_block(
-                    w.u, w.p, w.consts, w.active, w.count, start, n, inner_iterations, median_filtering,
-                    l_t, theta, taut, gamma, thresh,
-                )
-                if stats is not None:
-                    stats.blocks += 1
-                    stats.iterations += n
-                    stats.computed_pair_iterations += n * len(w.active)
-                if start + n < n_iter:
-                    # the one host synchronization of a block: which pairs still iterate?
-                    if stats is not None:
-                        stats.host_syncs += 1
-                    if not state.compact(w.active.cpu()):
-                        break
-            u, p, count = state.finish()
+    if stats is not None:
+        stats.finest_pixels = i0_bhw.shape[-2] * i0_bhw.shape[-1]
+        stats.per_pair = []
+    return tt.solve(i0_bhw, i1_bhw, prm, MaskedSchedule(prm, mode, block, stats))
+
+
+class MaskedSchedule(tt.Schedule):
+    """The device engine's schedule: blocks of masked iterations (``_Block`` in ``mode``), one
+    host read of the active flags per block, the working set compacted (``_Working``)."""
+
+    def __init__(self, params: tt.TVL1Params, mode: str, block: int, stats: DeviceStats | None):
+        self.params, self.block, self.stats = params, block, stats
+        self.run_block = functools.partial(_Block.run, mode)
+        self.count: torch.Tensor | None = None
+
+    def begin_level(self, b: int, level: tt.Level) -> None:
+        self.count = None
+
+    def run_warp(self, state: tt.TVL1State, consts: tt.WarpConsts, level: tt.Level) -> tt.TVL1State:
+        prm, stats, block = self.params, self.stats, self.block
+        u, p = state
+        if self.count is None:
+            self.count = torch.zeros(u[0].shape[0], dtype=torch.int32, device=u[0].device)
+        work = _Working(u, p, tuple(consts), self.count)
+        n_iter = prm.n_iter
+        for start in range(0, n_iter, block):
+            n = min(block, n_iter - start)
+            work.u, work.p, work.active, work.count = self.run_block(
+                work.u, work.p, work.consts, work.active, work.count, start, n, prm.inner_iterations,
+                prm.median_filtering, prm.l_t, prm.theta, prm.taut, prm.gamma, level.thresh,
+            )  # fmt: skip
             if stats is not None:
-                stats.warps += 1
+                stats.blocks += 1
+                stats.iterations += n
+                stats.computed_pair_iterations += n * len(work.active)
+            if start + n < n_iter:
+                # the one host synchronization of a block: which pairs still iterate?
+                if stats is not None:
+                    stats.host_syncs += 1
+                if not work.compact(work.active.cpu()):
+                    break
+        u, p, self.count = work.finish()
         if stats is not None:
-            stats.per_pair.append(count.tolist())
-            stats.pair_iterations[lh * lw] = stats.pair_iterations.get(lh * lw, 0) + sum(stats.per_pair[-1])
-        del i0s[s], i1s[s]
-        if s > 0:
-            u = tt.upsample_flow(u, sizes[s - 1], sizes[s], scale_step)
-    return torch.stack((u[0], u[1]), dim=-1)
+            stats.warps += 1
+        return tt.TVL1State(u, p)
+
+    def end_level(self, level: tt.Level) -> None:
+        stats = self.stats
+        if stats is not None and self.count is not None:
+            stats.per_pair.append(self.count.tolist())
+            px = level.h * level.w
+            stats.pair_iterations[px] = stats.pair_iterations.get(px, 0) + sum(stats.per_pair[-1])

@@ -48,16 +48,22 @@ warps within 0.2% of OpenCV's and 0.989 vs 0.990 px on Middlebury's motorcycle a
 * **Float rounding.**  float32 throughout as in OpenCV, in a different operation order (and
   ``hypot`` vs ``sqrt(x^2 + y^2)``, and on CUDA fused multiply-adds), so not bit for bit.
 
-Batching and speed: pairs in a batch are independent (a pair alone gives the same flow as in
-a batch).  Two engines run this scheme (``compute_flow(..., engine=)``):
+Structure: ``solve`` is the one TV-L1 (input checks, pyramids, per level the centred gradient
+and p = 0, per warp ``warp_consts``, between levels ``upsample_flow``) over named records
+(``TVL1Params``, frozen, defaults from ``params.DEFAULT_TVL1_PARAMS``; ``TVL1State``; ``WarpConsts``;
+``Level``); an engine is a ``Schedule``, which only decides how one warp's iterations run.
+Pairs in a batch are independent (a pair alone gives the same flow as in a batch).  Engines
+(``tvl1_device.tvl1_flow_engine(..., engine=)``):
 
-* "cpu" (this module's ``tvl1_flow``; the default on the CPU): u and p are updated in place in
-  kept buffers; on the CPU the frames are cut into blocks of rows sized for the caches, and a
-  pair that has converged in a warp is simply skipped.  The host reads every pair's error after
-  every iteration (``.tolist()``), and an iteration is ~65 small operations (counted by
-  ``make bench-flow``): fine on the CPU, launch- and sync-bound on a GPU.  ``compile=True`` runs
-  functional kernels through ``torch.compile`` instead (converged pairs are then compacted out);
-  it falls back to eager if compiling fails.
+* "numba" (``flowprep.flow.tvl1_numba``; the default on the CPU): a warp's iterations in one
+  compiled call, one pass over the image per iteration, pairs in parallel.
+* "cpu" (this module's ``tvl1_flow``, ``InPlaceSchedule``): u and p are updated in place in
+  kept buffers; the frames are cut into blocks of rows sized for the caches, and a pair that
+  has converged in a warp is simply skipped.  The host reads every pair's error after every
+  iteration (``.tolist()``), and an iteration is ~65 small operations (counted by
+  ``make bench-flow``).  ``compile=True`` runs functional kernels through ``torch.compile``
+  instead (``CompactingSchedule``: converged pairs are compacted out); it falls back to eager
+  if compiling fails.
 * "device" (``flowprep.flow.tvl1_device``; the default on CUDA): the same numerics with the
   stopping rule masked on the device and one host check per block of iterations, compiled.
 """
@@ -69,16 +75,52 @@ import math
 import os
 import warnings
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from flowprep.flow.params import DEFAULT_TVL1_PARAMS
+
 # Smallest pyramid side OpenCV keeps (a level with a side under this ends the pyramid).
 MIN_PYRAMID_SIDE = 16
 # std::numeric_limits<float>::epsilon(): below this |grad I1|^2 the data term gives no step.
 _FLT_EPS = 1.1920928955078125e-07
+
+
+@dataclass(frozen=True, slots=True)
+class TVL1Params:
+    """The TV-L1 parameters of one solve, frozen; defaults from ``params.DEFAULT_TVL1_PARAMS`` (the
+    one table, where each is explained; ``api.resolve_params`` checks user input)."""
+
+    tau: float = DEFAULT_TVL1_PARAMS["tau"]
+    lambda_: float = DEFAULT_TVL1_PARAMS["lambda_"]
+    theta: float = DEFAULT_TVL1_PARAMS["theta"]
+    nscales: int = DEFAULT_TVL1_PARAMS["nscales"]
+    scale_step: float = DEFAULT_TVL1_PARAMS["scale_step"]
+    warps: int = DEFAULT_TVL1_PARAMS["warps"]
+    epsilon: float = DEFAULT_TVL1_PARAMS["epsilon"]
+    inner_iterations: int = DEFAULT_TVL1_PARAMS["inner_iterations"]
+    outer_iterations: int = DEFAULT_TVL1_PARAMS["outer_iterations"]
+    gamma: float = DEFAULT_TVL1_PARAMS["gamma"]
+    median_filtering: int = DEFAULT_TVL1_PARAMS["median_filtering"]
+
+    @property
+    def l_t(self) -> float:
+        """lambda theta: the threshold step's bound."""
+        return self.lambda_ * self.theta
+
+    @property
+    def taut(self) -> float:
+        """tau / theta: the dual step."""
+        return self.tau / self.theta
+
+    @property
+    def n_iter(self) -> int:
+        """Most iterations per warp."""
+        return self.outer_iterations * self.inner_iterations
 
 
 def pyramid_sizes(h: int, w: int, nscales: int, scale_step: float) -> list[tuple[int, int]]:
@@ -219,6 +261,52 @@ def _active_blocks(active: list[int], h: int, w: int, device: torch.device) -> l
     return [(b0 + s0, b1 + s0, y0, y1) for s0, s1 in _runs(active) for b0, b1, y0, y1 in _blocks(s1 - s0, h, w, device)]
 
 
+class _UViews(NamedTuple):
+    """One flow component's views for the u-update of a block (see ``EagerIteration._make_plan``)."""
+
+    pa0: torch.Tensor  # pa's first column: div's first column
+    d0: torch.Tensor  # ... goes here
+    pa_r: torch.Tensor  # pa[x], x >= 1
+    pa_l: torch.Tensor  # pa[x - 1]
+    d_r: torch.Tensor  # d[x], x >= 1
+    pb: torch.Tensor  # pb of the block's rows
+    pb_dst: torch.Tensor  # where pb[y - 1] is subtracted (rows y >= 1 of the image)
+    pb_up: torch.Tensor  # pb[y - 1]
+    iw: torch.Tensor  # the warped gradient component (i1wx or i1wy)
+    u: torch.Tensor  # the component, updated in place
+
+
+class _PViews(NamedTuple):
+    """One flow component's views for the dual update of a block."""
+
+    u_r: torch.Tensor  # u[x + 1]
+    u_l: torch.Tensor  # u[x]
+    gx_l: torch.Tensor  # gx[x], x < w - 1 (gx's last column stays 0)
+    u_next: torch.Tensor  # u[y + 1]
+    u_cur: torch.Tensor  # u[y]
+    gy_dst: torch.Tensor  # gy[y]
+    gy_last: torch.Tensor | None  # gy's last image row when the block holds it (zeroed), else None
+    pa: torch.Tensor
+    pb: torch.Tensor
+
+
+class _BlockViews(NamedTuple):
+    """Views of the state and the kept buffers over one block of (pairs, rows)."""
+
+    step: torch.Tensor
+    d: torch.Tensor
+    gx: torch.Tensor
+    gy: torch.Tensor
+    sq: torch.Tensor  # |d|^2, then |grad u| (the two stencils share the buffer)
+    consts: WarpConsts  # the block's rows of the warp's constants
+    u1: torch.Tensor
+    u2: torch.Tensor
+    sq_flat: torch.Tensor  # sq as (pairs, pixels), for the per-pair error
+    err: torch.Tensor  # the block's pairs' rows of the per-pair error
+    for_u: tuple[_UViews, _UViews]
+    for_p: tuple[_PViews, _PViews]
+
+
 class EagerIteration:
     """``tvl1_iteration`` for eager mode: updates u and p in place, block by block, and keeps its
     temporaries (same arithmetic; tested against ``tvl1_iteration``).
@@ -235,7 +323,7 @@ class EagerIteration:
         self.buffers: dict[tuple[int, ...], tuple[torch.Tensor, ...]] = {}
         # views of the state and buffers per block, rebuilt when the tensors or pairs change
         self._plan_key: tuple[tuple[torch.Tensor, ...], tuple[int, ...]] | None = None
-        self._plan: tuple[torch.Tensor, list[tuple[Any, ...]]] | None = None
+        self._plan: tuple[torch.Tensor, list[_BlockViews]] | None = None
 
     def _buffers(self, nb: int, nr: int, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
         key = (nb, nr, like.shape[2])
@@ -246,8 +334,8 @@ class EagerIteration:
             self.buffers[key] = tuple(like.new_zeros((nb, nr, like.shape[2])) for _ in range(5))
         return self.buffers[key]
 
-    def _make_plan(self, state: tuple[torch.Tensor, ...], active: tuple[int, ...]) -> tuple[Any, ...]:
-        u1, u2, p11, p12, p21, p22, i1wx, i1wy, nig, rho_c = state
+    def _make_plan(self, state: TVL1State, consts: WarpConsts, active: tuple[int, ...]) -> tuple[torch.Tensor, list[_BlockViews]]:
+        (u1, u2), (p11, p12, p21, p22) = state
         b, h, w = u1.shape
         err = u1.new_zeros(b)
         blocks = []
@@ -255,48 +343,37 @@ class EagerIteration:
             step, d, gx, gy, ng = self._buffers(b1 - b0, y1 - y0, u1)
             sl = (slice(b0, b1), slice(y0, y1))
             for_u, for_p = [], []
-            for u, pa, pb, iw in ((u1, p11, p12, i1wx), (u2, p21, p22, i1wy)):
+            for u, pa, pb, iw in ((u1, p11, p12, consts.i1wx), (u2, p21, p22, consts.i1wy)):
                 pa_, u_ = pa[sl], u[sl]
                 # div: d[x] = pa[x] - pa[x-1] + pb[y] - pb[y-1], with pa[-1] = pb[-1] = 0
                 pb_dst, pb_up = (d[:, 1:], pb[b0:b1, : y1 - 1]) if y0 == 0 else (d, pb[b0:b1, y0 - 1 : y1 - 1])
-                for_u.append((pa_[:, :, :1], d[:, :, :1], pa_[:, :, 1:], pa_[:, :, :-1], d[:, :, 1:], pb[sl]))
-                for_u[-1] += (pb_dst, pb_up, iw[sl], u_)
+                for_u.append(
+                    _UViews(pa_[:, :, :1], d[:, :, :1], pa_[:, :, 1:], pa_[:, :, :-1], d[:, :, 1:], pb[sl], pb_dst, pb_up, iw[sl], u_)
+                )
                 # forward differences of the new u; gy's last image row is 0
                 if y1 < h:
-                    gy_args = (u[b0:b1, y0 + 1 : y1 + 1], u_, gy, None)
+                    gy_views = (u[b0:b1, y0 + 1 : y1 + 1], u_, gy, None)
                 else:
-                    gy_args = (u[b0:b1, y0 + 1 : y1], u_[:, :-1], gy[:, :-1], gy[:, -1:])
-                for_p.append((u_[:, :, 1:], u_[:, :, :-1], gx[:, :, :-1], *gy_args, pa_, pb[sl]))
+                    gy_views = (u[b0:b1, y0 + 1 : y1], u_[:, :-1], gy[:, :-1], gy[:, -1:])
+                for_p.append(_PViews(u_[:, :, 1:], u_[:, :, :-1], gx[:, :, :-1], *gy_views, pa_, pb[sl]))
             blocks.append(
-                (step, d, gx, gy, ng, i1wx[sl], u1[sl], i1wy[sl], u2[sl], rho_c[sl], nig[sl])
-                + (ng.view(b1 - b0, -1), err[b0:b1], for_u, for_p)
+                _BlockViews(
+                    step, d, gx, gy, ng, WarpConsts(*(c[sl] for c in consts)), u1[sl], u2[sl],
+                    ng.view(b1 - b0, -1), err[b0:b1], (for_u[0], for_u[1]), (for_p[0], for_p[1]),
+                )  # fmt: skip
             )
         return err, blocks
 
     def __call__(
-        self,
-        u1: torch.Tensor,
-        u2: torch.Tensor,
-        p11: torch.Tensor,
-        p12: torch.Tensor,
-        p21: torch.Tensor,
-        p22: torch.Tensor,
-        i1wx: torch.Tensor,
-        i1wy: torch.Tensor,
-        nig: torch.Tensor,
-        rho_c: torch.Tensor,
-        l_t: float,
-        theta: float,
-        taut: float,
-        active: list[int] | None = None,
-    ) -> tuple[torch.Tensor, ...]:
-        """As ``tvl1_iteration``, for the pairs in ``active`` only (all when None); the other
-        pairs' state is left alone and their ``err`` is 0."""
-        state = (u1, u2, p11, p12, p21, p22, i1wx, i1wy, nig, rho_c)
-        act = tuple(range(u1.shape[0])) if active is None else tuple(active)
+        self, state: TVL1State, consts: WarpConsts, l_t: float, theta: float, taut: float, active: list[int] | None = None
+    ) -> torch.Tensor:
+        """As ``tvl1_iteration``, in place on ``state`` (gamma = 0), for the pairs in ``active``
+        only (all when None); returns the per-pair error, 0 for the pairs left alone."""
+        tensors = (*state.u, *state.p, *consts)
+        act = tuple(range(state.u[0].shape[0])) if active is None else tuple(active)
         key = self._plan_key
-        if key is None or key[1] != act or any(a is not b for a, b in zip(key[0], state, strict=True)):
-            self._plan, self._plan_key = self._make_plan(state, act), (state, act)
+        if key is None or key[1] != act or any(a is not b for a, b in zip(key[0], tensors, strict=True)):
+            self._plan, self._plan_key = self._make_plan(state, consts, act), (tensors, act)
         assert self._plan is not None
         err, blocks = self._plan
         err.zero_()
@@ -306,39 +383,39 @@ class EagerIteration:
                 self._update_p(blocks[k - 1], taut)
         if blocks:
             self._update_p(blocks[-1], taut)
-        return u1, u2, p11, p12, p21, p22, err.clone()
+        return err.clone()
 
     @staticmethod
-    def _update_u(blk: tuple[Any, ...], l_t: float, theta: float) -> None:
-        step, d, _, _, sq, i1wx, u1, i1wy, u2, rho_c, nig, sq_flat, err, for_u, _ = blk
-        torch.mul(i1wx, u1, out=step)
-        step.addcmul_(i1wy, u2).add_(rho_c).mul_(nig).clamp_(-l_t, l_t)
-        for n, (pa0, d0, pa_r, pa_l, d_r, pb_, pb_dst, pb_up, iw, u) in enumerate(for_u):
+    def _update_u(blk: _BlockViews, l_t: float, theta: float) -> None:
+        step, d, sq, c = blk.step, blk.d, blk.sq, blk.consts
+        torch.mul(c.i1wx, blk.u1, out=step)
+        step.addcmul_(c.i1wy, blk.u2).add_(c.rho_c).mul_(c.nig).clamp_(-l_t, l_t)
+        for n, v in enumerate(blk.for_u):
             # d = theta * div(pa, pb) + step * iw
-            d0.copy_(pa0)
-            torch.sub(pa_r, pa_l, out=d_r)
-            d.add_(pb_)
-            pb_dst.sub_(pb_up)
-            d.mul_(theta).addcmul_(step, iw)
+            v.d0.copy_(v.pa0)
+            torch.sub(v.pa_r, v.pa_l, out=v.d_r)
+            d.add_(v.pb)
+            v.pb_dst.sub_(v.pb_up)
+            d.mul_(theta).addcmul_(step, v.iw)
             if n == 0:
                 torch.mul(d, d, out=sq)
             else:
                 sq.addcmul_(d, d)
-            u.add_(d)
-        err += sq_flat.sum(1)  # (not bmm: MKL's threads would fork/join per block)
+            v.u.add_(d)
+        blk.err.add_(blk.sq_flat.sum(1))  # (not bmm: MKL's threads would fork/join per block)
 
     @staticmethod
-    def _update_p(blk: tuple[Any, ...], taut: float) -> None:
-        gx, gy, ng = blk[2:5]
-        for u_r, u_l, gx_l, u_next, u_cur, gy_dst, gy_last, pa, pb in blk[-1]:
-            torch.sub(u_r, u_l, out=gx_l)
-            torch.sub(u_next, u_cur, out=gy_dst)
-            if gy_last is not None:
-                gy_last.zero_()
+    def _update_p(blk: _BlockViews, taut: float) -> None:
+        gx, gy, ng = blk.gx, blk.gy, blk.sq
+        for v in blk.for_p:
+            torch.sub(v.u_r, v.u_l, out=v.gx_l)
+            torch.sub(v.u_next, v.u_cur, out=v.gy_dst)
+            if v.gy_last is not None:
+                v.gy_last.zero_()
             torch.mul(gx, gx, out=ng)
             ng.addcmul_(gy, gy).sqrt_().mul_(taut).add_(1.0)
-            pa.add_(gx, alpha=taut).div_(ng)
-            pb.add_(gy, alpha=taut).div_(ng)
+            v.pa.add_(gx, alpha=taut).div_(ng)
+            v.pb.add_(gy, alpha=taut).div_(ng)
 
 
 def tvl1_iteration_gamma(
@@ -502,63 +579,21 @@ def _warp_bhw(
     return out[:, 0], out[:, 1], out[:, 2]
 
 
-def tvl1_flow(
-    i0_bhw: torch.Tensor,
-    i1_bhw: torch.Tensor,
-    *,
-    tau: float = 0.25,
-    lambda_: float = 0.15,
-    theta: float = 0.3,
-    nscales: int = 5,
-    scale_step: float = 0.5,
-    warps: int = 5,
-    epsilon: float = 0.01,
-    inner_iterations: int = 30,
-    outer_iterations: int = 10,
-    gamma: float = 0.0,
-    median_filtering: int = 5,
-    compile: bool | None = False,
-) -> torch.Tensor:
+def tvl1_flow(i0_bhw: torch.Tensor, i1_bhw: torch.Tensor, *, compile: bool | None = False, **params: Any) -> torch.Tensor:
     """TV-L1 flow from each ``i0_bhw[b]`` to ``i1_bhw[b]``: float32 ``(B, H, W, 2)`` in pixels.
 
     Inputs are (B, H, W) intensities on the 0..255 scale (uint8 or float), on any device; the
-    computation runs there in float32.  This is the "cpu" engine: blocked in-place kernels, one
-    host check of convergence per iteration, converged pairs skipped (the fastest on the CPU);
-    ``flowprep.flow.tvl1_device`` is the "device" engine (the same flow, masked iterations and
-    one host check per block; the default on CUDA), and ``tvl1_device.tvl1_flow_engine`` picks
-    either by name.  ``compile=True`` runs the iteration and the median filter through
+    computation runs there in float32.  ``params``: ``TVL1Params`` fields (defaults:
+    ``flowprep.flow.api.DEFAULT_TVL1_PARAMS``).  This is the "cpu" engine: blocked in-place
+    torch kernels, one host check of convergence per iteration, converged pairs skipped;
+    ``tvl1_device.tvl1_flow_engine`` picks an engine by name ("numba", the CPU default, is
+    ``tvl1_numba``).  ``compile=True`` runs the iteration and the median filter through
     ``torch.compile`` (falling back to eager, with a warning, if that fails); the result is the
     same up to float rounding.
     """
-    b, h, w = check_inputs(i0_bhw, i1_bhw, median_filtering, scale_step)
-    if b == 0:
-        return torch.zeros((0, h, w, 2), dtype=torch.float32, device=i0_bhw.device)
-    sizes, i0s, i1s = build_pyramids(i0_bhw, i1_bhw, nscales, scale_step)
-
-    use_gamma = gamma != 0.0
-    kernels = _Kernels(bool(compile))
-    ch, cw = sizes[-1]
-    u = [i0s[-1].new_zeros((b, ch, cw)) for _ in range(3 if use_gamma else 2)]
-    for s in range(len(sizes) - 1, -1, -1):
-        u = _one_scale(
-            i0s[s],
-            i1s[s],
-            u,
-            tau=tau,
-            lambda_=lambda_,
-            theta=theta,
-            warps=warps,
-            epsilon=epsilon,
-            inner_iterations=inner_iterations,
-            outer_iterations=outer_iterations,
-            gamma=gamma,
-            median_filtering=median_filtering,
-            kernels=kernels,
-        )
-        del i0s[s], i1s[s]
-        if s > 0:
-            u = upsample_flow(u, sizes[s - 1], sizes[s], scale_step)
-    return torch.stack((u[0], u[1]), dim=-1)
+    prm = TVL1Params(**params)
+    schedule = CompactingSchedule(prm, _Kernels(True)) if compile else InPlaceSchedule(prm)
+    return solve(i0_bhw, i1_bhw, prm, schedule)
 
 
 def check_inputs(i0_bhw: torch.Tensor, i1_bhw: torch.Tensor, median_filtering: int, scale_step: float) -> tuple[int, int, int]:
@@ -608,127 +643,155 @@ def upsample_flow(
     return [up[0] / scale_step, up[1] / scale_step, *up[2:]]
 
 
-def _one_scale(
-    i0: torch.Tensor,
-    i1: torch.Tensor,
-    u: list[torch.Tensor],
-    *,
-    tau: float,
-    lambda_: float,
-    theta: float,
-    warps: int,
-    epsilon: float,
-    inner_iterations: int,
-    outer_iterations: int,
-    gamma: float,
-    median_filtering: int,
-    kernels: _Kernels,
-) -> list[torch.Tensor]:
-    """All warps at one pyramid level; ``u`` = [u1, u2] or [u1, u2, u3], each (B, h, w)."""
-    b, h, w = i0.shape
-    use_gamma = len(u) == 3
-    thresh = epsilon * epsilon * h * w
-    l_t = lambda_ * theta
-    taut = tau / theta
-    i1x, i1y = centered_gradient(i1)
-    i1_stack = torch.stack((i1, i1x, i1y), dim=1)
-    del i1x, i1y
-    p = [torch.zeros_like(i0) for _ in range(2 * len(u))]
-    u = [x.contiguous() for x in u]
-    n_iter = outer_iterations * inner_iterations
-    for _ in range(warps):
-        i1w, i1wx, i1wy = _warp_bhw(i1_stack, u[0], u[1])
-        i1wx, i1wy = i1wx.contiguous(), i1wy.contiguous()
-        nig = neg_inv_grad2(i1wx, i1wy)
-        rho_c = i1w - i1wx * u[0] - i1wy * u[1] - i0
-        del i1w
-        consts = (i1wx, i1wy, nig, rho_c)
-        args = (n_iter, inner_iterations, median_filtering, thresh, l_t, theta, taut, gamma)
-        if kernels.in_place and not use_gamma:
-            _iterate_in_place(u, p, consts, kernels, *args)
-        else:
-            u, p = _iterate_compacting(u, p, consts, kernels, *args)
-    return u
+class TVL1State(NamedTuple):
+    """The primal and dual variables of a batch at one level, each (B, h, w) float32."""
+
+    u: list[torch.Tensor]  # [u1, u2] (flow x, y), or [u1, u2, u3] with the illumination term
+    p: list[torch.Tensor]  # [p11, p12, p21, p22] (+ [p31, p32]): dual variable of each u
 
 
-def _iterate_in_place(
-    u: list[torch.Tensor],
-    p: list[torch.Tensor],
-    consts: tuple[torch.Tensor, ...],
-    kernels: _Kernels,
-    n_iter: int,
-    inner_iterations: int,
-    median_filtering: int,
-    thresh: float,
-    l_t: float,
-    theta: float,
-    taut: float,
-    gamma: float,
-) -> None:
-    """One warp's iterations with the in-place eager kernels: a converged pair is just skipped."""
-    active = list(range(u[0].shape[0]))
-    for k in range(n_iter):
-        if median_filtering > 1 and k % inner_iterations == 0:
-            for comp in u:
-                kernels.median_in_place(comp, median_filtering, pairs=active)
-        err = kernels.iteration(*u, *p, *consts, l_t, theta, taut, active=active)[-1].tolist()
-        active = [i for i in active if err[i] > thresh]
-        if not active:
-            return
+class WarpConsts(NamedTuple):
+    """What one warp fixes for its iterations, each (B, h, w) float32."""
+
+    i1wx: torch.Tensor  # x gradient of I1 warped by the current flow
+    i1wy: torch.Tensor  # y gradient
+    nig: torch.Tensor  # neg_inv_grad2(i1wx, i1wy)
+    rho_c: torch.Tensor  # I1w - grad I1w . u0 - I0: the data term's constant part
 
 
-def _iterate_compacting(
-    u: list[torch.Tensor],
-    p: list[torch.Tensor],
-    consts: tuple[torch.Tensor, ...],
-    kernels: _Kernels,
-    n_iter: int,
-    inner_iterations: int,
-    median_filtering: int,
-    thresh: float,
-    l_t: float,
-    theta: float,
-    taut: float,
-    gamma: float,
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """One warp's iterations with functional kernels (compiled, or for gamma != 0); converged
-    pairs are written back and dropped from the working set, which shrinks."""
-    b = u[0].shape[0]
-    idx = None  # rows of the working set -> pairs; None: all pairs, in order
-    wu, wp = list(u), list(p)
-    for k in range(n_iter):
-        if median_filtering > 1 and k % inner_iterations == 0:
-            wu[0] = kernels.median(wu[0], median_filtering)
-            wu[1] = kernels.median(wu[1], median_filtering)
-        if len(wu) == 3:
-            out = kernels.iteration_gamma(*wu, *wp, *consts, l_t, theta, taut, gamma)
-        else:
-            out = kernels.iteration(*wu, *wp, *consts, l_t, theta, taut)
-        nu = len(wu)
-        wu, wp, err = list(out[:nu]), list(out[nu:-1]), out[-1]
-        done = err <= thresh
-        n_done = int(done.sum())
-        if n_done == 0:
-            continue
+class Level(NamedTuple):
+    """One pyramid level as the schedules see it."""
+
+    index: int  # 0 = finest
+    h: int
+    w: int
+    thresh: float  # epsilon^2 h w: a pair stops once its sum |u_new - u|^2 is at most this
+
+
+class Schedule:
+    """How a warp's iterations run: the one thing TV-L1 engines differ in.  ``solve`` builds the
+    pyramid, levels and warps (the numerics all engines share) and hands each warp's state and
+    constants to ``run_warp``; ``begin_level`` / ``end_level`` let a schedule count per level."""
+
+    def begin_level(self, b: int, level: Level) -> None:
+        pass
+
+    def run_warp(self, state: TVL1State, consts: WarpConsts, level: Level) -> TVL1State:
+        raise NotImplementedError
+
+    def end_level(self, level: Level) -> None:
+        pass
+
+
+def solve(i0_bhw: torch.Tensor, i1_bhw: torch.Tensor, params: TVL1Params, schedule: Schedule) -> torch.Tensor:
+    """TV-L1 of each pair, coarse to fine, with ``schedule`` running each warp's iterations:
+    float32 ``(B, H, W, 2)`` in pixels on the inputs' device."""
+    b, h, w = check_inputs(i0_bhw, i1_bhw, params.median_filtering, params.scale_step)
+    if b == 0:
+        return torch.zeros((0, h, w, 2), dtype=torch.float32, device=i0_bhw.device)
+    sizes, i0s, i1s = build_pyramids(i0_bhw, i1_bhw, params.nscales, params.scale_step)
+    n_u = 3 if params.gamma != 0.0 else 2
+    ch, cw = sizes[-1]
+    u = [i0s[-1].new_zeros((b, ch, cw)) for _ in range(n_u)]
+    for s in range(len(sizes) - 1, -1, -1):
+        i0, i1 = i0s[s], i1s[s]
+        level = Level(s, *sizes[s], params.epsilon * params.epsilon * sizes[s][0] * sizes[s][1])
+        schedule.begin_level(b, level)
+        i1x, i1y = centered_gradient(i1)
+        i1_stack = torch.stack((i1, i1x, i1y), dim=1)
+        del i1x, i1y
+        # p starts at 0 on each level (not each warp), as in OpenCV
+        state = TVL1State([x.contiguous() for x in u], [torch.zeros_like(i0) for _ in range(2 * n_u)])
+        for _ in range(params.warps):
+            state = schedule.run_warp(state, warp_consts(i1_stack, i0, state.u), level)
+        schedule.end_level(level)
+        u = state.u
+        del i0s[s], i1s[s], state
+        if s > 0:
+            u = upsample_flow(u, sizes[s - 1], sizes[s], params.scale_step)
+    return torch.stack((u[0], u[1]), dim=-1)
+
+
+def warp_consts(i1_stack: torch.Tensor, i0: torch.Tensor, u: list[torch.Tensor]) -> WarpConsts:
+    """I1 and its gradient (``i1_stack``, (B, 3, h, w)) warped by ``u``, and the data term."""
+    i1w, i1wx, i1wy = _warp_bhw(i1_stack, u[0], u[1])
+    i1wx, i1wy = i1wx.contiguous(), i1wy.contiguous()
+    return WarpConsts(i1wx, i1wy, neg_inv_grad2(i1wx, i1wy), i1w - i1wx * u[0] - i1wy * u[1] - i0)
+
+
+class InPlaceSchedule(Schedule):
+    """The "cpu" engine: ``EagerIteration`` in place, one host read of the per-pair errors per
+    iteration, a converged pair simply skipped (gamma != 0: ``CompactingSchedule`` eagerly)."""
+
+    def __init__(self, params: TVL1Params) -> None:
+        self.params = params
+        self.iteration = EagerIteration()
+        self.pool: dict = {}  # the median's recycled buffers
+        self.gamma = CompactingSchedule(params, _Kernels(False))
+
+    def run_warp(self, state: TVL1State, consts: WarpConsts, level: Level) -> TVL1State:
+        prm = self.params
+        if len(state.u) == 3:
+            return self.gamma.run_warp(state, consts, level)
+        active = list(range(state.u[0].shape[0]))
+        for k in range(prm.n_iter):
+            if prm.median_filtering > 1 and k % prm.inner_iterations == 0:
+                for comp in state.u:
+                    median_filter_blocked(comp, prm.median_filtering, active, out=comp, pool=self.pool)
+            err = self.iteration(state, consts, prm.l_t, prm.theta, prm.taut, active=active).tolist()
+            active = [i for i in active if err[i] > level.thresh]
+            if not active:
+                break
+        return state
+
+
+class CompactingSchedule(Schedule):
+    """Functional kernels (compiled, or eager for gamma != 0): converged pairs are written back
+    and dropped from the working set, which shrinks."""
+
+    def __init__(self, params: TVL1Params, kernels: _Kernels) -> None:
+        self.params = params
+        self.kernels = kernels
+
+    def run_warp(self, state: TVL1State, consts: WarpConsts, level: Level) -> TVL1State:
+        prm, kernels = self.params, self.kernels
+        u, p = list(state.u), list(state.p)
+        b = u[0].shape[0]
+        idx = None  # rows of the working set -> pairs; None: all pairs, in order
+        wu, wp, wc = list(u), list(p), tuple(consts)
+        for k in range(prm.n_iter):
+            if prm.median_filtering > 1 and k % prm.inner_iterations == 0:
+                wu[0] = kernels.median(wu[0], prm.median_filtering)
+                wu[1] = kernels.median(wu[1], prm.median_filtering)
+            if len(wu) == 3:
+                out = kernels.iteration_gamma(*wu, *wp, *wc, prm.l_t, prm.theta, prm.taut, prm.gamma)
+            else:
+                out = kernels.iteration(*wu, *wp, *wc, prm.l_t, prm.theta, prm.taut)
+            nu = len(wu)
+            wu, wp, err = list(out[:nu]), list(out[nu:-1]), out[-1]
+            done = err <= level.thresh
+            n_done = int(done.sum())
+            if n_done == 0:
+                continue
+            if idx is None:
+                idx = torch.arange(b, device=u[0].device)
+                u, p = [x.clone() for x in wu], [x.clone() for x in wp]
+            else:
+                fin = idx[done]
+                for full, part in zip(u + p, wu + wp, strict=True):
+                    full[fin] = part[done]
+            if n_done == len(done):
+                return TVL1State(u, p)
+            keep = done.logical_not().nonzero().squeeze(1)
+            idx = idx[keep]
+            wu = [x.index_select(0, keep) for x in wu]
+            wp = [x.index_select(0, keep) for x in wp]
+            wc = tuple(x.index_select(0, keep) for x in wc)
         if idx is None:
-            idx = torch.arange(b, device=u[0].device)
-            u, p = [x.clone() for x in wu], [x.clone() for x in wp]
-        else:
-            fin = idx[done]
-            for full, part in zip(u + p, wu + wp, strict=True):
-                full[fin] = part[done]
-        if n_done == len(done):
-            return u, p
-        keep = done.logical_not().nonzero().squeeze(1)
-        idx = idx[keep]
-        wu = [x.index_select(0, keep) for x in wu]
-        wp = [x.index_select(0, keep) for x in wp]
-        consts = tuple(x.index_select(0, keep) for x in consts)
-    if idx is None:
-        return wu, wp
-    for full, part in zip(u + p, wu + wp, strict=True):
-        full[idx] = part
-    return u, p
+            return TVL1State(wu, wp)
+        for full, part in zip(u + p, wu + wp, strict=True):
+            full[idx] = part
+        return TVL1State(u, p)
 
 
 class _CompiledOrEager:
@@ -744,7 +807,7 @@ class _CompiledOrEager:
         if self.error is None:
             try:
                 if self.compiled is None:
-                    self.compiled = torch.compile(self.fn, dynamic=True)
+                    self.compiled = torch.compile(self.fn, dynamic=True, fullgraph=True)
                 return self.compiled(*args)
             except Exception as e:  # noqa: BLE001 - any failure to compile means: run eagerly
                 self.error = e
@@ -760,24 +823,26 @@ _COMPILED = {fn.__name__: _CompiledOrEager(fn) for fn in (tvl1_iteration, tvl1_i
 
 
 class _Kernels:
-    """The three hot functions for one call: compiled (falling back to eager) or eager."""
+    """The functional iteration, its gamma variant and the median: compiled (falling back to
+    eager) or eager."""
 
     def __init__(self, compile: bool):
-        self.in_place = not compile
-        eager_iteration = EagerIteration()
         pool: dict = {}
         eager_median = functools.partial(median_filter_blocked, pool=pool)
-        self.median_in_place = lambda x, size, pairs: median_filter_blocked(x, size, pairs, out=x, pool=pool)
         if compile:
+            # the fallback: the "cpu" engine's in-place iteration (updates its inputs), so that a
+            # failed compile gives the very flow of compile=False
+            eager = EagerIteration()
+
+            def eager_iteration(*a: Any) -> tuple[torch.Tensor, ...]:
+                err = eager(TVL1State(list(a[:2]), list(a[2:6])), WarpConsts(*a[6:10]), *a[10:])
+                return (*a[:6], err)
+
             self.iteration = functools.partial(_COMPILED["tvl1_iteration"], eager_iteration)
             self.iteration_gamma = functools.partial(_COMPILED["tvl1_iteration_gamma"], tvl1_iteration_gamma)
             self.median = functools.partial(_COMPILED["median_filter"], eager_median)
         else:
-            self.iteration, self.iteration_gamma, self.median = (
-                eager_iteration,
-                tvl1_iteration_gamma,
-                eager_median,
-            )
+            self.iteration, self.iteration_gamma, self.median = tvl1_iteration, tvl1_iteration_gamma, eager_median
 
 
 def compile_works() -> bool:

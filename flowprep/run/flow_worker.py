@@ -50,7 +50,7 @@ import numpy as np
 
 from flowprep.dataset.manifest import ManifestRow
 from flowprep.flow import api as flowmod
-from flowprep.run import orphan
+from flowprep.run import cpus, orphan
 from flowprep.run.recipe import RunConfig
 
 log = logging.getLogger("flowprep")
@@ -170,7 +170,7 @@ def _flow_main(device: str, cfg_blob: bytes, requests: Any, replies: list[Any], 
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     else:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, cfg.jobs)))
+        cpus.set_solver_threads(cpus.threads_per_job(cfg.jobs))
     params = flowmod.resolve_params(cfg.flow.params)
     pin = dev.type == "cuda"
     ready: queue.Queue = queue.Queue(maxsize=2)

@@ -37,7 +37,7 @@ from flowprep.dataset.manifest import ManifestRow, RowError
 from flowprep.dataset.probe import expected_pairs
 from flowprep.dataset.source import SourceError, resolve_clip
 from flowprep.flow import api as flowmod
-from flowprep.run import orphan
+from flowprep.run import cpus, orphan
 from flowprep.run.lease import Lease, LeaseHeld, describe
 from flowprep.run.recipe import RunConfig
 from flowprep.run.shard import item_key, keep_only, read_manifest, shard_manifest
@@ -93,16 +93,8 @@ def _flow_batch(cfg: RunConfig, backend: str) -> int:
 
 
 def _set_threads(jobs: int) -> None:
-    n = max(1, (os.cpu_count() or 1) // jobs)
-    import cv2
-
-    cv2.setNumThreads(n)
-    try:
-        import torch
-
-        torch.set_num_threads(n)
-    except ImportError:
-        pass
+    # jobs x threads <= the CPUs this process may use (affinity, cgroup quota)
+    cpus.set_solver_threads(cpus.threads_per_job(jobs))
 
 
 def _flow_blocks(
@@ -234,10 +226,15 @@ def process_video(
     return rec
 
 
-def _worker(row: ManifestRow, cfg: RunConfig, backend: str, q: Any, parent_pid: int | None = None) -> LedgerRecord:
+def _worker(
+    row: ManifestRow, cfg: RunConfig, backend: str, q: Any, parent_pid: int | None = None, cwd: str | None = None
+) -> LedgerRecord:
     if parent_pid is not None:
         orphan.watch_parent(parent_pid)
         orphan.ignore_interrupts()
+    if cwd is not None and os.getcwd() != cwd:
+        # loky reuses workers across runs in one process: relative paths mean the caller's folder
+        os.chdir(cwd)
     _set_threads(cfg.jobs)
     return process_video(row, cfg, backend, q.put if q is not None else None, commit=False)
 
@@ -458,7 +455,7 @@ def _joblib_results(
     drainer.start()
     try:
         yield Parallel(n_jobs=cfg.jobs, return_as="generator_unordered")(
-            delayed(_worker)(row, cfg, backend, q, os.getpid()) for row in todo
+            delayed(_worker)(row, cfg, backend, q, os.getpid(), os.getcwd()) for row in todo
         )
     finally:
         stop.set()
