@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ffmpeg, make_clip, write_recipe
+from conftest import Clip, ffmpeg, make_clip, write_dataset, write_recipe
 
 from flowprep import open_store
 from flowprep.cli.main import main
@@ -35,14 +35,8 @@ SUMMARY = re.compile(r"(\d+) rows: (\d+) done, (\d+) failed, (\d+) skipped")
 
 
 def _manifest(tmp_path: Path, n: int, frames: int, extra_rows: tuple[str, ...] = ()) -> Path:
-    vids = tmp_path / "vids"
-    lines = ["path,label,split"]
-    for i in range(n):
-        make_clip(vids / f"clip{i}.mkv", Motion(dx=1 + i % 3, dy=-1), n=frames, h=48, w=64, seed=i)
-        lines.append(f"vids/clip{i}.mkv,move{i % 2},train")
-    manifest = tmp_path / "m.csv"
-    manifest.write_text("\n".join([*lines, *extra_rows]) + "\n")
-    return manifest
+    clips = [Clip(f"clip{i}", Motion(dx=1 + i % 3, dy=-1), frames, f"move{i % 2}", seed=i, h=48, w=64) for i in range(n)]
+    return write_dataset(tmp_path, [*clips, *extra_rows])
 
 
 def _cmd(recipe: Path, out: Path, *extra: str) -> list[str]:

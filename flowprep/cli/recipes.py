@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import tomllib
 from pathlib import Path
 
+from flowprep.atomic import write_text
 from flowprep.console import usage_error
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
@@ -101,9 +101,7 @@ def prepare_target(target: str, out: str | None, split: str | None) -> tuple[Pat
         + FOLDER_DEFAULTS.read_text(encoding="utf-8")
     )
     if not recipe.is_file() or recipe.read_text(encoding="utf-8") != text:
-        tmp = recipe.with_name(f".recipe.{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, recipe)
+        write_text(recipe, text)
     labels = {v.label for v in videos if v.label}
     print(f"{what}: {len(videos)} video(s), {len(labels) or 'no'} label(s); manifest {folder / 'manifest.csv'}")
     return recipe, out

@@ -38,6 +38,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from flowprep.atomic import publish_file, write_json
 from flowprep.dataset.decode import ffmpeg_exe
 from flowprep.dataset.errors import SourceError
 from flowprep.dataset.manifest import YOUTUBE_ID, ManifestRow, kinetics_video_id
@@ -260,9 +261,7 @@ class Gate:
             state.setdefault("next_start", 0.0)
             state.setdefault("penalty", 0.0)
             yield state
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(state))
-            os.replace(tmp, path)
+            write_json(path, state)
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
@@ -401,7 +400,7 @@ def download_clip(url: str, start: float, end: float, cfg: FetchConfig, dest: Pa
             raise FetchError("other", f"yt-dlp finished but wrote no clip.mp4 (found: {found})")
         if not is_readable_video(out):
             raise FetchError("other", f"downloaded clip from {url} is not a readable video ({out.stat().st_size} bytes)")
-        os.replace(out, dest)
+        publish_file(out, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

