@@ -157,6 +157,7 @@ def test_lease_of_another_host_is_live_until_its_heartbeat_is_old(tmp_path):
 # -- kill -9 -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_main_process_only_ends_its_workers_and_commits_nothing_unrecorded(tmp_path):
     recipe = write_recipe(tmp_path, _manifest(tmp_path, n=4, frames=120), short_side=32)
     out = tmp_path / "k" / "t.zarr"
@@ -183,6 +184,7 @@ def test_kill_9_of_the_main_process_only_ends_its_workers_and_commits_nothing_un
     _assert_same(out, _clean(recipe, tmp_path))
 
 
+@pytest.mark.slow
 def test_kill_9_during_commit_leaves_a_store_equal_to_a_clean_run(tmp_path):
     recipe = write_recipe(tmp_path, _manifest(tmp_path, n=3, frames=40), short_side=32)
     out = tmp_path / "c" / "t.zarr"

@@ -109,6 +109,7 @@ def test_parallel_jobs_give_the_same_store(tmp_path):
         np.testing.assert_array_equal(a.read_flow_int8(vid), b.read_flow_int8(vid))
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_a_complete_store(tmp_path):
     lines = _dataset(tmp_path, n=6, frames=40)
     manifest = tmp_path / "m.csv"

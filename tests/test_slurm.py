@@ -135,6 +135,7 @@ def test_array_of_three_tasks_matches_a_local_run(slurm, dataset, capsys, monkey
     assert _done_records(store) == Counter({v: 1 for v in open_store(store).video_ids})
 
 
+@pytest.mark.slow
 def test_killed_task_then_retry_failed_completes_the_store_once(slurm, dataset, capsys, monkeypatch):
     monkeypatch.chdir(dataset["root"])
     store = dataset["root"] / "killed.zarr"
