@@ -31,6 +31,7 @@ import torch
 from flowprep.console import usage_error
 from flowprep.dataset.decode import DecodeConfig, decode_video
 from flowprep.flow.api import compute_flow, pick_backend, quantize_flow, rgb_to_gray
+from flowprep.models.cache import weights_cache_dir
 from flowprep.models.i3d import I3DConfig
 from flowprep.models.kinetics_i3d import read_labels
 from flowprep.models.weights import CONVERTED_FILES, FIRST_CONV, pretrained_labels, pretrained_state_dict
@@ -174,9 +175,7 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.video}: no such file")
     if args.flow_weights and not args.two_stream:
         raise ValueError("--flow-weights is for --two-stream")
-    cache_dir = Path(args.cache_dir) if args.cache_dir else (
-        Path(os.environ["FLOWPREP_CACHE"]) / "weights" if os.environ.get("FLOWPREP_CACHE") else None
-    )
+    cache_dir = weights_cache_dir(args.cache_dir, os.environ)
     labels_file = Path(args.labels) if args.labels else None
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     rgb_weights = args.weights or DEFAULT_WEIGHTS["two-stream-rgb" if args.two_stream else "rgb"]

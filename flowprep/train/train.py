@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 
 from flowprep.atomic import default_mode, write_atomic, write_text
 from flowprep.console import usage_error
+from flowprep.models.cache import weights_cache_dir
 from flowprep.models.i3d import I3DConfig
 from flowprep.train.classifier import Classifier, initialise, load_checkpoint, save_checkpoint
 from flowprep.train.data import CHANNELS, ClipConfig, TrainSampler, VideoClips, clips_to_model, collate_clips
@@ -197,9 +198,7 @@ def plot_curves(recs: list[dict[str, Any]], path: Path) -> None:
 
 
 def _cache_dir(args: argparse.Namespace) -> Path | None:
-    if args.cache_dir:
-        return Path(args.cache_dir)
-    return Path(os.environ["FLOWPREP_CACHE"]) / "weights" if os.environ.get("FLOWPREP_CACHE") else None
+    return weights_cache_dir(args.cache_dir, os.environ)
 
 
 def main(args: argparse.Namespace) -> int:
