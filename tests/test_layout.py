@@ -130,3 +130,23 @@ def test_files_are_replaced_only_through_the_atomic_module():
             if f"{rel}: {func}" not in RENAMES_ALLOWED:
                 found.append(f"{rel}:{line} {call} in {func}")
     assert found == []
+
+
+def test_rgb_is_dequantized_in_one_place():
+    # ``x / 127.5 - 1`` lives in flow/api.py (dequantize_rgb_); rawframes' 127.5 is denseflow's
+    # 8-bit flow mapping, another rule
+    found = []
+    for p in sorted(ROOT.rglob("*.py")):
+        rel = p.relative_to(ROOT).as_posix()
+        if rel in ("flow/api.py", "store/rawframes.py"):
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Constant) and node.value == 127.5:
+                found.append(f"{rel}:{node.lineno}")
+    assert found == []
+
+
+def test_the_weights_cache_folder_is_worked_out_in_one_place():
+    spelled = [p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.py")
+               if p.name != "cache.py" and re.search(r"""environ(\.get\(|\[)["']FLOWPREP_CACHE""", p.read_text())]
+    assert spelled == []

@@ -228,6 +228,19 @@ def dequantize_flow(q: np.ndarray) -> np.ndarray:
     return q.astype(np.float32) * np.float32(1.0 / QUANT_LEVELS)
 
 
+def dequantize_rgb_(x: Any) -> Any:
+    """RGB values 0..255 held in a float32 array or tensor -> [-1, 1] in place (``x / 127.5 - 1``,
+    I3D's input range); returns ``x``.  In place so a training batch is scaled without a copy."""
+    x *= 1 / 127.5
+    x -= 1.0
+    return x
+
+
+def dequantize_rgb(rgb_u8: np.ndarray) -> np.ndarray:
+    """uint8 RGB -> float32 in [-1, 1] (``dequantize_rgb_`` of a float32 copy)."""
+    return dequantize_rgb_(rgb_u8.astype(np.float32))
+
+
 def pick_backend(backend: str, device: str | None = None) -> str:
     """Resolve ``"auto"``: the fastest backend available here.
 

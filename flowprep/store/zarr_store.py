@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from flowprep.flow.api import dequantize_flow
+from flowprep.flow.api import dequantize_flow, dequantize_rgb
 from flowprep.store import verify
 from flowprep.store.codecs import FLOW_CODECS, RGB_CODECS, array_codecs, codec_record
 from flowprep.store.errors import StoreError
@@ -323,7 +323,7 @@ class Store:
     def read_rgb(self, video_id: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Frames ``start:stop`` as float32 (T, H, W, 3) in [-1, 1] (x / 127.5 - 1)."""
         raw = self.read_rgb_uint8(video_id, start, stop)
-        return raw.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0)
+        return dequantize_rgb(raw)
 
     def read_flow(self, video_id: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Flow fields ``start:stop`` as float32 (T-1, H, W, 2) in [-1, 1] (u right, v down; x bound = px)."""

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler, default_collate
 
+from flowprep.flow.api import dequantize_rgb_
 from flowprep.store.zarr_store import Store, open_store
 
 STREAMS = ("rgb", "flow")
@@ -94,7 +95,7 @@ def thwc_to_cthw_float(crop_thwc: np.ndarray) -> torch.Tensor:
 def rgb_thwc_to_cthw(raw_thwc: np.ndarray, y: int, x: int, size: int, flip: bool) -> torch.Tensor:
     """uint8 frames (T, H, W, 3) -> float32 (3, T, size, size) in [-1, 1], cropped then flipped."""
     out = thwc_to_cthw_float(crop_flip_thwc(raw_thwc, y, x, size, flip))
-    return out.mul_(1 / 127.5).sub_(1.0)
+    return dequantize_rgb_(out)
 
 
 # Model input units: 1.0 = 20 px, I3D's convention.  A video stored with another flow.bound_px is
@@ -302,7 +303,7 @@ def raw_to_model(
     """
     x = raw_bthwc.float()
     if stream == "rgb":
-        x.mul_(1 / 127.5).sub_(1.0)
+        dequantize_rgb_(x)
     else:
         x.mul_(1 / 127)
         if scale_b is not None:
