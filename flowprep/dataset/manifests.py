@@ -309,7 +309,7 @@ def record_sums(folder: Path) -> dict[str, str]:
     sums = {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != "SHA256SUMS" and not p.name.startswith(".")}
     path = folder / "SHA256SUMS"
     if path.is_file():
-        old = dict(reversed(ln.split(None, 1)) for ln in _lines(path))
+        old = {name: digest for digest, name in (ln.split(None, 1) for ln in _lines(path))}
         changed = sorted(n for n in sums if n in old and old[n] != sums[n])
         if changed:
             raise FetchManifestError(
@@ -361,7 +361,7 @@ def _extract(archive: Path, into: Path) -> None:
 def _collect(ds: Dataset, src: Path, folder: Path) -> list[str]:
     """Copy the dataset's files found anywhere under ``src`` (by name or alias) into ``folder``."""
     found: list[str] = []
-    by_name = {}
+    by_name: dict[str, Path] = {}
     for p in src.rglob("*"):
         if p.is_file():
             by_name.setdefault(p.name, p)

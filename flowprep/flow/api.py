@@ -129,7 +129,7 @@ def _opencv_tvl1(gray_thw: np.ndarray, device: str | None, params: Mapping[str, 
     if device not in (None, "cpu"):
         raise ValueError(f"backend 'opencv' runs on the CPU only, got device={device!r}")
     p = params
-    tvl1 = cv2.optflow.DualTVL1OpticalFlow_create(
+    tvl1 = cv2.optflow.DualTVL1OpticalFlow_create(  # type: ignore[attr-defined]  # opencv-contrib, not in cv2's stubs
         tau=p["tau"],
         lambda_=p["lambda_"],
         theta=p["theta"],

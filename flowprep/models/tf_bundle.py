@@ -25,6 +25,7 @@ Pure file I/O on the paths it is given; no network, no environment variables.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import struct
 from collections.abc import Iterator, Mapping
@@ -124,6 +125,7 @@ def _proto_fields(buf: bytes | memoryview, what: str) -> Iterator[tuple[int, int
     while pos < len(buf):
         tag, pos = _varint(buf, pos, what)
         field, wire = tag >> 3, tag & 7
+        value: int | bytes
         if wire == 0:
             value, pos = _varint(buf, pos, what)
         elif wire == 1:
@@ -221,7 +223,8 @@ def _parse_shape(buf: bytes, what: str) -> tuple[int, ...]:
 
 def parse_entry(name: str, buf: bytes) -> BundleEntry:
     what = f"BundleEntryProto of {name!r}"
-    dtype, shape, shard, offset, size, crc = 0, (), 0, 0, 0, None
+    shape: tuple[int, ...] = ()
+    dtype, shard, offset, size, crc = 0, 0, 0, 0, None
     for field, _, value in _proto_fields(buf, what):
         if field == 1:
             dtype = int(value)  # type: ignore[arg-type]
@@ -483,7 +486,7 @@ def read_bundle(
     if missing:
         raise BundleError(f"{index_path(prefix)}: no tensor named {missing[0]!r} ({len(missing)} missing; the index has {len(entries)})")
     out: dict[str, np.ndarray] = {}
-    handles: dict[int, tuple[Path, int, object]] = {}
+    handles: dict[int, tuple[Path, int, io.BufferedReader]] = {}
     try:
         for name in names:
             entry = entries[name]
@@ -504,9 +507,9 @@ def read_bundle(
             count = int(np.prod(entry.shape, dtype=np.int64))
             if count * dtype.itemsize != entry.size:
                 raise BundleError(f"tensor {name}: {entry.size} bytes do not hold {entry.shape} of {dtype}")
-            f.seek(entry.offset)  # type: ignore[attr-defined]
+            f.seek(entry.offset)
             raw = bytearray(entry.size)  # writable, so torch.from_numpy may share it
-            if f.readinto(raw) != entry.size:  # type: ignore[attr-defined]
+            if f.readinto(raw) != entry.size:
                 raise BundleError(f"{path}: short read of tensor {name} (the file changed while read?)")
             actual = masked_crc32c(raw)
             if actual != entry.crc32c:
@@ -517,7 +520,7 @@ def read_bundle(
             out[name] = np.frombuffer(raw, dtype).reshape(entry.shape)
     finally:
         for _, _, f in handles.values():
-            f.close()  # type: ignore[attr-defined]
+            f.close()
     return out
 
 

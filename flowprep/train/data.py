@@ -38,7 +38,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -144,24 +144,32 @@ class VideoRef:
     bound_px: float = FLOW_UNIT_PX  # the video's flow bound (its attributes' flow.bound_px)
 
 
-def scan_stores(paths: Sequence[str | Path], split: str | None = None) -> list[tuple[int, str, dict[str, Any]]]:
-    """(store index, video id, attributes) of every complete video, optionally of one split."""
+class StoredVideo(NamedTuple):
+    """A complete video found in one of several stores, before it becomes a ``VideoRef``."""
+
+    store: int  # index into the list of store paths scanned
+    video_id: str
+    info: dict[str, Any]  # the video's attributes (Store.info)
+
+
+def scan_stores(paths: Sequence[str | Path], split: str | None = None) -> list[StoredVideo]:
+    """Every complete video of ``paths``, optionally of one split."""
     out = []
     for i, path in enumerate(paths):
         store = open_store(path)
         for vid in store.video_ids:
             info = store.info(vid)
             if split is None or info.get("split") == split:
-                out.append((i, vid, info))
+                out.append(StoredVideo(i, vid, info))
     return out
 
 
-def class_list(videos: Sequence[tuple[int, str, dict[str, Any]]]) -> list[str]:
+def class_list(videos: Sequence[StoredVideo]) -> list[str]:
     """Sorted label names: stable across runs and machines for the same videos."""
-    missing = [vid for _, vid, info in videos if not info.get("label")]
+    missing = [v.video_id for v in videos if not v.info.get("label")]
     if missing:
         raise ValueError(f"videos without a label: {', '.join(missing[:10])}; give every manifest row a label")
-    return sorted({str(info["label"]) for _, _, info in videos})
+    return sorted({str(v.info["label"]) for v in videos})
 
 
 class VideoClips(Dataset):
