@@ -295,7 +295,34 @@ def import_checkpoint(
     folder = Path(folder)
     ckpt, index_pinned = identify(folder, name)
     prefix = folder / PREFIX
-    data = tf_bundle.data_path(prefix)
+    data_blob, pinned = _check_pinned(folder, ckpt, index_pinned, unpinned)
+    _, entries = tf_bundle.read_index(prefix)
+    wanted, slots = model_variables(list(entries), ckpt.scope)
+    tensors = tf_bundle.read_bundle(prefix, wanted)  # CRC32C of every tensor used
+    config = I3DConfig(num_classes=ckpt.num_classes, in_channels=ckpt.in_channels)
+    try:
+        state_dict = convert_tf_variables(tensors, ckpt.scope, config)
+    except WeightsError as e:
+        raise WeightsError(f"{folder} does not fit {ckpt.name} ({ckpt.description}): {e}") from None
+    labels, label_source = _import_labels(folder, ckpt, labels_file)
+    source = {
+        "kind": "tensorflow-bundle",
+        "checkpoint": ckpt.folder,
+        "folder": str(folder.resolve()),
+        "index_git_blob": git_blob_id(tf_bundle.index_path(prefix)),
+        "data_git_blob": data_blob,
+        "pinned": pinned,
+        "optimizer_slots_skipped": len(slots),
+        "labels": label_source,
+    }
+    path = save_converted(ckpt.name, state_dict, source, cache_dir, labels)
+    return Imported(ckpt.name, path, folder, pinned, len(tensors), label_source)
+
+
+def _check_pinned(folder: Path, ckpt: Checkpoint, index_pinned: bool, unpinned: bool) -> tuple[str, bool]:
+    """(the data file's git blob id, whether index and data are DeepMind's published files);
+    a file that is not DeepMind's is refused unless ``unpinned``."""
+    data = tf_bundle.data_path(folder / PREFIX)
     if not data.is_file():
         raise WeightsError(
             f"{data}: not found; it is data/checkpoints/{ckpt.folder}/{data.name} of deepmind/kinetics-i3d "
@@ -310,15 +337,11 @@ def import_checkpoint(
             f"(data git blob id {ckpt.data_blob}, {ckpt.data_size:,} bytes); download it again, "
             "or pass --unpinned to import a checkpoint of your own with the same variables"
         )
-    _, entries = tf_bundle.read_index(prefix)
-    wanted, slots = model_variables(list(entries), ckpt.scope)
-    tensors = tf_bundle.read_bundle(prefix, wanted)  # CRC32C of every tensor used
-    config = I3DConfig(num_classes=ckpt.num_classes, in_channels=ckpt.in_channels)
-    try:
-        state_dict = convert_tf_variables(tensors, ckpt.scope, config)
-    except WeightsError as e:
-        raise WeightsError(f"{folder} does not fit {ckpt.name} ({ckpt.description}): {e}") from None
+    return data_blob, pinned
 
+
+def _import_labels(folder: Path, ckpt: Checkpoint, labels_file: Path | None) -> tuple[list[str] | None, str]:
+    """(class names to store, where they came from): Kinetics-400's are bundled, not stored."""
     labels: list[str] | None = None
     label_source = "Kinetics-400 (bundled)" if ckpt.num_classes == 400 else "none found"
     if ckpt.num_classes != 400:
@@ -327,18 +350,7 @@ def import_checkpoint(
             labels = read_labels(label_path, ckpt.num_classes)
             known = _labels_sha256(labels) == LABEL_MAP_600_SHA256
             label_source = f"{label_path}" + (" (DeepMind's label_map_600.txt)" if known else "")
-    source = {
-        "kind": "tensorflow-bundle",
-        "checkpoint": ckpt.folder,
-        "folder": str(folder.resolve()),
-        "index_git_blob": git_blob_id(tf_bundle.index_path(prefix)),
-        "data_git_blob": data_blob,
-        "pinned": pinned,
-        "optimizer_slots_skipped": len(slots),
-        "labels": label_source,
-    }
-    path = save_converted(ckpt.name, state_dict, source, cache_dir, labels)
-    return Imported(ckpt.name, path, folder, pinned, len(tensors), label_source)
+    return labels, label_source
 
 
 def import_checkpoints(

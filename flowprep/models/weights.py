@@ -173,6 +173,17 @@ PRETRAINED = (*CONVERTED_FILES, "none")
 
 
 
+def _named_state_dict(name: str | os.PathLike[str], cache_dir: Path | None) -> dict[str, torch.Tensor] | None:
+    """The weights ``load_i3d`` was asked for: a ``PRETRAINED`` name's, a file's, None for "none"."""
+    if str(name) == "none":
+        return None
+    if str(name) in PRETRAINED:
+        return pretrained_state_dict(str(name), cache_dir)
+    if Path(name).is_file():
+        return read_state_dict_file(Path(name))
+    raise ValueError(f"load_i3d name={str(name)!r}: must be one of {list(PRETRAINED)} or an existing file")
+
+
 def load_i3d(
     name: str | os.PathLike[str],
     num_classes: int | None = None,
@@ -192,24 +203,12 @@ def load_i3d(
     ``"state_dict"``/``"model"``).  ``in_channels``: default the weights' own (3 RGB, 2 flow);
     2 with RGB weights gives a flow stream's starting point (``flow_state_dict_from_rgb``).
     """
-    path = Path(name)
-    if str(name) in PRETRAINED:
-        source = str(name)
-    elif path.is_file():
-        source = "file"
-    else:
-        raise ValueError(
-            f"load_i3d name={str(name)!r}: must be one of {list(PRETRAINED)} or an existing file"
-        )
-    if source == "none":
+    state_dict = _named_state_dict(name, cache_dir)
+    if state_dict is None:
         if num_classes is None:
             raise ValueError("load_i3d('none') needs num_classes")
         model = I3D(I3DConfig(num_classes=num_classes, in_channels=in_channels or 3, dropout=dropout))
         return model.eval()
-
-    state_dict = (
-        read_state_dict_file(path) if source == "file" else pretrained_state_dict(source, cache_dir)
-    )
     file_classes = state_dict["logits.conv.bias"].shape[0]
     file_channels = state_dict[FIRST_CONV].shape[1]
     in_channels = file_channels if in_channels is None else in_channels
