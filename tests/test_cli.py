@@ -1,3 +1,6 @@
+"""The command line: every command of the COMMANDS table is registered, usage errors are one line
+with exit 2, and `run` then `inspect --preview` work end to end."""
+
 import argparse
 import subprocess
 import sys
