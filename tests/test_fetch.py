@@ -231,6 +231,7 @@ def _kinetics_run(tmp_path, server, lines, fetch_extra="", **kw):
     return cfg, run(cfg)
 
 
+@pytest.mark.slow
 def test_whole_run_from_a_youtube_manifest(server, tmp_path):
     lines = [
         f'"riding a bike",{GOOD},1,3,val',

@@ -278,6 +278,7 @@ def test_auto_batch_size_follows_free_memory():
     assert tvl1_torch.available_memory_bytes(cpu) > 0
 
 
+@pytest.mark.slow
 def test_compile_failure_falls_back_to_the_same_result(monkeypatch):
     def broken_compile(*args, **kwargs):
         raise RuntimeError("no compiler here")

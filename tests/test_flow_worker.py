@@ -29,6 +29,7 @@ def dataset(tmp_path):
     return write_recipe(tmp_path, manifest, extra="[write]\nshard_frames = 4\nchunk_frames = 2\n")
 
 
+@pytest.mark.slow
 def test_flow_workers_give_the_same_store_as_the_default_topology(tmp_path, dataset):
     common = dict(progress=False, backend="torch", device="cpu")
     ref_cfg = load_recipe(dataset, out=str(tmp_path / "ref" / "t.zarr"), **common)

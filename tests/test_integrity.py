@@ -122,6 +122,7 @@ def _staged(out: Path) -> list[Path]:
 # -- two runs, one store -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_second_run_on_a_live_store_refuses_and_the_first_finishes_clean(tmp_path):
     # long videos: 200 small frames each (short side 32), so A is mid-video when B starts
     recipe = write_recipe(tmp_path, _manifest(tmp_path, n=2, frames=200), short_side=32)
@@ -411,6 +412,7 @@ def test_data_reader_scales_flow_by_each_videos_bound(tmp_path):
 # -- a full disk ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_full_disk_then_retry_failed_completes_the_store(tmp_path):
     if os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("needs root to mount a small tmpfs")

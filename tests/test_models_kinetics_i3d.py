@@ -182,6 +182,7 @@ def five(tmp_path_factory):
     return root, expected, labels
 
 
+@pytest.mark.slow
 def test_import_all_five_and_load_them(five, tmp_path, capsys):
     root, expected, labels = five
     checkpoints = str(root / "data" / "checkpoints")

@@ -93,6 +93,7 @@ def test_resume_continues_exactly(small_store, tmp_path):
     assert not [p for p in (tmp_path / "b").iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+@pytest.mark.slow
 def test_two_processes_with_torchrun_gloo(small_store, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "flowprep", "train",
