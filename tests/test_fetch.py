@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 from loopback import Loopback
@@ -29,6 +28,22 @@ GOOD = "abcdefghijk"
 GOOD2 = "Zyxwvut_-12"
 # Short timeouts and no waits: tests check plumbing, not patience.
 FAST = {"retries": 0, "delay": 0.0, "backoff": 0.0, "rate_limited_pause": 0.0, "socket_timeout": 1.0}
+
+
+
+class FakeClock:
+    """Time that moves only when the gate sleeps: its waits are read, not timed under load."""
+
+    def __init__(self, now: float = 1e9):
+        self.now = now
+        self.sleeps: list[float] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +102,13 @@ def test_http_failures_are_classified(server, tmp_path, yid, cls):
 def test_retryable_failures_are_retried_and_429_pauses_everyone(server, tmp_path):
     cfg = FetchConfig(url_template=server.url_template, **{**FAST, "retries": 2, "rate_limited_pause": 0.2})
     before = server.hits["E429bbbbbbb.mp4"]
-    t0 = time.monotonic()
+    clock = FakeClock()
     with pytest.raises(FetchError) as e:
-        fetch_clip("E429bbbbbbb", 0, 2, cfg, tmp_path)
+        fetch_clip("E429bbbbbbb", 0, 2, cfg, tmp_path, gate=Gate(tmp_path / ".gate", cfg, clock=clock.time, sleep=clock.sleep))
     assert e.value.reason_class == "rate_limited" and "after 3 attempts" in str(e.value)
     assert server.hits["E429bbbbbbb.mp4"] - before == 3
     # pauses 0.2 s then 0.4 s (doubling while 429s go on) before the 2nd and 3rd attempts
-    assert time.monotonic() - t0 >= 0.6
+    assert [s for s in clock.sleeps if s] == pytest.approx([0.2, 0.4])
     state = json.loads((tmp_path / ".gate" / "state.json").read_text())
     assert state["penalty"] == pytest.approx(0.8)  # the third 429 doubled it again for whoever comes next
     # a non-retryable class is not retried
@@ -105,12 +120,13 @@ def test_retryable_failures_are_retried_and_429_pauses_everyone(server, tmp_path
 
 def test_gate_spaces_starts_and_limits_concurrency(tmp_path):
     cfg = FetchConfig(delay=0.15, concurrency=1)
-    gate = Gate(tmp_path, cfg)
+    clock = FakeClock()
+    gate = Gate(tmp_path, cfg, clock=clock.time, sleep=clock.sleep)
     starts = []
     for _ in range(3):
         with gate.slot():
-            starts.append(time.monotonic())
-    assert starts[1] - starts[0] >= 0.14 and starts[2] - starts[1] >= 0.14
+            starts.append(clock.now)
+    assert [b - a for a, b in zip(starts, starts[1:], strict=False)] == pytest.approx([0.15, 0.15]) and clock.sleeps == pytest.approx([0.15, 0.15])
     # another process cannot take the only slot while we hold it
     code = (
         "import sys, fcntl; f = open(sys.argv[1], 'a+')\n"
@@ -215,6 +231,7 @@ def _kinetics_run(tmp_path, server, lines, fetch_extra="", **kw):
     return cfg, run(cfg)
 
 
+@pytest.mark.slow
 def test_whole_run_from_a_youtube_manifest(server, tmp_path):
     lines = [
         f'"riding a bike",{GOOD},1,3,val',

@@ -1,3 +1,6 @@
+"""TV-L1 through flowprep.flow.api on synthetic motion with a known field: u right / v down, time
+direction, rotation, the pyramid for large motion, quantization, and the checked parameters."""
+
 import functools
 
 import numpy as np

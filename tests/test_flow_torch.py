@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import FAST_FLOW
 
 from flowprep.dataset.demo import Motion, render
 from flowprep.flow import evaluation as flow_eval
@@ -112,15 +113,15 @@ def test_flow_t_maps_frame_t_to_t_plus_1():
 def test_pair_alone_equals_pair_inside_a_batch():
     gray = flow_eval.center_crop(flow_eval.bikes_gray(4, short_side=64), 64, 96)
     x = torch.from_numpy(gray)
-    batch = tvl1_flow(x[:-1], x[1:])
-    alone = tvl1_flow(x[1:2], x[2:3])
+    batch = tvl1_flow(x[:-1], x[1:], **FAST_FLOW)  # plumbing: few iterations show it as well as 1,500
+    alone = tvl1_flow(x[1:2], x[2:3], **FAST_FLOW)
     torch.testing.assert_close(alone[0], batch[1], atol=1e-4, rtol=0)
 
 
 def test_batch_size_and_chunking_do_not_change_the_result():
     gray = flow_eval.center_crop(flow_eval.bikes_gray(5, short_side=48), 48, 64)
-    a = compute_flow(gray, backend="torch", device="cpu", batch_size=3)
-    b = compute_flow(gray, backend="torch", device="cpu", batch_size=1)
+    a = compute_flow(gray, backend="torch", device="cpu", batch_size=3, **FAST_FLOW)
+    b = compute_flow(gray, backend="torch", device="cpu", batch_size=1, **FAST_FLOW)
     assert a.shape == (4, 48, 64, 2)
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
     assert np.abs(a).max() > 0.5
@@ -136,15 +137,15 @@ def test_video_goes_to_the_solver_batch_by_batch_as_uint8(monkeypatch):
 
     monkeypatch.setattr(tvl1_torch, "tvl1_flow", spy)
     gray = flow_eval.center_crop(flow_eval.bikes_gray(8, short_side=32), 32, 40)
-    flow = compute_flow(gray, backend="torch", device="cpu", batch_size=3, engine="cpu")
+    flow = compute_flow(gray, backend="torch", device="cpu", batch_size=3, engine="cpu", **FAST_FLOW)
     assert flow.shape == (7, 32, 40, 2) and flow.dtype == np.float32
     assert calls == [((3, 32, 40), torch.uint8, "cpu")] * 2 + [((1, 32, 40), torch.uint8, "cpu")]
 
 
 def test_deterministic():
     gray = flow_eval.center_crop(flow_eval.bikes_gray(3, short_side=64), 64, 80)
-    a = compute_flow(gray, backend="torch", device="cpu")
-    b = compute_flow(gray, backend="torch", device="cpu")
+    a = compute_flow(gray, backend="torch", device="cpu", **FAST_FLOW)
+    b = compute_flow(gray, backend="torch", device="cpu", **FAST_FLOW)
     np.testing.assert_array_equal(a, b)
 
 
@@ -157,7 +158,7 @@ def test_constant_images_give_zero_flow():
 def test_pure_noise_is_finite_and_bounded():
     rng = np.random.default_rng(0)
     gray = rng.integers(0, 256, (3, 47, 61), dtype=np.uint8)
-    flow = compute_flow(gray, backend="torch", device="cpu")
+    flow = compute_flow(gray, backend="torch", device="cpu", **FAST_FLOW)
     assert np.isfinite(flow).all() and np.abs(flow).max() < 60
 
 
@@ -281,6 +282,7 @@ def test_auto_batch_size_follows_free_memory():
     assert tvl1_torch.available_memory_bytes(cpu) > 0
 
 
+@pytest.mark.slow
 def test_compile_failure_falls_back_to_the_same_result(monkeypatch):
     def broken_compile(*args, **kwargs):
         raise RuntimeError("no compiler here")

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_clip, write_recipe
+from conftest import Clip, write_dataset, write_recipe
 
 from flowprep import open_store
 from flowprep.dataset.demo import Motion
@@ -21,21 +21,15 @@ from flowprep.run.state import read_latest, run_dir
 
 @pytest.fixture
 def dataset(tmp_path):
-    vids = tmp_path / "vids"
-    lines = ["path,label,split"]
-    for i in range(3):
-        # one clip of another size: its pairs cannot share a batch with the others'
-        w = 96 if i == 2 else 80
-        make_clip(vids / f"clip{i}.mkv", Motion(dx=1 + i, dy=-1), n=7 + 2 * i, w=w, seed=i)
-        lines.append(f"vids/clip{i}.mkv,move{i % 2},train")
-    (vids / "broken.mp4").write_text("not a video\n" * 50)
-    lines.append("vids/broken.mp4,move0,train")
-    manifest = tmp_path / "m.csv"
-    manifest.write_text("\n".join(lines) + "\n")
+    # one clip of another size: its pairs cannot share a batch with the others'
+    clips = [Clip(f"clip{i}", Motion(dx=1 + i, dy=-1), 7 + 2 * i, f"move{i % 2}", seed=i, w=96 if i == 2 else 80) for i in range(3)]
+    manifest = write_dataset(tmp_path, [*clips, "vids/broken.mp4,move0,train"])
+    (tmp_path / "vids" / "broken.mp4").write_text("not a video\n" * 50)
     # 4-frame blocks: each video is several requests, and batches gather blocks of several videos
     return write_recipe(tmp_path, manifest, extra="[write]\nshard_frames = 4\nchunk_frames = 2\n")
 
 
+@pytest.mark.slow
 def test_flow_workers_give_the_same_store_as_the_default_topology(tmp_path, dataset):
     common = dict(progress=False, backend="torch", device="cpu")
     ref_cfg = load_recipe(dataset, out=str(tmp_path / "ref" / "t.zarr"), **common)

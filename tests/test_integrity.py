@@ -6,6 +6,7 @@ clean) or by checking that the damage is reported by name, and that rows = done 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ffmpeg, make_clip, write_recipe
+from conftest import Clip, ffmpeg, make_clip, write_dataset, write_recipe
 
 from flowprep import open_store
 from flowprep.cli.main import main
@@ -35,14 +36,8 @@ SUMMARY = re.compile(r"(\d+) rows: (\d+) done, (\d+) failed, (\d+) skipped")
 
 
 def _manifest(tmp_path: Path, n: int, frames: int, extra_rows: tuple[str, ...] = ()) -> Path:
-    vids = tmp_path / "vids"
-    lines = ["path,label,split"]
-    for i in range(n):
-        make_clip(vids / f"clip{i}.mkv", Motion(dx=1 + i % 3, dy=-1), n=frames, h=48, w=64, seed=i)
-        lines.append(f"vids/clip{i}.mkv,move{i % 2},train")
-    manifest = tmp_path / "m.csv"
-    manifest.write_text("\n".join([*lines, *extra_rows]) + "\n")
-    return manifest
+    clips = [Clip(f"clip{i}", Motion(dx=1 + i % 3, dy=-1), frames, f"move{i % 2}", seed=i, h=48, w=64) for i in range(n)]
+    return write_dataset(tmp_path, [*clips, *extra_rows])
 
 
 def _cmd(recipe: Path, out: Path, *extra: str) -> list[str]:
@@ -57,11 +52,21 @@ def _counts(stdout: str) -> tuple[int, int, int, int]:
     return rows, done, failed, skipped
 
 
+_CLEAN: dict[str, Path] = {}  # the module's clean reference stores, by what they were built from
+
+
 def _clean(recipe: Path, tmp_path: Path, **kw) -> Path:
-    cfg = load_recipe(recipe, out=str(tmp_path / "clean" / "t.zarr"), progress=False, **kw)
-    s = run(cfg)
-    assert s.rows == s.done + s.failed + s.skipped
-    return cfg.out
+    """A clean run of ``recipe``: built once per module for the same recipe, manifest and clips."""
+    folder = recipe.parent
+    key = hashlib.sha256(repr((recipe.read_text().replace(str(folder), "<dir>"), sorted(kw.items()))).encode())
+    for f in sorted([*folder.glob("*.csv"), *(p for p in (folder / "vids").rglob("*") if p.is_file())]):  # manifest, clips
+        key.update(f.relative_to(folder).as_posix().encode() + f.read_bytes())
+    if key.hexdigest() not in _CLEAN:
+        cfg = load_recipe(recipe, out=str(tmp_path / "clean" / "t.zarr"), progress=False, **kw)
+        s = run(cfg)
+        assert s.rows == s.done + s.failed + s.skipped
+        _CLEAN[key.hexdigest()] = cfg.out
+    return _CLEAN[key.hexdigest()]
 
 
 def _assert_same(store: Path, ref: Path) -> None:
@@ -117,6 +122,7 @@ def _staged(out: Path) -> list[Path]:
 # -- two runs, one store -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_second_run_on_a_live_store_refuses_and_the_first_finishes_clean(tmp_path):
     # long videos: 200 small frames each (short side 32), so A is mid-video when B starts
     recipe = write_recipe(tmp_path, _manifest(tmp_path, n=2, frames=200), short_side=32)
@@ -163,6 +169,7 @@ def test_lease_of_another_host_is_live_until_its_heartbeat_is_old(tmp_path):
 # -- kill -9 -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_main_process_only_ends_its_workers_and_commits_nothing_unrecorded(tmp_path):
     recipe = write_recipe(tmp_path, _manifest(tmp_path, n=4, frames=120), short_side=32)
     out = tmp_path / "k" / "t.zarr"
@@ -189,8 +196,9 @@ def test_kill_9_of_the_main_process_only_ends_its_workers_and_commits_nothing_un
     _assert_same(out, _clean(recipe, tmp_path))
 
 
+@pytest.mark.slow
 def test_kill_9_during_commit_leaves_a_store_equal_to_a_clean_run(tmp_path):
-    recipe = write_recipe(tmp_path, _manifest(tmp_path, n=3, frames=40), short_side=32)
+    recipe = write_recipe(tmp_path, _manifest(tmp_path, n=3, frames=70), short_side=32)  # the clean run of full_disk's
     out = tmp_path / "c" / "t.zarr"
     cmd = _cmd(recipe, out)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -406,6 +414,7 @@ def test_data_reader_scales_flow_by_each_videos_bound(tmp_path):
 # -- a full disk ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_full_disk_then_retry_failed_completes_the_store(tmp_path):
     if os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("needs root to mount a small tmpfs")

@@ -1,6 +1,7 @@
 """The package's folders are its layers: no import cycles, and imports only point down."""
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "flowprep"
@@ -8,10 +9,10 @@ ROOT = Path(__file__).resolve().parents[1] / "flowprep"
 LAYERS = {
     "cli": {"train", "run", "store", "flow", "dataset", "models", "console", "atomic", "<root>"},
     "train": {"store", "flow", "dataset", "models", "console", "atomic"},
-    "run": {"store", "flow", "dataset"},
-    "store": {"flow"},
-    "flow": {"dataset"},
-    "dataset": set(),
+    "run": {"store", "flow", "dataset", "atomic"},
+    "store": {"flow", "atomic"},
+    "flow": {"dataset", "atomic"},
+    "dataset": {"atomic"},
     "models": {"atomic"},
     "console": set(),
     "atomic": set(),
@@ -71,14 +72,81 @@ def test_imports_point_down_the_layers():
     assert bad == []
 
 
+RUN_FOLDER_NAMES = ("staging", "ledger", "run.json", "index.json", "index", "leases", ".run")
+
+
 def test_only_the_run_state_module_spells_the_run_folder_layout():
-    # "<name>.run/" paths (ledger, staging, index parts, run.json) are built in one place
+    # "<name>.run/" paths (ledger, staging, index and its parts, leases, run.json) are built in one place
+    names = "|".join(re.escape(n) for n in RUN_FOLDER_NAMES)
+    quoted = re.compile(rf"""(["'])({names})\1""")
     spelled = []
     for p in ROOT.rglob("*.py"):
-        if p.name == "state.py":
+        if p.relative_to(ROOT).as_posix() == "run/state.py":
             continue
-        text = p.read_text()
-        for needle in ('"staging"', '"ledger"', '"run.json"', '"index.json"', '".run"'):
-            if needle in text:
-                spelled.append(f"{p.relative_to(ROOT)}: {needle}")
+        for m in quoted.finditer(p.read_text()):
+            spelled.append(f"{p.relative_to(ROOT)}: {m.group(0)}")
+    assert spelled == []
+
+
+# Renames that are not file writes, by "file: function": a folder published or moved aside in one
+# step, or a file moved aside to be deleted.  Each says why it is not an atomic write.
+RENAMES_ALLOWED = {
+    "atomic.py: write_atomic": "the one atomic file write",
+    "atomic.py: publish_file": "a finished file (a download) moved into place, fsynced first",
+    "store/zarr_store.py: create_store": "a new store's root folder, built aside, appears in one rename",
+    "store/zarr_store.py: publish": "a staged video folder moves into videos/ (the old one aside first with --overwrite)",
+    "run/pipeline.py: _repair_rows": "a damaged video folder leaves the store at once, then is deleted",
+    "run/lease.py: acquire": "a stale lease is moved aside so only one contender deletes it",
+}
+
+
+def _renames(tree: ast.AST) -> list[tuple[int, str, str]]:
+    """(line, enclosing function, call) of every os.replace / os.rename and Path.replace / .rename."""
+    found = []
+
+    def visit(node: ast.AST, func: str) -> None:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            func = node.name
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("replace", "rename"):
+            target = node.func.value
+            if isinstance(target, ast.Name) and target.id == "os":
+                found.append((node.lineno, func, f"os.{node.func.attr}"))
+            # a path's method takes one argument (str.replace two; dataclasses.replace keywords)
+            elif len(node.args) == 1 and not node.keywords and not isinstance(target, ast.Constant):
+                found.append((node.lineno, func, f".{node.func.attr}()"))
+        for child in ast.iter_child_nodes(node):
+            visit(child, func)
+
+    visit(tree, "<module>")
+    return found
+
+
+def test_files_are_replaced_only_through_the_atomic_module():
+    # one atomic write (temporary file beside the target, fsync, rename) instead of hand-written copies
+    found = []
+    for p in sorted(ROOT.rglob("*.py")):
+        rel = p.relative_to(ROOT).as_posix()
+        for line, func, call in _renames(ast.parse(p.read_text())):
+            if f"{rel}: {func}" not in RENAMES_ALLOWED:
+                found.append(f"{rel}:{line} {call} in {func}")
+    assert found == []
+
+
+def test_rgb_is_dequantized_in_one_place():
+    # ``x / 127.5 - 1`` lives in flow/api.py (dequantize_rgb_); rawframes' 127.5 is denseflow's
+    # 8-bit flow mapping, another rule
+    found = []
+    for p in sorted(ROOT.rglob("*.py")):
+        rel = p.relative_to(ROOT).as_posix()
+        if rel in ("flow/api.py", "store/rawframes.py"):
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Constant) and node.value == 127.5:
+                found.append(f"{rel}:{node.lineno}")
+    assert found == []
+
+
+def test_the_weights_cache_folder_is_worked_out_in_one_place():
+    spelled = [p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.py")
+               if p.name != "cache.py" and re.search(r"""environ(\.get\(|\[)["']FLOWPREP_CACHE""", p.read_text())]
     assert spelled == []

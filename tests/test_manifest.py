@@ -1,3 +1,6 @@
+"""Manifest parsing (flowprep.dataset.manifest): Kinetics and path columns, malformed rows reported
+with line and column while the others are kept, hostile ids, and the real Kinetics files when present."""
+
 import pytest
 from conftest import SHARED_MANIFESTS
 

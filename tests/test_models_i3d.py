@@ -137,6 +137,7 @@ def test_final_endpoint_truncates_the_network():
         model.replace_logits(10)
 
 
+@pytest.mark.slow
 def test_logits_average_over_time_and_spatial_squeeze():
     torch.manual_seed(0)
     model = I3D(I3DConfig(final_endpoint="Logits", spatial_squeeze=False)).eval()

@@ -158,7 +158,7 @@ def test_corrupt_truncated_and_incomplete_real_checkpoint(rebuilt_rgb_scratch, t
         (n.encode(), T.serialize_entry(e)) for n, e in entries.items() if n != gone
     ]
     (folder / "model.ckpt.index").write_bytes(T.build_table(records))
-    with pytest.raises(W.WeightsError, match="the index is not DeepMind's published rgb_scratch"):
+    with pytest.raises(W.WeightsError, match="the index file is not DeepMind's published rgb_scratch"):
         K.import_checkpoint(folder, cache)
     with pytest.raises(W.WeightsError, match=rf"checkpoint has no {gone} \(for blocks.Mixed_4d.branch_2b.conv.weight\)"):
         K.import_checkpoint(folder, cache, unpinned=True)
@@ -182,6 +182,7 @@ def five(tmp_path_factory):
     return root, expected, labels
 
 
+@pytest.mark.slow
 def test_import_all_five_and_load_them(five, tmp_path, capsys):
     root, expected, labels = five
     checkpoints = str(root / "data" / "checkpoints")

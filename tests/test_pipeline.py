@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ffmpeg, make_clip, write_recipe
+from conftest import Clip, ffmpeg, make_clip, manifest_lines, write_recipe
 
 from flowprep import open_store
 from flowprep.dataset.demo import Motion
@@ -19,12 +19,7 @@ from flowprep.run.state import read_latest, run_dir
 
 
 def _dataset(tmp_path, n=3, frames=6):
-    vids = tmp_path / "vids"
-    lines = ["path,label,split"]
-    for i in range(n):
-        make_clip(vids / f"clip{i}.mkv", Motion(dx=1 + i, dy=-1), n=frames, seed=i)
-        lines.append(f"vids/clip{i}.mkv,move{i % 2},train")
-    return lines
+    return manifest_lines(tmp_path, [Clip(f"clip{i}", Motion(dx=1 + i, dy=-1), frames, f"move{i % 2}", seed=i) for i in range(n)])
 
 
 def _run(tmp_path, manifest_lines, **kw):
@@ -114,6 +109,7 @@ def test_parallel_jobs_give_the_same_store(tmp_path):
         np.testing.assert_array_equal(a.read_flow_int8(vid), b.read_flow_int8(vid))
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_a_complete_store(tmp_path):
     lines = _dataset(tmp_path, n=6, frames=40)
     manifest = tmp_path / "m.csv"

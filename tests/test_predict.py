@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_FLOW
+from conftest import FAST_FLOW, Clip
 from synthetic_store import build_store
 from tf_checkpoints import write_synthetic
 
@@ -113,7 +113,7 @@ def test_predict_errors(cache, clip, capsys, tmp_path):
 def test_ucf101_recipe_commands_in_miniature(cache, tmp_path, capsys):
     """README's UCF-101 commands on a tiny store: train each stream from its Kinetics checkpoint
     (flow from the real flow weights, not averaged RGB), then evaluate fuses them."""
-    videos = [(f"v{i}", Motion(dx=2 if i % 2 else -2), 10, "right" if i % 2 else "left", "train" if i < 4 else "test", i)
+    videos = [Clip(f"v{i}", Motion(dx=2 if i % 2 else -2), 10, "right" if i % 2 else "left", "train" if i < 4 else "test", i)
               for i in range(6)]
     store = str(build_store(tmp_path, videos))
     common = ["--store", store, "--split", "train", "--clip-len", "8", "--crop", "56", "--batch-size", "2", "--steps", "2",

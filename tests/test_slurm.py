@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import Clip, write_dataset
 
 from flowprep import open_store
 from flowprep.cli.main import main
@@ -61,17 +62,10 @@ LONG_FRAMES = 160  # ~4 s of flow here: a wide window to kill task 1 mid-video
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("slurm")
-    lines = ["path,label,split"]
-    for i, name in enumerate(ITEMS):
-        if name == "missing":
-            lines.append("vids/missing.mkv,gone,train")  # source failure: not retryable
-        elif name == "bad":
-            lines.append(",no path,train")  # malformed row
-        else:
-            n = LONG_FRAMES if name == "long" else 6 + i
-            write_lossless(render(Motion(dx=0.5 if name == "long" else 1 + i % 3, dy=1), n, 64, 80, seed=i), root / "vids" / f"{name}.mkv")
-            lines.append(f"vids/{name}.mkv,l{i % 2},train")
-    (root / "m.csv").write_text("\n".join(lines) + "\n")
+    special = {"missing": "vids/missing.mkv,gone,train", "bad": ",no path,train"}  # source failure (not retryable), malformed row
+    write_dataset(root, [special.get(name) or Clip(name, Motion(dx=0.5 if name == "long" else 1 + i % 3, dy=1),
+                                                    LONG_FRAMES if name == "long" else 6 + i, f"l{i % 2}", seed=i)
+                         for i, name in enumerate(ITEMS)])
     recipe = root / "tiny.toml"
     recipe.write_text(
         'dataset = "tiny"\nmanifest = "m.csv"\n[decode]\nshort_side = 64\n'
@@ -141,6 +135,7 @@ def test_array_of_three_tasks_matches_a_local_run(slurm, dataset, capsys, monkey
     assert _done_records(store) == Counter({v: 1 for v in open_store(store).video_ids})
 
 
+@pytest.mark.slow
 def test_killed_task_then_retry_failed_completes_the_store_once(slurm, dataset, capsys, monkeypatch):
     monkeypatch.chdir(dataset["root"])
     store = dataset["root"] / "killed.zarr"

@@ -1,3 +1,6 @@
+"""The zarr store (flowprep.store.zarr_store): round trips and windowed reads, a handful of files per
+video, unknown format versions refused, and staged videos invisible until committed."""
+
 import json
 
 import numpy as np

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from conftest import Clip
 from synthetic_store import build_store
 from torch import nn
 
@@ -25,7 +26,7 @@ TINY = ["--endpoint", "Conv3d_2c_3x3", "--init", "none", "--workers", "0", "--de
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory):
     folder = tmp_path_factory.mktemp("train")
-    videos = [(f"v{i}", Motion(dy=2 if i % 2 else -2), 10, "down" if i % 2 else "up", "train", i) for i in range(4)]
+    videos = [Clip(f"v{i}", Motion(dy=2 if i % 2 else -2), 10, "down" if i % 2 else "up", "train", i) for i in range(4)]
     return build_store(folder, videos)
 
 
@@ -93,6 +94,7 @@ def test_resume_continues_exactly(small_store, tmp_path):
     assert not [p for p in (tmp_path / "b").iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+@pytest.mark.slow
 def test_two_processes_with_torchrun_gloo(small_store, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "flowprep", "train",
@@ -116,7 +118,7 @@ def test_flow_learns_direction_that_single_rgb_frames_cannot(tmp_path):
         for c, dy in (("up", -2.0), ("down", 2.0)):
             for i in range(n):
                 seed = seed0 + 2 * i + (c == "down")
-                videos.append((f"{split}_{c}_{i}", Motion(dy=dy), 12, c, split, seed))
+                videos.append(Clip(f"{split}_{c}_{i}", Motion(dy=dy), 12, c, split, seed))
     store = build_store(tmp_path, videos, jobs=2)
     common = ["--store", str(store), "--crop", "56", "--batch-size", "8", "--steps", "30", "--lr", "0.05", "--lr-drops",
               "--dropout", "0", "--bn-momentum", "0.1", *TINY]

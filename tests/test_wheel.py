@@ -30,6 +30,7 @@ def wheel(tmp_path_factory) -> Path:
     return whl
 
 
+@pytest.mark.slow
 def test_wheel_metadata_has_a_torch_range_and_the_package_data(wheel):
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())

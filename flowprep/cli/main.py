@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from flowprep import __version__
 from flowprep.console import usage_error
@@ -306,23 +307,31 @@ def _record_run(recipe: Path, cfg) -> None:
     record_run(run_dir(cfg.out), recipe, cfg)
 
 
-# name -> (help, module, its add-arguments function, its handler).  Modules are imported only for
-# the command being run, so `flowprep --help` and `flowprep run` never import torch.
-COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "run": ("build a store from a recipe, a folder of videos or a video: decode, TV-L1 flow, write (resumable)", "flowprep.cli.main", "_add_run", "cmd_run"),
-    "inspect": ("summarize a store; --preview writes a flow picture", "flowprep.cli.main", "_add_inspect", "cmd_inspect"),
-    "verify": ("check every chunk of a store; list damaged videos (exit 1 if any)", "flowprep.cli.verify", "add_arguments", "command"),
-    "manifests": ("fetch and check official annotation files; build UCF-101/HMDB-51 manifests", "flowprep.cli.main", "_add_manifests", "cmd_manifests"),
-    "status": ("done / failed / pending over all tasks, throughput, time left", "flowprep.cli.cluster", "_add_status", "cmd_status"),
-    "finalize": ("write the store's index.json from all tasks' ledgers (after a cluster run)", "flowprep.cli.cluster", "_add_finalize", "cmd_finalize"),
-    "slurm": ("run a recipe as a SLURM job array: `flowprep slurm submit RECIPE --tasks N`", "flowprep.cli.cluster", "_add_slurm", "cmd_slurm"),
-    "train": ("train one I3D stream (rgb or flow) on stores; torchrun for several GPUs", "flowprep.train.train", "add_arguments", "command"),
-    "evaluate": ("per-stream and fused top-1 / top-k (k = min(5, classes)) of trained streams on whole videos", "flowprep.train.evaluate", "add_arguments", "command"),
-    "predict": ("top Kinetics classes of a video: the RGB I3D, or both streams with --two-stream", "flowprep.train.predict", "add_arguments", "command"),
-    "weights": ("import DeepMind's TensorFlow I3D checkpoints (all five, no TensorFlow); list the cache", "flowprep.cli.weights", "add_arguments", "command"),
-    "export": ("write a store as mmaction2 rawframes: `flowprep export rawframes STORE OUT`", "flowprep.cli.rawframes", "_add_export", "cmd_export"),
-    "import": ("rawframes / denseflow folders into a store: `flowprep import rawframes ROOT STORE`", "flowprep.cli.rawframes", "_add_import", "cmd_import"),
-    "recipes": ("the shipped recipes (flowprep run NAME) and whether their manifests are here", "flowprep.cli.recipes", "add_arguments", "command"),
+class Command(NamedTuple):
+    """One ``flowprep`` command.  Its module is imported only when the command runs, so
+    `flowprep --help` and `flowprep run` never import torch."""
+
+    help: str  # the line under `flowprep --help`, and the command's description
+    module: str  # the module that owns the command's arguments and handler
+    add: str = "add_arguments"  # module.add(parser): declare the command's arguments
+    run: str = "command"  # module.run(args) -> exit status
+
+
+COMMANDS: dict[str, Command] = {
+    "run": Command("build a store from a recipe, a folder of videos or a video: decode, TV-L1 flow, write (resumable)", "flowprep.cli.main", add="_add_run", run="cmd_run"),
+    "inspect": Command("summarize a store; --preview writes a flow picture", "flowprep.cli.main", add="_add_inspect", run="cmd_inspect"),
+    "verify": Command("check every chunk of a store; list damaged videos (exit 1 if any)", "flowprep.cli.verify"),
+    "manifests": Command("fetch and check official annotation files; build UCF-101/HMDB-51 manifests", "flowprep.cli.main", add="_add_manifests", run="cmd_manifests"),
+    "status": Command("done / failed / pending over all tasks, throughput, time left", "flowprep.cli.cluster", add="_add_status", run="cmd_status"),
+    "finalize": Command("write the store's index.json from all tasks' ledgers (after a cluster run)", "flowprep.cli.cluster", add="_add_finalize", run="cmd_finalize"),
+    "slurm": Command("run a recipe as a SLURM job array: `flowprep slurm submit RECIPE --tasks N`", "flowprep.cli.cluster", add="_add_slurm", run="cmd_slurm"),
+    "train": Command("train one I3D stream (rgb or flow) on stores; torchrun for several GPUs", "flowprep.train.train"),
+    "evaluate": Command("per-stream and fused top-1 / top-k (k = min(5, classes)) of trained streams on whole videos", "flowprep.train.evaluate"),
+    "predict": Command("top Kinetics classes of a video: the RGB I3D, or both streams with --two-stream", "flowprep.train.predict"),
+    "weights": Command("import DeepMind's TensorFlow I3D checkpoints (all five, no TensorFlow); list the cache", "flowprep.cli.weights"),
+    "export": Command("write a store as mmaction2 rawframes: `flowprep export rawframes STORE OUT`", "flowprep.cli.rawframes", add="_add_export", run="cmd_export"),
+    "import": Command("rawframes / denseflow folders into a store: `flowprep import rawframes ROOT STORE`", "flowprep.cli.rawframes", add="_add_import", run="cmd_import"),
+    "recipes": Command("the shipped recipes (flowprep run NAME) and whether their manifests are here", "flowprep.cli.recipes"),
 }
 
 
@@ -336,12 +345,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
     parser.add_argument("--version", action="version", version=f"flowprep {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (help_, module, add, handler) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.help)
         if only is None or name == only:
-            mod = importlib.import_module(module)
-            getattr(mod, add)(p)
-            p.set_defaults(handler=getattr(mod, handler))
+            mod = importlib.import_module(command.module)
+            getattr(mod, command.add)(p)
+            p.set_defaults(handler=getattr(mod, command.run))
     return parser
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flowprep.atomic import write_text
 from flowprep.console import usage_error
 
 
@@ -236,9 +237,7 @@ def prepare_target(
     header = f"Written by `flowprep run {target}`, rewritten by each such run (edit a copy, not this file)."
     text = folder_recipe_text(name, what, "manifest.csv", settings, header)
     if not recipe.is_file() or recipe.read_text(encoding="utf-8") != text:
-        tmp = recipe.with_name(f".recipe.{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, recipe)
+        write_text(recipe, text)
     print(f"{what}: {describe_videos(videos)}; manifest {folder / 'manifest.csv'}")
     return recipe, out
 

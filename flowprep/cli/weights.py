@@ -19,11 +19,9 @@ from flowprep.console import usage_error
 
 
 def cache_dir(arg: str | None) -> Path:
-    from flowprep.models.weights import default_cache_dir
+    from flowprep.models.cache import weights_cache_dir
 
-    if arg:
-        return Path(arg)
-    return Path(os.environ["FLOWPREP_CACHE"]) / "weights" if os.environ.get("FLOWPREP_CACHE") else default_cache_dir()
+    return weights_cache_dir(arg, os.environ)
 
 
 def cmd_import(args: argparse.Namespace) -> int:

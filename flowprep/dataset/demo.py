@@ -16,6 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from flowprep.atomic import publish_file
+
 
 @dataclass(frozen=True)
 class Motion:
@@ -98,7 +100,7 @@ def write_lossless(frames_thwc: np.ndarray, path: str | Path, fps: float = 25.0,
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"ffmpeg could not write {path}: {proc.stderr.decode(errors='replace')[-500:]}")
-    os.replace(tmp, path)
+    publish_file(tmp, path)
 
 
 def synthetic_clip(name: str, folder: str | Path) -> Path:

@@ -33,11 +33,12 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from flowprep.atomic import publish_file, write_json
 from flowprep.dataset.decode import ffmpeg_exe
 from flowprep.dataset.errors import SourceError
 from flowprep.dataset.manifest import YOUTUBE_ID, ManifestRow, kinetics_video_id
@@ -240,12 +241,17 @@ class Gate:
 
     ``slot()`` holds one of ``concurrency`` lock files for the length of a download and waits
     for its start ticket: starts are at least ``delay`` apart and never before the end of a
-    pause set by ``rate_limited()``.
+    pause set by ``rate_limited()``.  ``clock`` (wall time: other processes read the tickets) and
+    ``sleep`` are parameters so tests read the waits instead of timing them.
     """
 
-    def __init__(self, folder: Path, cfg: FetchConfig):
+    def __init__(
+        self, folder: Path, cfg: FetchConfig, *, clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep
+    ):
         self.folder = folder
         self.cfg = cfg
+        self.clock = clock
+        self.sleep = sleep
         folder.mkdir(parents=True, exist_ok=True)
 
     @contextlib.contextmanager
@@ -260,9 +266,7 @@ class Gate:
             state.setdefault("next_start", 0.0)
             state.setdefault("penalty", 0.0)
             yield state
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(state))
-            os.replace(tmp, path)
+            write_json(path, state)
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
@@ -278,14 +282,14 @@ class Gate:
                 held = f
                 break
             else:
-                time.sleep(0.05)
+                time.sleep(0.05)  # polling another process's lock: real time, not the gate's clock
         try:
             with self._state() as state:
-                now = time.time()
+                now = self.clock()
                 start = max(now, state["next_start"])
                 state["next_start"] = start + self.cfg.delay
             if start > now:
-                time.sleep(start - now)
+                self.sleep(start - now)
             yield
         finally:
             held.close()
@@ -295,7 +299,7 @@ class Gate:
         with self._state() as state:
             pause = min(_MAX_PENALTY, max(self.cfg.rate_limited_pause, 2 * state["penalty"]))
             state["penalty"] = pause
-            state["next_start"] = max(state["next_start"], time.time() + pause)
+            state["next_start"] = max(state["next_start"], self.clock() + pause)
         log.warning("HTTP 429 (rate limited): all downloads pause for %.0f s", pause)
         return pause
 
@@ -401,16 +405,19 @@ def download_clip(url: str, start: float, end: float, cfg: FetchConfig, dest: Pa
             raise FetchError("other", f"yt-dlp finished but wrote no clip.mp4 (found: {found})")
         if not is_readable_video(out):
             raise FetchError("other", f"downloaded clip from {url} is not a readable video ({out.stat().st_size} bytes)")
-        os.replace(out, dest)
+        publish_file(out, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def fetch_clip(youtube_id: str, start: float, end: float, cfg: FetchConfig, cache_dir: Path) -> Path:
+def fetch_clip(
+    youtube_id: str, start: float, end: float, cfg: FetchConfig, cache_dir: Path, *, gate: Gate | None = None
+) -> Path:
     """The local mp4 of ``youtube_id`` cut to [start, end]: from the cache, else downloaded.
 
     Retries RETRYABLE failures up to ``cfg.retries`` times with doubling backoff; raises
-    FetchError with the last failure's class and message.
+    FetchError with the last failure's class and message.  ``gate``: default, the cache's
+    ``.gate`` folder on real time (its clock also times the backoff).
     """
     if not YOUTUBE_ID.fullmatch(youtube_id):
         raise FetchError("other", f"bad youtube_id {youtube_id!r}: must be 11 characters of [A-Za-z0-9_-]")
@@ -421,11 +428,11 @@ def fetch_clip(youtube_id: str, start: float, end: float, cfg: FetchConfig, cach
     if is_readable_video(dest):
         return dest
     url = clip_url(cfg.url_template, youtube_id)
-    gate = Gate(cache_dir / ".gate", cfg)
+    gate = gate or Gate(cache_dir / ".gate", cfg)
     attempts = cfg.retries + 1
     for attempt in range(attempts):
         if attempt:
-            time.sleep(cfg.backoff * 2 ** (attempt - 1))
+            gate.sleep(cfg.backoff * 2 ** (attempt - 1))
         try:
             with gate.slot():
                 download_clip(url, start, end, cfg, dest)

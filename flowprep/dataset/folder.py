@@ -37,6 +37,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
+from flowprep.atomic import write_text
 from flowprep.dataset.manifest import SPLITS, ManifestError, safe_video_id
 
 VIDEO_EXTENSIONS = frozenset(
@@ -213,8 +214,5 @@ def write_manifest(videos: list[FolderVideo], out: str | Path) -> Path:
     text = manifest_text(videos)
     if out.is_file() and out.read_text(encoding="utf-8") == text:
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
+    write_text(out, text)
     return out

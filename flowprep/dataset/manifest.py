@@ -140,7 +140,7 @@ def _parse_row(rec: dict[str, str], line: int, file: str) -> tuple[ManifestRow |
         return None, RowError(file, line, column, message)
 
     if None in rec:  # more fields than header columns
-        return err(None, f"{len(rec) - 1 + len(rec[None])} fields, header has {len(rec) - 1}")
+        return err(None, f"{len(rec) - 1 + len(rec[None])} fields, header has {len(rec) - 1}")  # type: ignore[index]  # DictReader's restkey
     missing = [c for c, v in rec.items() if v is None]
     if missing:
         return err(missing[0], "missing (row has fewer fields than the header)")

@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from flowprep.atomic import write_text
 from flowprep.dataset.manifest import VIDEO_ID, ManifestError
 
 
@@ -187,9 +188,7 @@ def write_local_manifest(entries: list[Entry], root: Path, out: Path, splits: tu
         missing += not path.is_file()
         w.writerow([video_id_for(e.rel_path), str(path), e.label, e.split])
         rows += 1
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    tmp.replace(out)
+    write_text(out, buf.getvalue())
     return rows, missing
 
 
@@ -310,7 +309,7 @@ def record_sums(folder: Path) -> dict[str, str]:
     sums = {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != "SHA256SUMS" and not p.name.startswith(".")}
     path = folder / "SHA256SUMS"
     if path.is_file():
-        old = dict(reversed(ln.split(None, 1)) for ln in _lines(path))
+        old = {name: digest for digest, name in (ln.split(None, 1) for ln in _lines(path))}
         changed = sorted(n for n in sums if n in old and old[n] != sums[n])
         if changed:
             raise FetchManifestError(
@@ -362,7 +361,7 @@ def _extract(archive: Path, into: Path) -> None:
 def _collect(ds: Dataset, src: Path, folder: Path) -> list[str]:
     """Copy the dataset's files found anywhere under ``src`` (by name or alias) into ``folder``."""
     found: list[str] = []
-    by_name = {}
+    by_name: dict[str, Path] = {}
     for p in src.rglob("*"):
         if p.is_file():
             by_name.setdefault(p.name, p)

@@ -119,7 +119,7 @@ def _opencv_tvl1(gray_thw: np.ndarray, device: str | None, params: Mapping[str, 
     if device not in (None, "cpu"):
         raise ValueError(f"backend 'opencv' runs on the CPU only, got device={device!r}")
     p = params
-    tvl1 = cv2.optflow.DualTVL1OpticalFlow_create(
+    tvl1 = cv2.optflow.DualTVL1OpticalFlow_create(  # type: ignore[attr-defined]  # opencv-contrib, not in cv2's stubs
         tau=p["tau"],
         lambda_=p["lambda_"],
         theta=p["theta"],
@@ -216,6 +216,19 @@ def quantize_flow(flow_px: np.ndarray, bound: float = FLOW_BOUND) -> np.ndarray:
 def dequantize_flow(q: np.ndarray) -> np.ndarray:
     """int8 -> float32 in [-1, 1] (multiply by the bound for pixels)."""
     return q.astype(np.float32) * np.float32(1.0 / QUANT_LEVELS)
+
+
+def dequantize_rgb_(x: Any) -> Any:
+    """RGB values 0..255 held in a float32 array or tensor -> [-1, 1] in place (``x / 127.5 - 1``,
+    I3D's input range); returns ``x``.  In place so a training batch is scaled without a copy."""
+    x *= 1 / 127.5
+    x -= 1.0
+    return x
+
+
+def dequantize_rgb(rgb_u8: np.ndarray) -> np.ndarray:
+    """uint8 RGB -> float32 in [-1, 1] (``dequantize_rgb_`` of a float32 copy)."""
+    return dequantize_rgb_(rgb_u8.astype(np.float32))
 
 
 def pick_backend(backend: str, device: str | None = None) -> str:

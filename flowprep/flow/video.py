@@ -16,7 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from flowprep.flow.api import FLOW_BOUND, compute_flow, dequantize_flow, gray_blocks, pick_backend, quantize_flow
+from flowprep.flow.api import (
+    FLOW_BOUND,
+    compute_flow,
+    dequantize_flow,
+    dequantize_rgb,
+    gray_blocks,
+    pick_backend,
+    quantize_flow,
+)
 
 
 def iter_video_flow(
@@ -93,4 +101,4 @@ def video_flow(
     flow_q = np.concatenate(flows)
     if raw:
         return rgb_u8, flow_q
-    return rgb_u8.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0), dequantize_flow(flow_q)
+    return dequantize_rgb(rgb_u8), dequantize_flow(flow_q)

@@ -141,18 +141,25 @@ def max_pool3d_same(
 ) -> torch.Tensor:
     """3D max-pool with TF ``"SAME"`` padding (padded cells never win: they are -inf)."""
     pads = tf_same_pad(x_bcthw.shape[2:], kernel_thw, stride_thw)
+    kernel, stride = _thw(kernel_thw), _thw(stride_thw)
     if all(b == a for b, a in pads):
         # torch pads max-pools with -inf itself; symmetric padding needs no copy of the input.
-        return F.max_pool3d(x_bcthw, kernel_thw, stride_thw, padding=tuple(b for b, _ in pads))
+        return F.max_pool3d(x_bcthw, kernel, stride, padding=_thw([b for b, _ in pads]))
     x_bcthw = F.pad(x_bcthw, _flat_pad_thw(pads), value=float("-inf"))
-    return F.max_pool3d(x_bcthw, kernel_thw, stride_thw)
+    return F.max_pool3d(x_bcthw, kernel, stride)
+
+
+def _thw(values: Sequence[int]) -> tuple[int, int, int]:
+    """(t, h, w) of a 3-element sequence: the shape torch's 3D layers take."""
+    t, h, w = values
+    return t, h, w
 
 
 class MaxPool3dSame(nn.Module):
     def __init__(self, kernel_thw: Sequence[int], stride_thw: Sequence[int]) -> None:
         super().__init__()
-        self.kernel_thw = tuple(kernel_thw)
-        self.stride_thw = tuple(stride_thw)
+        self.kernel_thw = _thw(kernel_thw)
+        self.stride_thw = _thw(stride_thw)
 
     def forward(self, x_bcthw: torch.Tensor) -> torch.Tensor:
         return max_pool3d_same(x_bcthw, self.kernel_thw, self.stride_thw)
@@ -189,8 +196,8 @@ class Unit3D(nn.Module):
         bn_momentum: float = 0.001,
     ) -> None:
         super().__init__()
-        self.kernel_thw = tuple(kernel_thw)
-        self.stride_thw = tuple(stride_thw)
+        self.kernel_thw = _thw(kernel_thw)
+        self.stride_thw = _thw(stride_thw)
         self.conv = nn.Conv3d(
             in_channels, out_channels, self.kernel_thw, self.stride_thw, bias=use_bias
         )

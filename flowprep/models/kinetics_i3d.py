@@ -295,21 +295,7 @@ def import_checkpoint(
     folder = Path(folder)
     ckpt, index_pinned = identify(folder, name)
     prefix = folder / PREFIX
-    data = tf_bundle.data_path(prefix)
-    if not data.is_file():
-        raise WeightsError(
-            f"{data}: not found; it is data/checkpoints/{ckpt.folder}/{data.name} of deepmind/kinetics-i3d "
-            f"({ckpt.data_size:,} bytes, git blob id {ckpt.data_blob}): see README, 'Pretrained weights'"
-        )
-    data_blob = git_blob_id(data)
-    pinned = index_pinned and data_blob == ckpt.data_blob
-    if not pinned and not unpinned:
-        got = "index" if not index_pinned else f"data file (git blob id {data_blob}, {data.stat().st_size:,} bytes)"
-        raise WeightsError(
-            f"{folder}: the {got} is not DeepMind's published {ckpt.folder} "
-            f"(data git blob id {ckpt.data_blob}, {ckpt.data_size:,} bytes); download it again, "
-            "or pass --unpinned to import a checkpoint of your own with the same variables"
-        )
+    data_blob, pinned = _check_pinned(folder, ckpt, index_pinned, unpinned)
     _, entries = tf_bundle.read_index(prefix)
     wanted, slots = model_variables(list(entries), ckpt.scope)
     tensors = tf_bundle.read_bundle(prefix, wanted)  # CRC32C of every tensor used
@@ -318,15 +304,7 @@ def import_checkpoint(
         state_dict = convert_tf_variables(tensors, ckpt.scope, config)
     except WeightsError as e:
         raise WeightsError(f"{folder} does not fit {ckpt.name} ({ckpt.description}): {e}") from None
-
-    labels: list[str] | None = None
-    label_source = "Kinetics-400 (bundled)" if ckpt.num_classes == 400 else "none found"
-    if ckpt.num_classes != 400:
-        label_path = Path(labels_file) if labels_file else find_label_map(folder, ckpt.num_classes)
-        if label_path is not None:
-            labels = read_labels(label_path, ckpt.num_classes)
-            known = _labels_sha256(labels) == LABEL_MAP_600_SHA256
-            label_source = f"{label_path}" + (" (DeepMind's label_map_600.txt)" if known else "")
+    labels, label_source = _import_labels(folder, ckpt, labels_file)
     source = {
         "kind": "tensorflow-bundle",
         "checkpoint": ckpt.folder,
@@ -339,6 +317,40 @@ def import_checkpoint(
     }
     path = save_converted(ckpt.name, state_dict, source, cache_dir, labels)
     return Imported(ckpt.name, path, folder, pinned, len(tensors), label_source)
+
+
+def _check_pinned(folder: Path, ckpt: Checkpoint, index_pinned: bool, unpinned: bool) -> tuple[str, bool]:
+    """(the data file's git blob id, whether index and data are DeepMind's published files);
+    a file that is not DeepMind's is refused unless ``unpinned``."""
+    data = tf_bundle.data_path(folder / PREFIX)
+    if not data.is_file():
+        raise WeightsError(
+            f"{data}: not found; it is data/checkpoints/{ckpt.folder}/{data.name} of deepmind/kinetics-i3d "
+            f"({ckpt.data_size:,} bytes, git blob id {ckpt.data_blob}): see README, 'Pretrained weights'"
+        )
+    data_blob = git_blob_id(data)
+    pinned = index_pinned and data_blob == ckpt.data_blob
+    if not pinned and not unpinned:
+        got = "index file" if not index_pinned else f"data file (git blob id {data_blob}, {data.stat().st_size:,} bytes)"
+        raise WeightsError(
+            f"{folder}: the {got} is not DeepMind's published {ckpt.folder} "
+            f"(data git blob id {ckpt.data_blob}, {ckpt.data_size:,} bytes); download it again, "
+            "or pass --unpinned to import a checkpoint of your own with the same variables"
+        )
+    return data_blob, pinned
+
+
+def _import_labels(folder: Path, ckpt: Checkpoint, labels_file: Path | None) -> tuple[list[str] | None, str]:
+    """(class names to store, where they came from): Kinetics-400's are bundled, not stored."""
+    labels: list[str] | None = None
+    label_source = "Kinetics-400 (bundled)" if ckpt.num_classes == 400 else "none found"
+    if ckpt.num_classes != 400:
+        label_path = Path(labels_file) if labels_file else find_label_map(folder, ckpt.num_classes)
+        if label_path is not None:
+            labels = read_labels(label_path, ckpt.num_classes)
+            known = _labels_sha256(labels) == LABEL_MAP_600_SHA256
+            label_source = f"{label_path}" + (" (DeepMind's label_map_600.txt)" if known else "")
+    return labels, label_source
 
 
 def import_checkpoints(

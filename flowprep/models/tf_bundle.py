@@ -24,7 +24,9 @@ Pure file I/O on the paths it is given; no network, no environment variables.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
 import struct
 from collections.abc import Iterator, Mapping
@@ -124,6 +126,7 @@ def _proto_fields(buf: bytes | memoryview, what: str) -> Iterator[tuple[int, int
     while pos < len(buf):
         tag, pos = _varint(buf, pos, what)
         field, wire = tag >> 3, tag & 7
+        value: int | bytes
         if wire == 0:
             value, pos = _varint(buf, pos, what)
         elif wire == 1:
@@ -221,7 +224,8 @@ def _parse_shape(buf: bytes, what: str) -> tuple[int, ...]:
 
 def parse_entry(name: str, buf: bytes) -> BundleEntry:
     what = f"BundleEntryProto of {name!r}"
-    dtype, shape, shard, offset, size, crc = 0, (), 0, 0, 0, None
+    shape: tuple[int, ...] = ()
+    dtype, shard, offset, size, crc = 0, 0, 0, 0, None
     for field, _, value in _proto_fields(buf, what):
         if field == 1:
             dtype = int(value)  # type: ignore[arg-type]
@@ -483,42 +487,45 @@ def read_bundle(
     if missing:
         raise BundleError(f"{index_path(prefix)}: no tensor named {missing[0]!r} ({len(missing)} missing; the index has {len(entries)})")
     out: dict[str, np.ndarray] = {}
-    handles: dict[int, tuple[Path, int, object]] = {}
-    try:
+    with contextlib.ExitStack() as stack:  # data files stay open until every tensor is read
+        files: dict[int, tuple[Path, io.BufferedReader]] = {}
         for name in names:
             entry = entries[name]
-            if entry.shard_id not in handles:
+            if entry.shard_id not in files:
                 path = data_path(prefix, entry.shard_id, header.num_shards)
                 try:
-                    f = open(path, "rb")  # noqa: SIM115 - closed in finally, several at once
+                    files[entry.shard_id] = (path, stack.enter_context(open(path, "rb")))
                 except FileNotFoundError:
                     raise BundleError(f"{path}: data file not found (the index {index_path(prefix)} needs it)") from None
-                handles[entry.shard_id] = (path, os.fstat(f.fileno()).st_size, f)
-            path, file_size, f = handles[entry.shard_id]
-            if entry.offset + entry.size > file_size:
-                raise BundleError(
-                    f"{path}: truncated: {file_size} bytes, but tensor {name} lies at bytes "
-                    f"{entry.offset}..{entry.offset + entry.size} (download the file again)"
-                )
-            dtype = entry.numpy_dtype(header.big_endian)
-            count = int(np.prod(entry.shape, dtype=np.int64))
-            if count * dtype.itemsize != entry.size:
-                raise BundleError(f"tensor {name}: {entry.size} bytes do not hold {entry.shape} of {dtype}")
-            f.seek(entry.offset)  # type: ignore[attr-defined]
-            raw = bytearray(entry.size)  # writable, so torch.from_numpy may share it
-            if f.readinto(raw) != entry.size:  # type: ignore[attr-defined]
-                raise BundleError(f"{path}: short read of tensor {name} (the file changed while read?)")
-            actual = masked_crc32c(raw)
-            if actual != entry.crc32c:
-                raise BundleError(
-                    f"{path}: tensor {name} fails its CRC32C check (index {entry.crc32c:#010x}, data "
-                    f"{actual:#010x}): the file is corrupt or belongs to another checkpoint"
-                )
-            out[name] = np.frombuffer(raw, dtype).reshape(entry.shape)
-    finally:
-        for _, _, f in handles.values():
-            f.close()  # type: ignore[attr-defined]
+            path, f = files[entry.shard_id]
+            out[name] = _read_tensor(f, path, name, entry, header.big_endian)
     return out
+
+
+def _read_tensor(f: io.BufferedReader, path: Path, name: str, entry: BundleEntry, big_endian: bool) -> np.ndarray:
+    """One tensor from its data file, checked: inside the file, as many bytes as its shape needs,
+    and its CRC32C."""
+    file_size = os.fstat(f.fileno()).st_size
+    if entry.offset + entry.size > file_size:
+        raise BundleError(
+            f"{path}: truncated: {file_size} bytes, but tensor {name} lies at bytes "
+            f"{entry.offset}..{entry.offset + entry.size} (download the file again)"
+        )
+    dtype = entry.numpy_dtype(big_endian)
+    count = int(np.prod(entry.shape, dtype=np.int64))
+    if count * dtype.itemsize != entry.size:
+        raise BundleError(f"tensor {name}: {entry.size} bytes do not hold {entry.shape} of {dtype}")
+    f.seek(entry.offset)
+    raw = bytearray(entry.size)  # writable, so torch.from_numpy may share it
+    if f.readinto(raw) != entry.size:
+        raise BundleError(f"{path}: short read of tensor {name} (the file changed while read?)")
+    actual = masked_crc32c(raw)
+    if actual != entry.crc32c:
+        raise BundleError(
+            f"{path}: tensor {name} fails its CRC32C check (index {entry.crc32c:#010x}, data "
+            f"{actual:#010x}): the file is corrupt or belongs to another checkpoint"
+        )
+    return np.frombuffer(raw, dtype).reshape(entry.shape)
 
 
 _NUMPY_TO_ENUM = {np.dtype(v).str.lstrip("<>|"): k for k, v in DTYPES.items()}

@@ -28,6 +28,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from flowprep.atomic import write_json
+
 HEARTBEAT_S = 10.0
 # Three missed heartbeats and a few seconds of clock skew between nodes.
 STALE_AFTER_S = 60.0
@@ -190,9 +192,7 @@ class Lease:
 
     def _write(self) -> None:
         self.info["heartbeat"] = time.time()
-        tmp = self.path.with_name(f".{self.path.name}.{self.token[:8]}.tmp")
-        tmp.write_text(json.dumps(self.info))
-        os.replace(tmp, self.path)
+        write_json(self.path, self.info)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):

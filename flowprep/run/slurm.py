@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import shlex
 import shutil
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flowprep.atomic import write_text
 from flowprep.run.state import logs_dir, run_dir, slurm_dir
 
 
@@ -246,9 +246,7 @@ def record_options(store: Path, opts: SlurmOptions) -> None:
     """``slurm/options.json``: the resources of the last script written (submitted or a dry run), for retries."""
     folder = slurm_dir(store)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".options.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(options_record(opts), indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, folder / "options.json")
+    write_text(folder / "options.json", json.dumps(options_record(opts), indent=1, sort_keys=True))
 
 
 def recorded_options(store: Path) -> dict[str, Any]:
@@ -315,7 +313,5 @@ def write_ids_file(store: Path, keys: tuple[str, ...] | list[str]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     n = next_number(store, "retry")
     path = folder / f"retry-{n:03d}.ids"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(f"{k}\n" for k in keys), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, "".join(f"{k}\n" for k in keys))
     return path

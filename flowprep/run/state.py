@@ -31,7 +31,6 @@ time) wins when files are merged.  ``index.json`` is the merged view, rewritten 
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from collections import Counter
@@ -40,6 +39,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from flowprep.atomic import write_json
 from flowprep.run.lease import Lease, live_owner
 from flowprep.run.shard import read_manifest
 from flowprep.store.zarr_store import FORMAT_VERSION, is_complete
@@ -195,7 +195,7 @@ def clean_staging(store_path: str | Path, tag: str = "", held: Lease | None = No
 def index_path(store_path: str | Path, cfg: Any = None) -> Path:
     """Where a run's index is: ``index.json``, or a cluster task's part ``index/<task>.json``."""
     if cfg is not None and cfg.num_tasks > 1:
-        return run_dir(store_path) / "index" / f"{cfg.task}.json"
+        return index_part_path(run_dir(store_path), cfg.task)
     return run_dir(store_path) / "index.json"
 
 
@@ -270,13 +270,7 @@ def read_latest(run_dir: Path, each: Callable[[dict[str, Any]], None] | None = N
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    # pid alone is not unique on a shared file system (two hosts, same pid): add a random part
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_json(path, data, indent=1, sort_keys=True)
 
 
 def summarize(records: list[LedgerRecord]) -> dict[str, Any]:
@@ -289,9 +283,7 @@ def summarize(records: list[LedgerRecord]) -> dict[str, Any]:
 
 
 def index_part_path(run_dir: Path, task: str) -> Path:
-    folder = run_dir / "index"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{task}.json"
+    return run_dir / "index" / f"{task}.json"  # its folder is made by the atomic write
 
 
 def read_index(run_dir: Path) -> dict[str, Any] | None:

@@ -90,7 +90,7 @@ def store_status(cfg: Any, num_tasks: int = 1) -> Status:
 
     latest = read_latest(run_dir(cfg.out), count_done)
 
-    per_task = [Counter() for _ in range(num_tasks)]
+    per_task: list[Counter[str]] = [Counter() for _ in range(num_tasks)]
     reasons: Counter[str] = Counter()
     retry: list[tuple[int, str]] = []
     retryable_failed = 0

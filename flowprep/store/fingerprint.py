@@ -22,11 +22,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from flowprep.atomic import write_json
 from flowprep.store.errors import StoreError
 
 
@@ -147,9 +147,7 @@ def record(store_path: str | Path, settings: dict[str, Any]) -> None:
     if info.get("settings") == normal(settings):
         return
     info["settings"] = normal(settings)
-    tmp = path / f".zarr.json.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, path / "zarr.json")
+    write_json(path / "zarr.json", meta, indent=2)
 
 
 def check(

@@ -199,7 +199,7 @@ def import_video(
             if block.shape[1:3] != (h, w):
                 raise StoreError(f"{video.folder}: frames of different sizes ({block.shape[1:3]} and {(h, w)})")
             fu, fv = next(u, None), next(v, None)
-            flow = np.zeros((0, h, w, 2), np.int8) if fu is None else flow_u8_to_q(np.stack([fu, fv], -1))
+            flow = np.zeros((0, h, w, 2), np.int8) if fu is None or fv is None else flow_u8_to_q(np.stack([fu, fv], -1))
             writer.append(block, flow)
         writer.commit(_attrs(video, h, w, bound_px, fps), overwrite=overwrite)
     except BaseException:

@@ -98,7 +98,7 @@ def _shard_problem(layout: ArrayLayout, s: int) -> str | None:
         try:
             import google_crc32c  # zarr's own dependency for its crc32c codec
         except ImportError:  # pragma: no cover - zarr 3 always brings it
-            google_crc32c = None
+            google_crc32c = None  # type: ignore[assignment]
         if google_crc32c is not None and google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
             return f"{where}: shard file {path.name} is damaged (its chunk index fails its checksum: truncated or overwritten)"
     entries = np.frombuffer(raw[: 16 * n_chunks], "<u8").reshape(n_chunks, 2)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from flowprep.flow.api import dequantize_flow
+from flowprep.flow.api import dequantize_flow, dequantize_rgb
 from flowprep.store import codecs as store_codecs
 from flowprep.store import verify
 from flowprep.store.errors import StoreError
@@ -346,7 +346,7 @@ class Store:
         are (``read_rgb(vid, 0, 64)`` of a 50-frame video is 50 frames), negative values count from
         the end; ``info(vid)["n_frames"]`` is the length."""
         raw = self.read_rgb_uint8(video_id, start, stop)
-        return raw.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0)
+        return dequantize_rgb(raw)
 
     def read_flow(self, video_id: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Flow fields ``start:stop`` as float32 (T-1, H, W, 2) in [-1, 1] (u right, v down; x bound = px),

@@ -15,7 +15,6 @@ names, so a ``Classifier`` state dict is an ``I3D`` state dict (``load_i3d(FILE)
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flowprep.atomic import write_atomic
+from flowprep.atomic import default_mode, write_atomic
 from flowprep.models.i3d import ENDPOINTS, I3D, I3DConfig
 from flowprep.models.weights import (
     CONVERTED_FILES,
@@ -115,10 +114,8 @@ def save_checkpoint(path: Path, blob: Mapping[str, Any]) -> None:
     The file gets the mode of any other output (0666 less the umask: 0644 usually), not
     mkstemp's 0600, so lab-mates who can read the run folder can load the checkpoint.
     """
-    umask = os.umask(0)
-    os.umask(umask)
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **blob}
-    write_atomic(path, lambda f: torch.save(payload, f), mode=0o666 & ~umask)
+    write_atomic(path, lambda f: torch.save(payload, f), mode=default_mode())
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -38,12 +38,13 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler, default_collate
 
+from flowprep.flow.api import dequantize_rgb_
 from flowprep.store.zarr_store import Store, WriteConfig, open_store
 from flowprep.train.sampling import (  # noqa: F401  (their old home: predict.py, scripts)
     CHANNELS,
@@ -82,7 +83,7 @@ def thwc_to_cthw_float(crop_thwc: np.ndarray) -> torch.Tensor:
 def rgb_thwc_to_cthw(raw_thwc: np.ndarray, y: int, x: int, size: int, flip: bool) -> torch.Tensor:
     """uint8 frames (T, H, W, 3) -> float32 (3, T, size, size) in [-1, 1], cropped then flipped."""
     out = thwc_to_cthw_float(crop_flip_thwc(raw_thwc, y, x, size, flip))
-    return out.mul_(1 / 127.5).sub_(1.0)
+    return dequantize_rgb_(out)
 
 
 # Model input units: 1.0 = 20 px, I3D's convention.  A video stored with another flow.bound_px is
@@ -113,15 +114,23 @@ class VideoRef:
     bound_px: float = FLOW_UNIT_PX  # the video's flow bound (its attributes' flow.bound_px)
 
 
-def scan_stores(paths: Sequence[str | Path], split: str | None = None) -> list[tuple[int, str, dict[str, Any]]]:
-    """(store index, video id, attributes) of every complete video, optionally of one split."""
+class StoredVideo(NamedTuple):
+    """A complete video found in one of several stores, before it becomes a ``VideoRef``."""
+
+    store: int  # index into the list of store paths scanned
+    video_id: str
+    info: dict[str, Any]  # the video's attributes (Store.info)
+
+
+def scan_stores(paths: Sequence[str | Path], split: str | None = None) -> list[StoredVideo]:
+    """Every complete video of ``paths``, optionally of one split."""
     out = []
     for i, path in enumerate(paths):
         store = open_store(path)
         for vid in store.video_ids:
             info = store.info(vid)
             if split is None or info.get("split") == split:
-                out.append((i, vid, info))
+                out.append(StoredVideo(i, vid, info))
     return out
 
 
@@ -141,15 +150,15 @@ def empty_split_message(paths: Sequence[str | Path], split: str | None) -> str:
     return f"no videos of split {split!r} in {where} (its videos by split: {counts}); choose one with --split, or --split all{hint}"
 
 
-def class_list(videos: Sequence[tuple[int, str, dict[str, Any]]]) -> list[str]:
+def class_list(videos: Sequence[StoredVideo]) -> list[str]:
     """Sorted label names: stable across runs and machines for the same videos."""
-    missing = [vid for _, vid, info in videos if not info.get("label")]
+    missing = [v.video_id for v in videos if not v.info.get("label")]
     if missing:
         raise ValueError(
             f"videos without a label: {', '.join(missing[:10])}; labels are class folders: put the videos in "
             "DIR/<class>/ and rerun `flowprep run DIR` (or fill the label column of your manifest)"
         )
-    return sorted({str(info["label"]) for _, _, info in videos})
+    return sorted({str(v.info["label"]) for v in videos})
 
 
 class VideoClips(Dataset):
@@ -323,7 +332,7 @@ def raw_to_model(
         # at a time: on a CPU, torch's advanced indexing and flipping float32 cost 10x a uint8 flip
         raw_bthwc = torch.stack([r.flip(2) if f else r for r, f in zip(raw_bthwc, flips, strict=True)])  # W: dim 2 of (T, H, W, C)
     if stream == "rgb":
-        x = _float32(raw_bthwc).mul_(1 / 127.5).sub_(1.0)
+        x = dequantize_rgb_(_float32(raw_bthwc))
     else:
         x = _float32(raw_bthwc).mul_(1 / 127)
         if scale_b is not None:

@@ -14,7 +14,6 @@ matrix, per-video predictions) and ``confusion.png``; prints a summary.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from flowprep.atomic import default_mode, write_atomic, write_json
 from flowprep.console import usage_error
 from flowprep.train.classifier import load_checkpoint
 from flowprep.train.data import VideoClips, clips_to_model, collate_clips
@@ -126,9 +126,7 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], title: str, p
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: fig.savefig(f, format="png"), mode=default_mode())
 
 
 def _sampler(blob: dict[str, Any], crop: int, clip_len: int | None, views: int | None) -> ClipSampler:
@@ -188,9 +186,7 @@ def main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     best = "fused" if "fused" in logits else next(iter(logits))
     plot_confusion(report["streams"][best]["confusion"], classes, f"{best}: top-1 {report['streams'][best]['top1']:.3f}", out / "confusion.png")
-    tmp = out / ".report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
-    os.replace(tmp, out / "report.json")
+    write_json(out / "report.json", report, indent=1)
     k = min(5, len(classes))
     print(f"{len(dataset.videos)} videos, {len(classes)} classes (chance {1 / len(classes):.3f}); "
           + ", ".join(f"{s}: {samplers[s].name} {samplers[s].describe(s)}" for s in samplers)

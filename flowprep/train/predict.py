@@ -38,6 +38,7 @@ from flowprep.console import usage_error
 from flowprep.dataset.decode import DecodeConfig, decode_blocks
 from flowprep.flow.api import FLOW_BOUND, compute_flow, pick_backend, quantize_flow, rgb_to_gray
 from flowprep.flow.presets import PRESETS, get_preset, parse_flow_params
+from flowprep.models.cache import weights_cache_dir
 from flowprep.models.i3d import I3DConfig
 from flowprep.models.kinetics_i3d import read_labels
 from flowprep.models.weights import CONVERTED_FILES, FIRST_CONV, pretrained_labels, pretrained_state_dict
@@ -253,9 +254,7 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError("--flow-weights is for --two-stream")
     if (args.preset or args.flow_param) and not args.two_stream:
         raise ValueError("--preset and --flow-param set the flow of --two-stream")
-    cache_dir = Path(args.cache_dir) if args.cache_dir else (
-        Path(os.environ["FLOWPREP_CACHE"]) / "weights" if os.environ.get("FLOWPREP_CACHE") else None
-    )
+    cache_dir = weights_cache_dir(args.cache_dir, os.environ)
     labels_file = Path(args.labels) if args.labels else None
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     progress = not args.no_progress

@@ -39,7 +39,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from flowprep.atomic import default_mode, write_atomic, write_text
 from flowprep.console import usage_error
+from flowprep.models.cache import weights_cache_dir
 from flowprep.models.i3d import I3DConfig
 from flowprep.train.classifier import Classifier, initialise, load_checkpoint, save_checkpoint
 from flowprep.train.data import TrainSampler, VideoClips, clips_to_model, collate_clips
@@ -176,9 +178,7 @@ def read_log(path: Path, up_to_step: int | None = None) -> list[dict[str, Any]]:
 
 def rewrite_log(path: Path, recs: list[dict[str, Any]]) -> None:
     """Keep only the records up to the resumed step, so the log reads as one uninterrupted run."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps(r) + "\n" for r in recs))
 
 
 def plot_curves(recs: list[dict[str, Any]], path: Path) -> None:
@@ -202,18 +202,14 @@ def plot_curves(recs: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel("training " + ("loss" if key == "loss" else "accuracy (batch)"))
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: fig.savefig(f, format="png"), mode=default_mode())
 
 
 # --- main ----------------------------------------------------------------------------------------
 
 
 def _cache_dir(args: argparse.Namespace) -> Path | None:
-    if args.cache_dir:
-        return Path(args.cache_dir)
-    return Path(os.environ["FLOWPREP_CACHE"]) / "weights" if os.environ.get("FLOWPREP_CACHE") else None
+    return weights_cache_dir(args.cache_dir, os.environ)
 
 
 def store_settings(paths: list[str]) -> dict[str, Any] | None:
