@@ -240,7 +240,9 @@ def bench_size(h: int, w: int, real_thw: np.ndarray, src_hw: np.ndarray, args, d
             )
             continue
         out = tvl1_device.tvl1_flow_engine(
-            torch.from_numpy(i0).to(d), torch.from_numpy(i1).to(d), engine=engine,
+            torch.from_numpy(i0).to(d),
+            torch.from_numpy(i1).to(d),
+            engine=engine,
             compile=_compile_flag(args) if engine == "cpu" else None,
         )
         out = out.cpu().numpy()
@@ -335,7 +337,9 @@ def bench_memory_bound(gray_thw: np.ndarray, args: argparse.Namespace) -> dict:
     )
     print(f"{'solver':<18} {'pairs/s wall':>12} {'x OpenCV':>8} {'pairs/CPU-s':>11} {'x OpenCV':>8}")
     for k, label in zip(keys, ("numba", "torch cpu engine", "OpenCV"), strict=True):
-        print(f"{label:<18} {pps[k]:>12.3f} {pps[k] / pps['opencv']:>8.2f} {cps[k]:>11.3f} {cps[k] / cps['opencv']:>8.2f}")
+        print(
+            f"{label:<18} {pps[k]:>12.3f} {pps[k] / pps['opencv']:>8.2f} {cps[k]:>11.3f} {cps[k] / cps['opencv']:>8.2f}"
+        )
     print(
         f"memory bound: {px_iters / (h * w) / (t - 1):.0f} finest-level-equivalent iterations per pair, "
         f"{bytes_moved / (t - 1) / 1e9:.2f} GB per pair by design (88 B per pixel-iteration); numba moves "
@@ -432,21 +436,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device-cpu-pairs", type=int, default=6, help="real pairs timed for the device engine on the CPU")
     p.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
     p.add_argument("--no-counts", action="store_true", help="skip counting launches and syncs per iteration")
-    p.add_argument("--baseline", metavar="GIT_REF", help="also time tvl1_torch.py as committed at GIT_REF (CPU engine), side by side")
+    p.add_argument(
+        "--baseline",
+        metavar="GIT_REF",
+        help="also time tvl1_torch.py as committed at GIT_REF (CPU engine), side by side",
+    )
     p.add_argument("--sizes", default="256x340,224x224")
     p.add_argument("--no-device-cpu", action="store_true", help="skip the device engine on the CPU (slow there)")
     p.add_argument("--no-cuda", action="store_true", help="skip CUDA even when present")
     p.add_argument("--compile", action="store_true", help="torch backend with torch.compile (first call compiles)")
     p.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="solver threads for OpenCV, torch and numba alike (default 1: one job's share; 0: their own defaults)",
     )
     p.add_argument("--no-table", action="store_true", help="skip the per-size table (speed, EPE, agreement, memory)")
-    p.add_argument("--clips", type=int, default=4, help="real clips (cut from bikes.mp4) for the end-to-end run; 0 skips it")
+    p.add_argument(
+        "--clips", type=int, default=4, help="real clips (cut from bikes.mp4) for the end-to-end run; 0 skips it"
+    )
     p.add_argument("--clip-seconds", type=float, default=2.0)
     p.add_argument("--jobs", default="auto", help="--jobs of the end-to-end run")
     p.add_argument(
-        "--busy-loop", action="store_true",
+        "--busy-loop",
+        action="store_true",
         help="also time the end-to-end run with a busy loop on every CPU (`yes > /dev/null` per CPU): shared-machine ratio",
     )
     args = p.parse_args(argv)

@@ -112,7 +112,9 @@ def compile_report(log: Tee, g: torch.Tensor, graphs: bool, dev: torch.device) -
 
     out = {}
     for h, w in COMPILE_SIZES:
-        x = torch.nn.functional.pad(g[:3].float(), (0, max(0, w - g.shape[2]), 0, max(0, h - g.shape[1])), mode="replicate")
+        x = torch.nn.functional.pad(
+            g[:3].float(), (0, max(0, w - g.shape[2]), 0, max(0, h - g.shape[1])), mode="replicate"
+        )
         x = x[:, :h, :w].contiguous()
         t0 = time.perf_counter()
         tvl1_device.tvl1_flow_device(x[:2], x[1:3], cuda_graphs=graphs)
@@ -122,7 +124,8 @@ def compile_report(log: Tee, g: torch.Tensor, graphs: bool, dev: torch.device) -
     breaks = sum(counters["graph_break"].values())
     recompiles = sum(v for k, v in counters["recompiles"].items()) if "recompiles" in counters else 0
     log(
-        "first call per frame size (s): " + ", ".join(f"{k} {v:.1f}" for k, v in out.items())
+        "first call per frame size (s): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in out.items())
         + f"; dynamo: unique graphs {stats.get('unique_graphs', 0)}, graph breaks {breaks}, recompiles {recompiles}"
     )
     return {"first_call_s": out, "unique_graphs": stats.get("unique_graphs", 0), "graph_breaks": breaks}
@@ -165,7 +168,9 @@ def solver_sweep(log: Tee, batches: list[int], graphs: bool, dev: torch.device, 
     return results
 
 
-def pipeline_run(log: Tee, out: Path, clips: int, seconds: float, jobs: int, device: str = "cuda:0", size: tuple[int, int] = (H, W)) -> dict:
+def pipeline_run(
+    log: Tee, out: Path, clips: int, seconds: float, jobs: int, device: str = "cuda:0", size: tuple[int, int] = (H, W)
+) -> dict:
     try:
         from flowprep.dataset.demo import Motion, render, write_lossless
         from flowprep.run import flow_worker
@@ -191,8 +196,12 @@ def pipeline_run(log: Tee, out: Path, clips: int, seconds: float, jobs: int, dev
     with ThreadPoolExecutor(os.cpu_count() or 4) as ex:
         lines = list(ex.map(make, range(clips)))
     (data / "m.csv").write_text("path,label,split\n" + "\n".join(lines) + "\n")
-    (data / "r.toml").write_text(f'dataset = "benchgpu"\nmanifest = "m.csv"\n[decode]\nshort_side = {min(size)}\n[flow]\nbackend = "torch"\n')
-    log(f"pipeline: {clips} clips of {seconds:g} s ({n} frames, {size[0]}x{size[1]}) generated in {time.perf_counter() - t0:.0f} s")
+    (data / "r.toml").write_text(
+        f'dataset = "benchgpu"\nmanifest = "m.csv"\n[decode]\nshort_side = {min(size)}\n[flow]\nbackend = "torch"\n'
+    )
+    log(
+        f"pipeline: {clips} clips of {seconds:g} s ({n} frames, {size[0]}x{size[1]}) generated in {time.perf_counter() - t0:.0f} s"
+    )
     store = data / "out.zarr"
     cfg = load_recipe(data / "r.toml", out=str(store), jobs=jobs, devices=device, progress=False, overwrite=True)
     t0 = time.perf_counter()
@@ -201,11 +210,22 @@ def pipeline_run(log: Tee, out: Path, clips: int, seconds: float, jobs: int, dev
     pairs = clips * (n - 1)
     st = flow_worker.last_stats[0] if flow_worker.last_stats else None
     res = {
-        "clips": clips, "frames_per_clip": n, "jobs": jobs, "done": summary.done, "failed": summary.failed,
-        "wall_s": wall, "pairs_per_s": pairs / wall,
-        "flow_worker": None if st is None else {
-            "pairs": st.pairs, "batches": st.batches, "busy_s": st.busy_s, "wall_s": st.wall_s,
-            "busy_fraction": st.busy_fraction, "pairs_per_busy_s": st.pairs / st.busy_s if st.busy_s else None,
+        "clips": clips,
+        "frames_per_clip": n,
+        "jobs": jobs,
+        "done": summary.done,
+        "failed": summary.failed,
+        "wall_s": wall,
+        "pairs_per_s": pairs / wall,
+        "flow_worker": None
+        if st is None
+        else {
+            "pairs": st.pairs,
+            "batches": st.batches,
+            "busy_s": st.busy_s,
+            "wall_s": st.wall_s,
+            "busy_fraction": st.busy_fraction,
+            "pairs_per_busy_s": st.pairs / st.busy_s if st.busy_s else None,
         },
     }
     log(
@@ -228,8 +248,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clip-seconds", type=float, default=10.0)
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 2), help="decode/write workers")
     p.add_argument("--no-pipeline", action="store_true")
-    p.add_argument("--graphs", action="store_true", help="also time batch 256 with CUDA graphs per block (compiles minutes)")
-    p.add_argument("--cpu-check", action="store_true", help="check this script without a GPU: the solver part on the CPU, 48x64, batches 1 and 2")
+    p.add_argument(
+        "--graphs", action="store_true", help="also time batch 256 with CUDA graphs per block (compiles minutes)"
+    )
+    p.add_argument(
+        "--cpu-check",
+        action="store_true",
+        help="check this script without a GPU: the solver part on the CPU, 48x64, batches 1 and 2",
+    )
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     log = Tee(args.out / "bench_gpu.txt")
@@ -246,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "results.json").write_text(json.dumps({"cuda": False}) + "\n")
         return 0
     t_start = time.perf_counter()
-    log(f"bench_gpu: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}, {os.cpu_count()} CPUs")
+    log(
+        f"bench_gpu: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}, {os.cpu_count()} CPUs"
+    )
     results: dict = {"cuda": True, "device": torch.cuda.get_device_name(0), "torch": torch.__version__}
     batches = [int(b) for b in args.batches.split(",")]
     results["solver"] = solver_sweep(log, batches, graphs=False, dev=torch.device("cuda"))

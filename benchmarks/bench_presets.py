@@ -52,9 +52,17 @@ def main() -> None:
                 epes[c] = float(err.mean())
             rows.append((name, side, epes, secs / pairs))
     base = rows[0][3]
-    print(f"{'preset':<12} {'side':>4} " + " ".join(f"{'EPE ' + c:>14}" for c in clips) + f" {'s/pair':>8} {'x default':>9}")
+    print(
+        f"{'preset':<12} {'side':>4} "
+        + " ".join(f"{'EPE ' + c:>14}" for c in clips)
+        + f" {'s/pair':>8} {'x default':>9}"
+    )
     for name, side, epes, spp in rows:
-        print(f"{name:<12} {side:>4} " + " ".join(f"{epes[c]:>11.3f} px" for c in clips) + f" {spp:>8.3f} {spp / base:>9.3f}")
+        print(
+            f"{name:<12} {side:>4} "
+            + " ".join(f"{epes[c]:>11.3f} px" for c in clips)
+            + f" {spp:>8.3f} {spp / base:>9.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -62,7 +62,9 @@ def files_per_video(tmp: Path) -> tuple[int, int, dict]:
 
 def make_store(root: Path, n: int, tasks: int, group_meta: dict) -> Path:
     ids = [f"{i:011d}_{i % 300:06d}_{i % 300 + 10:06d}" for i in range(n)]
-    (root / "m.csv").write_text("id,path,label,split\n" + "".join(f"{v},vids/{v}.mp4,class {i % 400},train\n" for i, v in enumerate(ids)))
+    (root / "m.csv").write_text(
+        "id,path,label,split\n" + "".join(f"{v},vids/{v}.mp4,class {i % 400},train\n" for i, v in enumerate(ids))
+    )
     recipe = root / "scale.toml"
     recipe.write_text('dataset = "scale"\nmanifest = "m.csv"\n[flow]\nbackend = "opencv"\n')
     store = root / "scale.zarr"
@@ -112,12 +114,16 @@ def main() -> int:
     try:
         files, dirs, group_meta = files_per_video(root)
         print(f"one {CLIP_FRAMES}-frame video, default layout (shards of 64 frames): {files} files, {dirs} folders")
-        print(f"Kinetics-400 ({K400_CLIPS:,} clips): {files * K400_CLIPS:,} files, {dirs * K400_CLIPS:,} folders "
-              f"(+ {args.tasks} ledgers, {args.tasks} index parts, index.json)")
+        print(
+            f"Kinetics-400 ({K400_CLIPS:,} clips): {files * K400_CLIPS:,} files, {dirs * K400_CLIPS:,} folders "
+            f"(+ {args.tasks} ledgers, {args.tasks} index parts, index.json)"
+        )
 
         t = time.perf_counter()
         recipe = make_store(root, args.videos, args.tasks, group_meta)
-        print(f"\nsynthetic store: {args.videos:,} rows over {args.tasks} task ledgers, made in {time.perf_counter() - t:.1f} s")
+        print(
+            f"\nsynthetic store: {args.videos:,} rows over {args.tasks} task ledgers, made in {time.perf_counter() - t:.1f} s"
+        )
         cfg = load_recipe(recipe, out=str(root / "scale.zarr"), num_tasks=args.tasks)
         record_run(run_dir(cfg.out), recipe, cfg)  # what `flowprep run` leaves for `flowprep status STORE`
         cfg = load_recipe(recipe, out=str(root / "scale.zarr"))
@@ -127,14 +133,20 @@ def main() -> int:
         s, latest = timed(lambda: read_latest(run_dir(cfg.out)))
         print(f"read_latest (ledgers) {s:7.3f} s   ({len(latest):,} keys)")
         s, st = timed(lambda: store_status(cfg, num_tasks=args.tasks))
-        print(f"status                {s:7.3f} s   ({st.done:,} done, {st.failed:,} failed, {st.pending:,} pending; "
-              f"{len(st.retry_keys):,} to retry in {len(st.retry_tasks)} tasks)")
+        print(
+            f"status                {s:7.3f} s   ({st.done:,} done, {st.failed:,} failed, {st.pending:,} pending; "
+            f"{len(st.retry_keys):,} to retry in {len(st.retry_tasks)} tasks)"
+        )
         s, index = timed(lambda: finalize(cfg), repeat=1)
         size = (run_dir(cfg.out) / "index.json").stat().st_size
         print(f"finalize              {s:7.3f} s   (index.json {size / 1e6:.1f} MB, counts {index['counts']})")
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "flowprep", "status", str(cfg.out)], capture_output=True, text=True, check=False)
-        print(f"`flowprep status`     {time.perf_counter() - t:7.3f} s   (whole command: interpreter start, imports; exit {proc.returncode})")
+        proc = subprocess.run(
+            [sys.executable, "-m", "flowprep", "status", str(cfg.out)], capture_output=True, text=True, check=False
+        )
+        print(
+            f"`flowprep status`     {time.perf_counter() - t:7.3f} s   (whole command: interpreter start, imports; exit {proc.returncode})"
+        )
     finally:
         if not args.dir:
             shutil.rmtree(root, ignore_errors=True)

@@ -194,6 +194,7 @@ def _per_image(encode, decode):
 
 def _numcodecs(filters, compressor, prepare=lambda x: x, order=(0, 3, 1, 2)):
     """numcodecs filters and a compressor over the chunk transposed to ``order`` (planes by default)."""
+
     def enc(x):
         b = np.ascontiguousarray(prepare(x).transpose(order))
         for f in filters:
@@ -212,7 +213,11 @@ def _numcodecs(filters, compressor, prepare=lambda x: x, order=(0, 3, 1, 2)):
 def _rawframes_flow():
     def enc(x):
         u8 = flow_q_to_u8(x)
-        return [cv2.imencode(".jpg", np.ascontiguousarray(f[..., k]), [cv2.IMWRITE_JPEG_QUALITY, 95])[1] for f in u8 for k in (0, 1)]
+        return [
+            cv2.imencode(".jpg", np.ascontiguousarray(f[..., k]), [cv2.IMWRITE_JPEG_QUALITY, 95])[1]
+            for f in u8
+            for k in (0, 1)
+        ]
 
     def dec(payloads, shape):
         out = np.empty((shape[0], shape[1], shape[2], 2), np.uint8)
@@ -238,8 +243,11 @@ def flow_candidates() -> dict[str, tuple]:
     import imagecodecs
     from numcodecs import LZ4, Delta, Zstd
 
-    jxl = lambda e: _per_image(lambda p: imagecodecs.jpegxl_encode(p, lossless=True, effort=e, numthreads=1),  # noqa: E731
-                               lambda b: imagecodecs.jpegxl_decode(b, numthreads=1))
+    def jxl(e):
+        return _per_image(
+            lambda p: imagecodecs.jpegxl_encode(p, lossless=True, effort=e, numthreads=1),  # noqa: E731
+            lambda b: imagecodecs.jpegxl_decode(b, numthreads=1),
+        )
     near = store_codecs.near_lossless_thw2
     return {
         "rawframes: 2 gray JPEG q95": _rawframes_flow(),
@@ -247,8 +255,12 @@ def flow_candidates() -> dict[str, tuple]:
         "zstd 3 (exact, bytes)": _numcodecs([], Zstd(level=3), order=(0, 1, 2, 3)),
         "zstd 3, planes (exact)": _numcodecs([], Zstd(level=3)),
         "zstd 9, planes (exact)": _numcodecs([], Zstd(level=9)),
-        "JPEG-LS lossless (CharLS)": _per_image(lambda p: imagecodecs.jpegls_encode(p, level=0), imagecodecs.jpegls_decode),
-        "JPEG-LS NEAR=1 (CharLS)": _per_image(lambda p: imagecodecs.jpegls_encode(p, level=1), imagecodecs.jpegls_decode),
+        "JPEG-LS lossless (CharLS)": _per_image(
+            lambda p: imagecodecs.jpegls_encode(p, level=0), imagecodecs.jpegls_decode
+        ),
+        "JPEG-LS NEAR=1 (CharLS)": _per_image(
+            lambda p: imagecodecs.jpegls_encode(p, level=1), imagecodecs.jpegls_decode
+        ),
         "JPEG XL lossless effort 1": jxl(1),
         "JPEG XL lossless effort 2": jxl(2),
         "PNG (libpng, default filters)": _per_image(imagecodecs.png_encode, imagecodecs.png_decode),
@@ -288,8 +300,12 @@ def flow_codec_table(ref, n_fields: int, rounds: int) -> dict[str, dict[str, dic
         for k, (_, d) in cands.items():
             got = np.concatenate([d(p, c.shape) for p, c in zip(enc[k], chunks, strict=True)])
             got = flow_u8_to_q(got) if got.dtype == np.uint8 else got
-            rows[k] = {"bytes": sum(len(b) for p in enc[k] for b in p) / n, "err": int(np.abs(got.astype(int) - flow).max()),
-                       "enc": 0.0, "dec": 0.0}
+            rows[k] = {
+                "bytes": sum(len(b) for p in enc[k] for b in p) / n,
+                "err": int(np.abs(got.astype(int) - flow).max()),
+                "enc": 0.0,
+                "dec": 0.0,
+            }
         for _ in range(rounds):  # interleaved, best of rounds: the least disturbed run of each
             for k, (e, d) in cands.items():
                 t0 = time.perf_counter()
@@ -302,13 +318,19 @@ def flow_codec_table(ref, n_fields: int, rounds: int) -> dict[str, dict[str, dic
                 rows[k]["enc"] = max(rows[k]["enc"], n / (t1 - t0))
                 rows[k]["dec"] = max(rows[k]["dec"], n / (t2 - t1))
         raw = rows["rawframes: 2 gray JPEG q95"]
-        print(f"\n{vid}: flow codecs on {n} real int8 fields ({flow.shape[1]}x{flow.shape[2]}x2), 8 per chunk, one core")
+        print(
+            f"\n{vid}: flow codecs on {n} real int8 fields ({flow.shape[1]}x{flow.shape[2]}x2), 8 per chunk, one core"
+        )
         print(f"{'codec':<34} {'B/field':>8} {'vs raw':>7} {'max err':>7} {'enc f/s':>8} {'dec f/s':>8} {'dec/raw':>7}")
         for k, r in rows.items():
-            print(f"{k:<34} {r['bytes']:>8.0f} {r['bytes'] / raw['bytes']:>6.2f}x {r['err']:>7d} {r['enc']:>8.0f} "
-                  f"{r['dec']:>8.0f} {r['dec'] / raw['dec']:>6.2f}x")
+            print(
+                f"{k:<34} {r['bytes']:>8.0f} {r['bytes'] / raw['bytes']:>6.2f}x {r['err']:>7d} {r['enc']:>8.0f} "
+                f"{r['dec']:>8.0f} {r['dec'] / raw['dec']:>6.2f}x"
+            )
         med = sum(_median_residual_bytes(c) for c in chunks) / n
-        print(f"{'median predictor + zstd 3':<34} {med:>8.0f} {med / raw['bytes']:>6.2f}x {0:>7d}   (bytes only: no library decodes it)")
+        print(
+            f"{'median predictor + zstd 3':<34} {med:>8.0f} {med / raw['bytes']:>6.2f}x {0:>7d}   (bytes only: no library decodes it)"
+        )
         table[vid] = rows
     return table
 
@@ -323,7 +345,12 @@ class RawframesClips(VideoClips):
     def read_raw(self, stream: str, ref: VideoRef, start: int, stop: int, y: int = 0, x: int = 0) -> np.ndarray:
         d = self.root / ref.video_id
         if stream == "rgb":
-            return np.stack([cv2.cvtColor(cv2.imread(str(d / f"img_{t + 1:05d}.jpg")), cv2.COLOR_BGR2RGB) for t in range(start, stop)])
+            return np.stack(
+                [
+                    cv2.cvtColor(cv2.imread(str(d / f"img_{t + 1:05d}.jpg")), cv2.COLOR_BGR2RGB)
+                    for t in range(start, stop)
+                ]
+            )
         u = [cv2.imread(str(d / f"flow_x_{t + 1:05d}.jpg"), cv2.IMREAD_GRAYSCALE) for t in range(start, stop)]
         v = [cv2.imread(str(d / f"flow_y_{t + 1:05d}.jpg"), cv2.IMREAD_GRAYSCALE) for t in range(start, stop)]
         return np.stack([np.stack(u), np.stack(v)], -1)
@@ -333,7 +360,10 @@ class RawframesClips(VideoClips):
         ref = self.videos[v]
         rng = np.random.default_rng(seed)
         start = int(rng.integers(0, max(self.length(ref) - self.sampler.clip_len, 0) + 1))
-        y, x = int(rng.integers(0, ref.height - self.sampler.crop + 1)), int(rng.integers(0, ref.width - self.sampler.crop + 1))
+        y, x = (
+            int(rng.integers(0, ref.height - self.sampler.crop + 1)),
+            int(rng.integers(0, ref.width - self.sampler.crop + 1)),
+        )
         flip = bool(rng.random() < 0.5)
         out = {"label": ref.label}
         for stream in self.streams:
@@ -354,8 +384,14 @@ def _device() -> str:
 def clips_per_s(dataset, stream: str, n_clips: int, workers: int, convert: bool) -> float:
     """Training clips/s: DataLoader (pinned memory where there is a GPU), then the batch on the device."""
     device = _device()
-    loader = DataLoader(dataset, batch_size=1, sampler=TrainSampler(len(dataset.videos), batch_size=1, seed=1),
-                        num_workers=workers, prefetch_factor=2 if workers else None, pin_memory=device == "cuda")
+    loader = DataLoader(
+        dataset,
+        batch_size=1,
+        sampler=TrainSampler(len(dataset.videos), batch_size=1, seed=1),
+        num_workers=workers,
+        prefetch_factor=2 if workers else None,
+        pin_memory=device == "cuda",
+    )
     it = iter(loader)
     next(it)  # worker start-up is not throughput
     t0 = time.perf_counter()
@@ -377,11 +413,15 @@ def profile_step(dataset, stream: str, n: int, convert: bool) -> dict[str, float
     dataset's item (decode, crop; rawframes also flip, float and normalise there); ``collate``;
     ``pin`` (GPU only); ``to model``: to the device and, for the store, flip + float + scale there."""
     device = _device()
-    keys = [k for k, _ in zip(TrainSampler(len(dataset.videos), batch_size=1, seed=2), range(n), strict=False)]  # endless sampler
+    keys = [
+        k for k, _ in zip(TrainSampler(len(dataset.videos), batch_size=1, seed=2), range(n), strict=False)
+    ]  # endless sampler
     t = dict.fromkeys(("decode whole frames", "read clip (decode + crop)", "collate", "pin", "to model"), 0.0)
     for key in keys:
         ref = dataset.videos[key[0]]
-        start = int(np.random.default_rng(key[1]).integers(0, max(dataset.length(ref) - dataset.sampler.clip_len, 0) + 1))
+        start = int(
+            np.random.default_rng(key[1]).integers(0, max(dataset.length(ref) - dataset.sampler.clip_len, 0) + 1)
+        )
         t0 = time.perf_counter()
         if isinstance(dataset, RawframesClips):
             dataset.read_raw(stream, ref, start, start + dataset.sampler.clip_len)
@@ -433,13 +473,17 @@ def main(argv: list[str] | None = None) -> int:
     stores = {name: store_folder(folder, cfg) for name, cfg in CODECS.items()}
     for name, cfg in CODECS.items():
         write_store(stores[name], ref, cfg)
-    print(f"reference {ref_path}, rawframes {raw_root}; prepared in {time.time() - t_start:.0f} s "
-          f"(other processes were busy on this machine: compare ratios, not absolute rates)")
+    print(
+        f"reference {ref_path}, rawframes {raw_root}; prepared in {time.time() - t_start:.0f} s "
+        f"(other processes were busy on this machine: compare ratios, not absolute rates)"
+    )
 
     flow_codec_table(ref, args.fields, args.rounds)
 
-    print(f"\n{'video':<13} {'store':<30} {'RGB B/frame':>11} {'flow B/field':>12} {'total/raw':>9} {'PSNR dB':>8} {'SSIM':>7} "
-          f"{'flow err':>8} {'enc RGB f/s':>11} {'enc flow f/s':>12}")
+    print(
+        f"\n{'video':<13} {'store':<30} {'RGB B/frame':>11} {'flow B/field':>12} {'total/raw':>9} {'PSNR dB':>8} {'SSIM':>7} "
+        f"{'flow err':>8} {'enc RGB f/s':>11} {'enc flow f/s':>12}"
+    )
     totals: dict[str, list[int]] = {}
     flow_err: dict[str, int] = {}
     for vid in ref.video_ids:
@@ -448,9 +492,15 @@ def main(argv: list[str] | None = None) -> int:
         rgb, flow = ref.read_rgb_uint8(vid), ref.read_flow_int8(vid)
         d = raw_root / vid
         raw_rgb_b, raw_flow_b = du(d, "img_*.jpg"), du(d, "flow_*.jpg")
-        jpeg = np.stack([cv2.cvtColor(cv2.imread(str(d / f"img_{t + 1:05d}.jpg")), cv2.COLOR_BGR2RGB) for t in range(n)])
-        jflow = np.stack([np.stack([cv2.imread(str(d / f"flow_{c}_{t + 1:05d}.jpg"), cv2.IMREAD_GRAYSCALE) for c in "xy"], -1)
-                          for t in range(nf)])
+        jpeg = np.stack(
+            [cv2.cvtColor(cv2.imread(str(d / f"img_{t + 1:05d}.jpg")), cv2.COLOR_BGR2RGB) for t in range(n)]
+        )
+        jflow = np.stack(
+            [
+                np.stack([cv2.imread(str(d / f"flow_{c}_{t + 1:05d}.jpg"), cv2.IMREAD_GRAYSCALE) for c in "xy"], -1)
+                for t in range(nf)
+            ]
+        )
         ferr = int(np.abs(flow_u8_to_q(jflow).astype(int) - flow).max())
         t0 = time.perf_counter()
         for f in rgb[:32]:
@@ -462,8 +512,10 @@ def main(argv: list[str] | None = None) -> int:
         enc_raw_flow = min(32, nf) / (time.perf_counter() - t0)
         raw_total = raw_rgb_b + raw_flow_b
         totals.setdefault("rawframes (JPEG q95)", []).append(raw_total)
-        print(f"{vid:<13} {'rawframes (JPEG q95)':<30} {raw_rgb_b / n:>11.0f} {raw_flow_b / nf:>12.0f} {1.0:>8.2f}x "
-              f"{psnr(rgb, jpeg):>8.2f} {ssim(rgb, jpeg):>7.4f} {ferr:>8d} {enc_raw:>11.0f} {enc_raw_flow:>12.0f}")
+        print(
+            f"{vid:<13} {'rawframes (JPEG q95)':<30} {raw_rgb_b / n:>11.0f} {raw_flow_b / nf:>12.0f} {1.0:>8.2f}x "
+            f"{psnr(rgb, jpeg):>8.2f} {ssim(rgb, jpeg):>7.4f} {ferr:>8d} {enc_raw:>11.0f} {enc_raw_flow:>12.0f}"
+        )
         for name, path in stores.items():
             s = open_store(path)
             got = s.read_rgb_uint8(vid)
@@ -472,14 +524,21 @@ def main(argv: list[str] | None = None) -> int:
             rb, fb = du(path / "videos" / vid / "rgb"), du(path / "videos" / vid / "flow")
             totals.setdefault(name, []).append(rb + fb)
             e_rgb, e_flow = encode_fps(CODECS[name], rgb, flow)
-            print(f"{vid:<13} {name:<30} {rb / n:>11.0f} {fb / nf:>12.0f} {(rb + fb) / raw_total:>8.2f}x "
-                  f"{psnr(rgb, got):>8.2f} {ssim(rgb, got):>7.4f} {err:>8d} {e_rgb:>11.0f} {e_flow:>12.0f}", flush=True)
+            print(
+                f"{vid:<13} {name:<30} {rb / n:>11.0f} {fb / nf:>12.0f} {(rb + fb) / raw_total:>8.2f}x "
+                f"{psnr(rgb, got):>8.2f} {ssim(rgb, got):>7.4f} {err:>8d} {e_rgb:>11.0f} {e_flow:>12.0f}",
+                flush=True,
+            )
     raw_all = sum(totals["rawframes (JPEG q95)"])
-    print("\nKinetics-400 estimate (rawframes ~4 TB per mmaction2 #1007, scaled by the measured byte ratio of these clips):")
+    print(
+        "\nKinetics-400 estimate (rawframes ~4 TB per mmaction2 #1007, scaled by the measured byte ratio of these clips):"
+    )
     for name, t in totals.items():
         print(f"  {name:<30} {sum(t) / raw_all:.2f}x rawframes -> ~{K400_RAWFRAMES_TB * sum(t) / raw_all:.1f} TB")
-    goals = {"store bytes <= 1.0x rawframes": (sum(totals[DEFAULT]) / raw_all, "<=", 1.0),
-             "flow error <= 1 step": (flow_err[DEFAULT], "<=", 1)}
+    goals = {
+        "store bytes <= 1.0x rawframes": (sum(totals[DEFAULT]) / raw_all, "<=", 1.0),
+        "flow error <= 1 step": (flow_err[DEFAULT], "<=", 1),
+    }
 
     if not args.skip_loader:
         goals.update(loader_part(args, stores, ref_path, raw_root))
@@ -494,9 +553,13 @@ def main(argv: list[str] | None = None) -> int:
 def loader_part(args, stores: dict[str, Path], ref_path: Path, raw_root: Path) -> dict[str, tuple]:
     clip = DenseTrain(clip_len=64, crop=224)
     short = {DEFAULT: "default", "jpeg q95 + ffv1 flow (exact)": "ffv1"}
-    print(f"\ntraining clips (64 steps, random 224 crop, flip), clips/s (higher is better), device {_device()}; "
-          "store: uint8/int8 hand-over + clips_to_model in the loop; rawframes: float in the workers")
-    print(f"{'stream':<6} {'workers':>7} {'default':>9} {'ffv1':>9} {'rawframes':>10} {'default/raw':>11} {'ffv1/raw':>8}")
+    print(
+        f"\ntraining clips (64 steps, random 224 crop, flip), clips/s (higher is better), device {_device()}; "
+        "store: uint8/int8 hand-over + clips_to_model in the loop; rawframes: float in the workers"
+    )
+    print(
+        f"{'stream':<6} {'workers':>7} {'default':>9} {'ffv1':>9} {'rawframes':>10} {'default/raw':>11} {'ffv1/raw':>8}"
+    )
     goals = {}
     for stream in ("rgb", "flow"):
         ds = {short[k]: VideoClips([str(stores[k])], streams=(stream,), sampler=clip) for k in LOADER_STORES}
@@ -504,19 +567,32 @@ def loader_part(args, stores: dict[str, Path], ref_path: Path, raw_root: Path) -
         for d in ds.values():
             clips_per_s(d, stream, 2, 0, d is not ds["raw"])  # warm the page cache
         for w in args.workers:
-            rounds = [{k: clips_per_s(d, stream, args.clips, w, k != "raw") for k, d in ds.items()} for _ in range(args.rounds)]
+            rounds = [
+                {k: clips_per_s(d, stream, args.clips, w, k != "raw") for k, d in ds.items()}
+                for _ in range(args.rounds)
+            ]
             m = {k: float(np.median([r[k] for r in rounds])) for k in ds}
-            print(f"{stream:<6} {w:>7} {m['default']:>9.2f} {m['ffv1']:>9.2f} {m['raw']:>10.2f} "
-                  f"{m['default'] / m['raw']:>10.2f}x {m['ffv1'] / m['raw']:>7.2f}x", flush=True)
+            print(
+                f"{stream:<6} {w:>7} {m['default']:>9.2f} {m['ffv1']:>9.2f} {m['raw']:>10.2f} "
+                f"{m['default'] / m['raw']:>10.2f}x {m['ffv1'] / m['raw']:>7.2f}x",
+                flush=True,
+            )
             if w == 2:
                 goals[f"{stream} clips/s, 2 workers >= {1.5 if stream == 'flow' else 1.2}x"] = (
-                    m["default"] / m["raw"], ">=", 1.5 if stream == "flow" else 1.2)
+                    m["default"] / m["raw"],
+                    ">=",
+                    1.5 if stream == "flow" else 1.2,
+                )
         rounds = [{k: reads_per_s(d, stream, args.clips) for k, d in ds.items()} for _ in range(args.rounds)]
         m = {k: float(np.median([r[k] for r in rounds])) for k in ds}
-        print(f"{stream:<6} {'reads':>7} {m['default']:>9.2f} {m['ffv1']:>9.2f} {m['raw']:>10.2f} "
-              f"{m['default'] / m['raw']:>10.2f}x {m['ffv1'] / m['raw']:>7.2f}x   (random 64-step window, crop, decode only)",
-              flush=True)
-        prof = {k: [profile_step(d, stream, args.clips // 2, k != "raw") for _ in range(args.rounds)] for k, d in ds.items()}
+        print(
+            f"{stream:<6} {'reads':>7} {m['default']:>9.2f} {m['ffv1']:>9.2f} {m['raw']:>10.2f} "
+            f"{m['default'] / m['raw']:>10.2f}x {m['ffv1'] / m['raw']:>7.2f}x   (random 64-step window, crop, decode only)",
+            flush=True,
+        )
+        prof = {
+            k: [profile_step(d, stream, args.clips // 2, k != "raw") for _ in range(args.rounds)] for k, d in ds.items()
+        }
         print(f"  {stream} data path by stage, ms per clip (one process, median of {args.rounds}):")
         for stage in prof["raw"][0]:
             vals = {k: float(np.median([r[stage] for r in rs])) for k, rs in prof.items()}

@@ -29,8 +29,19 @@ _LAZY = {
     "Store": "flowprep.store.zarr_store",
     "StoreError": "flowprep.store.zarr_store",
     "VideoClips": "flowprep.train.data",
-    **{name: "flowprep.train.sampling" for name in (
-        "DenseTrain", "DenseEval", "TSNTrain", "TSNEval", "StackedTrain", "StackedEval", "SlowFastTrain", "SlowFastEval")},
+    **{
+        name: "flowprep.train.sampling"
+        for name in (
+            "DenseTrain",
+            "DenseEval",
+            "TSNTrain",
+            "TSNEval",
+            "StackedTrain",
+            "StackedEval",
+            "SlowFastTrain",
+            "SlowFastEval",
+        )
+    },
     "load_recipe": "flowprep.run.recipe",
 }
 

@@ -14,13 +14,23 @@ import pytest
 from flowprep.dataset.decode import ffmpeg_exe
 from flowprep.dataset.demo import Motion, render, write_lossless
 
-SHARED_MANIFESTS = Path(os.environ.get("FLOWPREP_SHARED_MANIFESTS", Path(__file__).resolve().parents[2] / "shared" / "manifests"))
+SHARED_MANIFESTS = Path(
+    os.environ.get("FLOWPREP_SHARED_MANIFESTS", Path(__file__).resolve().parents[2] / "shared" / "manifests")
+)
 
 # Few iterations: tests check plumbing and conventions on easy motion, not TV-L1's accuracy.
 FAST_FLOW = {"nscales": 3, "warps": 2, "outer_iterations": 4, "inner_iterations": 15}
 
 
-def make_clip(path: Path, motion: Motion = Motion(dx=2, dy=1), n: int = 6, h: int = 64, w: int = 80, fps: float = 25, seed: int = 0) -> np.ndarray:
+def make_clip(
+    path: Path,
+    motion: Motion = Motion(dx=2, dy=1),
+    n: int = 6,
+    h: int = 64,
+    w: int = 80,
+    fps: float = 25,
+    seed: int = 0,
+) -> np.ndarray:
     frames = render(motion, n, h, w, seed=seed)
     write_lossless(frames, path, fps=fps)
     return frames
@@ -68,7 +78,9 @@ def manifest_lines(folder: Path, rows: Iterable[Clip | str], *, clips: str = "vi
     return lines
 
 
-def write_dataset(folder: Path, rows: Iterable[Clip | str], *, manifest: str = "m.csv", clips: str = "vids", ids: bool = False) -> Path:
+def write_dataset(
+    folder: Path, rows: Iterable[Clip | str], *, manifest: str = "m.csv", clips: str = "vids", ids: bool = False
+) -> Path:
     """``manifest_lines`` written to ``<folder>/<manifest>``; returns the manifest's path."""
     path = folder / manifest
     path.write_text("\n".join(manifest_lines(folder, rows, clips=clips, ids=ids)) + "\n")

@@ -10,11 +10,11 @@ from flowprep.run.pipeline import run
 from flowprep.run.recipe import load_recipe
 
 
-def build_store(
-    folder: Path, videos: list[Clip], *, h: int = 64, w: int = 80, jobs: int = 1
-) -> Path:
+def build_store(folder: Path, videos: list[Clip], *, h: int = 64, w: int = 80, jobs: int = 1) -> Path:
     """``videos``: one ``Clip`` each (its name is the video id; ``h``, ``w`` here win).  Returns the store's path."""
-    manifest = write_dataset(folder, [v._replace(h=h, w=w) for v in videos], manifest="manifest.csv", clips="clips", ids=True)
+    manifest = write_dataset(
+        folder, [v._replace(h=h, w=w) for v in videos], manifest="manifest.csv", clips="clips", ids=True
+    )
     recipe = write_recipe(folder, manifest, short_side=min(h, w))
     cfg = load_recipe(recipe, out=str(folder / "s.zarr"), progress=False, jobs=jobs)
     summary = run(cfg)

@@ -29,7 +29,9 @@ def test_shipped_recipes_are_found_by_name_from_any_folder(tmp_path, monkeypatch
     assert RECIPES_DIR == Path(flowprep.recipes.__file__).parent == Path(__file__).resolve().parents[1] / "pipelines"
     names = shipped_recipes()
     assert {"demo", "kinetics400", "ucf101", "hmdb51"} <= set(names) and "_videos" not in names
-    assert find_recipe("demo") == RECIPES_DIR / "demo.toml" and find_recipe("kinetics") == RECIPES_DIR / "kinetics400.toml"
+    assert (
+        find_recipe("demo") == RECIPES_DIR / "demo.toml" and find_recipe("kinetics") == RECIPES_DIR / "kinetics400.toml"
+    )
     cfg = load_recipe(find_recipe("demo"))
     assert cfg.manifest == RECIPES_DIR / "demo.csv" and cfg.manifest.is_file()  # relative to the recipe file
     assert main(["recipes"]) == 0
@@ -39,7 +41,9 @@ def test_shipped_recipes_are_found_by_name_from_any_folder(tmp_path, monkeypatch
     copy = tmp_path / "my.toml"
     copy.write_text(capsys.readouterr().out)
     assert f'manifest = "{RECIPES_DIR / "demo.csv"}"' in copy.read_text() and load_recipe(copy).manifest == cfg.manifest
-    assert main(["recipes", "kinetics"]) == 0 and 'manifest = "data:kinetics400/validate.csv"' in capsys.readouterr().out
+    assert (
+        main(["recipes", "kinetics"]) == 0 and 'manifest = "data:kinetics400/validate.csv"' in capsys.readouterr().out
+    )
 
 
 def test_manifests_folder_rule(tmp_path):
@@ -157,8 +161,12 @@ def test_slurm_requests_gpus_only_when_asked(tmp_path):
         assert "--gpus" not in render_script(cfg, path, 2, [0, 1], SlurmOptions(), python="/p", workdir=tmp_path)
         cuda = load_recipe(path, out=str(tmp_path / f"{name}.zarr"), device="cuda")
         assert uses_gpu(cuda)
-        assert "#SBATCH --gpus-per-task=1\n" in render_script(cuda, path, 2, [0, 1], SlurmOptions(), python="/p", workdir=tmp_path)
-    assert "#SBATCH --gpus-per-task=2\n" in render_script(cfg, path, 2, [0], SlurmOptions(gpus_per_task=2), python="/p", workdir=tmp_path)
+        assert "#SBATCH --gpus-per-task=1\n" in render_script(
+            cuda, path, 2, [0, 1], SlurmOptions(), python="/p", workdir=tmp_path
+        )
+    assert "#SBATCH --gpus-per-task=2\n" in render_script(
+        cfg, path, 2, [0], SlurmOptions(gpus_per_task=2), python="/p", workdir=tmp_path
+    )
 
 
 def test_checkpoint_is_readable_by_lab_mates(tmp_path):
@@ -179,8 +187,11 @@ def test_flow_progress_total_is_known_before_decoding(tmp_path):
 
     video = tmp_path / "c.mkv"
     write_lossless(render(Motion(), 10, 64, 64), video, fps=25)
-    rows = [ManifestRow(2, "a", path=str(video)), ManifestRow(3, "b", path="synthetic:translate"),
-            ManifestRow(4, "c", youtube_id="abcdefghijk", time_start=1, time_end=3)]
+    rows = [
+        ManifestRow(2, "a", path=str(video)),
+        ManifestRow(3, "b", path="synthetic:translate"),
+        ManifestRow(4, "c", youtube_id="abcdefghijk", time_start=1, time_end=3),
+    ]
     assert expected_pairs(rows, tmp_path, 25.0) == 9 + 24 + 49
     assert expected_pairs(rows[:1], tmp_path, 12.5) == 4
     assert expected_pairs([ManifestRow(5, "d", youtube_id="abcdefghijk")], tmp_path, 25.0) is None
@@ -189,7 +200,11 @@ def test_flow_progress_total_is_known_before_decoding(tmp_path):
 def test_architecture_cli_row_lists_every_command():
     from flowprep.cli.main import COMMANDS
 
-    row = next(ln for ln in (Path(__file__).resolve().parents[1] / "ARCHITECTURE.md").read_text().splitlines() if ln.startswith("| CLI |"))
+    row = next(
+        ln
+        for ln in (Path(__file__).resolve().parents[1] / "ARCHITECTURE.md").read_text().splitlines()
+        if ln.startswith("| CLI |")
+    )
     import re
 
     listed = re.search(r"registry \(`([^`]*)`", row).group(1).split(" / ")

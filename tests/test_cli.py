@@ -45,12 +45,18 @@ def test_run_then_inspect_with_preview(tmp_path):
     (tmp_path / "m.csv").write_text("path,label\na.mkv,walk\nmissing.mkv,walk\n")
     recipe = write_recipe(tmp_path, tmp_path / "m.csv")
     out = tmp_path / "o.zarr"
-    proc = subprocess.run([sys.executable, "-m", "flowprep", "run", str(recipe), "--out", str(out), "--no-progress"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flowprep", "run", str(recipe), "--out", str(out), "--no-progress"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1  # one row failed
     assert "2 rows: 1 done, 1 failed" in proc.stdout and "source: 1" in proc.stdout
     assert "Traceback" not in proc.stderr
     png = tmp_path / "p.png"
-    proc = subprocess.run([sys.executable, "-m", "flowprep", "inspect", str(out), "--preview", str(png)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flowprep", "inspect", str(out), "--preview", str(png)], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     assert "a " in proc.stdout and "walk" in proc.stdout and "file not found" in proc.stdout
     img = np.asarray(Image.open(png))

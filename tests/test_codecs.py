@@ -39,8 +39,14 @@ def test_every_codec_round_trips_within_its_promise(tmp_path, kind, name):
     codec = codecs.lookup(kind, name)
     x = _values(kind)
     a = zarr.open_group(str(tmp_path / "g.zarr"), mode="w").create_array(
-        kind, shape=x.shape, dtype=x.dtype, chunks=(4, *x.shape[1:]), shards=(8, *x.shape[1:]),
-        **codec.arrays(95, 3), fill_value=0)
+        kind,
+        shape=x.shape,
+        dtype=x.dtype,
+        chunks=(4, *x.shape[1:]),
+        shards=(8, *x.shape[1:]),
+        **codec.arrays(95, 3),
+        fill_value=0,
+    )
     a[:] = codec.prepare(x)
     got = a[:].astype(int)
     if codec.exact:
@@ -77,7 +83,10 @@ def test_table_names_and_errors():
         WriteConfig(flow_codec="png")
     # the rows zarr decodes on its own name no package; flowprep's codecs name flowprep
     assert {n: c.package for (k, n), c in codecs.CODECS.items() if k == "flow"} == {
-        "zstd-near": None, "ffv1": "flowprep", "zstd": None}
+        "zstd-near": None,
+        "ffv1": "flowprep",
+        "zstd": None,
+    }
 
 
 def _venv_without_flowprep(folder: Path) -> Path:
@@ -88,8 +97,14 @@ def _venv_without_flowprep(folder: Path) -> Path:
     would otherwise name its codecs)."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
     site = Path(sysconfig.get_paths()["purelib"])
-    target = Path(subprocess.run([str(folder / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                 check=True, capture_output=True, text=True).stdout.strip())
+    target = Path(
+        subprocess.run(
+            [str(folder / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     for entry in site.iterdir():
         if entry.name.lower().startswith(("flowprep", "__editable__")) or entry.suffix == ".pth":
             continue
@@ -115,8 +130,13 @@ def test_a_default_store_opens_with_zarr_alone_in_a_fresh_virtualenv(tmp_path):
         "np.save(sys.argv[2], v['flow'][:])\n"
         "v['rgb']\n"
     )
-    out = subprocess.run([str(python), "-c", code, str(store / "videos" / "v"), str(tmp_path / "f.npy")],
-                         capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    out = subprocess.run(
+        [str(python), "-c", code, str(store / "videos" / "v"), str(tmp_path / "f.npy")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     np.testing.assert_array_equal(np.load(tmp_path / "f.npy"), codecs.near_lossless_thw2(flow))
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1] == "zarr.errors.UnknownCodecError: Unknown codec: 'flowprep.jpeg'"

@@ -97,8 +97,18 @@ def test_solver_threads_are_set_in_every_pool():
 def test_cli_rejects_zero_and_negative_jobs_in_one_line(tmp_path):
     for bad in ("0", "-3"):
         out = subprocess.run(
-            [sys.executable, "-c", "from flowprep.cli.main import main; raise SystemExit(main())", "run", "demo", f"--jobs={bad}", "--out", str(tmp_path / "s.zarr")],
-            capture_output=True, text=True,
+            [
+                sys.executable,
+                "-c",
+                "from flowprep.cli.main import main; raise SystemExit(main())",
+                "run",
+                "demo",
+                f"--jobs={bad}",
+                "--out",
+                str(tmp_path / "s.zarr"),
+            ],
+            capture_output=True,
+            text=True,
         )
         assert out.returncode == 2
         assert out.stderr.strip().splitlines() == [f"flowprep: error: --jobs {bad}: must be 'auto' or an integer >= 1"]

@@ -32,11 +32,14 @@ def model_input(item, stream):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data")
-    return build_store(folder, [
-        Clip("long", Motion(dx=2, dy=1), 14, "b", "train", 1),
-        Clip("short", Motion(dx=-1, dy=2), 5, "a", "train", 2),
-        Clip("other", Motion(dy=-2), 6, "c", "val", 3),
-    ])
+    return build_store(
+        folder,
+        [
+            Clip("long", Motion(dx=2, dy=1), 14, "b", "train", 1),
+            Clip("short", Motion(dx=-1, dy=2), 5, "a", "train", 2),
+            Clip("other", Motion(dy=-2), 6, "c", "val", 3),
+        ],
+    )
 
 
 def test_flip_mirrors_the_image_and_negates_u():
@@ -98,26 +101,35 @@ def test_rgb_and_flow_get_the_same_window_crop_and_flip(store):
 
 def test_short_videos_loop_and_streams_stay_aligned(store):
     s = open_store(store)
-    both = VideoClips([store], streams=("rgb", "flow"), sampler=DenseTrain(clip_len=10, crop=64, flip=False), split="train")
+    both = VideoClips(
+        [store], streams=("rgb", "flow"), sampler=DenseTrain(clip_len=10, crop=64, flip=False), split="train"
+    )
     item = both[1, 0]  # "short": 5 frames, 4 flow fields
     item = {**item, "rgb": model_input(item, "rgb"), "flow": model_input(item, "flow")}
     assert item["start"].tolist() == [0]
     steps = [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]
     x = item["x"]
-    np.testing.assert_allclose(item["rgb"].permute(1, 2, 3, 0).numpy(), s.read_rgb("short")[steps][:, :, x : x + 64], atol=1e-6)
-    np.testing.assert_allclose(item["flow"].permute(1, 2, 3, 0).numpy(), s.read_flow("short")[steps][:, :, x : x + 64], atol=1e-6)
+    np.testing.assert_allclose(
+        item["rgb"].permute(1, 2, 3, 0).numpy(), s.read_rgb("short")[steps][:, :, x : x + 64], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        item["flow"].permute(1, 2, 3, 0).numpy(), s.read_flow("short")[steps][:, :, x : x + 64], atol=1e-6
+    )
     rgb_only = VideoClips([store], streams=("rgb",), sampler=DenseTrain(clip_len=7, crop=64, flip=False), split="train")
     item = rgb_only[1, 0]
     item = {**item, "rgb": model_input(item, "rgb")}
     np.testing.assert_allclose(
-        item["rgb"].permute(1, 2, 3, 0).numpy(), s.read_rgb("short")[[0, 1, 2, 3, 4, 0, 1]][:, :, item["x"] : item["x"] + 64], atol=1e-6
+        item["rgb"].permute(1, 2, 3, 0).numpy(),
+        s.read_rgb("short")[[0, 1, 2, 3, 4, 0, 1]][:, :, item["x"] : item["x"] + 64],
+        atol=1e-6,
     )
 
 
 def test_evaluation_reads_whole_videos_or_windows_with_a_centre_crop(store):
     s = open_store(store)
-    whole = VideoClips([store], streams=("rgb", "flow"), sampler=DenseEval(clip_len=0, crop=48), split="val",
-                       classes=["a", "b", "c"])
+    whole = VideoClips(
+        [store], streams=("rgb", "flow"), sampler=DenseEval(clip_len=0, crop=48), split="val", classes=["a", "b", "c"]
+    )
     assert len(whole) == 1
     item = whole[0]
     item = {**item, "rgb": model_input(item, "rgb"), "flow": model_input(item, "flow")}
@@ -166,7 +178,11 @@ def test_device_conversion_matches_the_per_sample_reference():
     rgb = rng.integers(0, 256, (3, 4, 6, 6, 3), dtype=np.uint8)
     flow = rng.integers(-127, 128, (3, 4, 6, 6, 2), dtype=np.int8)
     flips = [True, False, True]
-    batch = {"rgb": torch.from_numpy(rgb)[:, None], "flow": torch.from_numpy(flow)[:, None], "flip": torch.tensor(flips)}
+    batch = {
+        "rgb": torch.from_numpy(rgb)[:, None],
+        "flow": torch.from_numpy(flow)[:, None],
+        "flip": torch.tensor(flips),
+    }
     for stream, raw, ref in (("rgb", rgb, rgb_thwc_to_cthw), ("flow", flow, flow_thw2_to_cthw)):
         x = clips_to_model(batch, stream, "cpu")
         assert x.dtype == torch.float32 and x.shape == (3, raw.shape[-1], 4, 6, 6)

@@ -59,8 +59,24 @@ def test_blocks_stream_in_shard_sized_pieces(tmp_path):
 
 def _bad_files(tmp: Path) -> dict[str, Path]:
     good = tmp / "good.mp4"
-    ffmpeg("-f", "lavfi", "-i", "testsrc=size=128x96:rate=25:duration=2", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(good))
-    files = {"missing": tmp / "missing.mp4", "zero": tmp / "zero.mp4", "text": tmp / "text.mp4", "truncated": tmp / "trunc.mp4", "audio": tmp / "audio.m4a"}
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=128x96:rate=25:duration=2",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        str(good),
+    )
+    files = {
+        "missing": tmp / "missing.mp4",
+        "zero": tmp / "zero.mp4",
+        "text": tmp / "text.mp4",
+        "truncated": tmp / "trunc.mp4",
+        "audio": tmp / "audio.m4a",
+    }
     files["zero"].write_bytes(b"")
     files["text"].write_text("this is not a video\n" * 20)
     files["truncated"].write_bytes(good.read_bytes()[: good.stat().st_size // 3])

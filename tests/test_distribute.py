@@ -179,7 +179,10 @@ def test_status_and_finalize_commands_take_a_store_or_a_recipe(tmp_path, capsys)
     assert main(["status", str(out), "--json"]) == 0
     st = json.loads(capsys.readouterr().out)
     assert (st["rows"], st["done"], st["failed"], st["pending"], st["num_tasks"]) == (4, 1, 1, 2, 2)
-    assert st["per_task"] == {"t0000": {"done": 0, "failed": 0, "pending": 2}, "t0001": {"done": 1, "failed": 1, "pending": 0}}
+    assert st["per_task"] == {
+        "t0000": {"done": 0, "failed": 0, "pending": 2},
+        "t0001": {"done": 1, "failed": 1, "pending": 0},
+    }
     assert main(["status", str(recipe), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "pending         2" in text and "(manifest: 1; 0 retryable)" in text and "t0000 (2)" in text
@@ -192,19 +195,33 @@ def test_sbatch_script(tmp_path):
     recipe = _dataset(tmp_path, n=1)
     cfg = load_recipe(recipe, out=str(tmp_path / "s.zarr"))
     assert array_spec([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8" and array_spec([3], 2) == "3%2"
-    cpu = render_script(cfg, recipe, 4, [0, 1, 2, 3], SlurmOptions(cpus=4, partition="cpu"), python="/v/bin/python", workdir=tmp_path)
-    assert "#SBATCH --array=0-3\n" in cpu and "#SBATCH --cpus-per-task=4\n" in cpu and "#SBATCH --partition=cpu\n" in cpu
+    cpu = render_script(
+        cfg, recipe, 4, [0, 1, 2, 3], SlurmOptions(cpus=4, partition="cpu"), python="/v/bin/python", workdir=tmp_path
+    )
+    assert (
+        "#SBATCH --array=0-3\n" in cpu and "#SBATCH --cpus-per-task=4\n" in cpu and "#SBATCH --partition=cpu\n" in cpu
+    )
     assert "gpus" not in cpu  # the recipe's backend is opencv: a CPU-only partition needs nothing else
     assert f"#SBATCH --output={tmp_path}/s.run/logs/%A_%a.out\n" in cpu and f"cd {tmp_path}\n" in cpu
     assert "exec /v/bin/python -m flowprep run " in cpu and "--num-tasks 4 --jobs 4" in cpu
     assert cpu.rstrip().endswith('--task-index "$SLURM_ARRAY_TASK_ID"')
     gpu = render_script(
-        cfg, recipe, 4, [1, 3], SlurmOptions(gpus_per_task=1, cpus=8, mem="32G", time="4:00:00", account="lab", extra=("#SBATCH --qos=low",)),
-        ids_file=tmp_path / "r.ids", device="cuda",
+        cfg,
+        recipe,
+        4,
+        [1, 3],
+        SlurmOptions(gpus_per_task=1, cpus=8, mem="32G", time="4:00:00", account="lab", extra=("#SBATCH --qos=low",)),
+        ids_file=tmp_path / "r.ids",
+        device="cuda",
     )
     for line in ("--array=1,3", "--gpus-per-task=1", "--mem=32G", "--time=4:00:00", "--account=lab"):
         assert f"#SBATCH {line}\n" in gpu
-    assert "#SBATCH --qos=low\n" in gpu and "--jobs 1" in gpu and "--device cuda" in gpu and f"--ids-from {tmp_path}/r.ids" in gpu
+    assert (
+        "#SBATCH --qos=low\n" in gpu
+        and "--jobs 1" in gpu
+        and "--device cuda" in gpu
+        and f"--ids-from {tmp_path}/r.ids" in gpu
+    )
     for bad in ({"extra": ("--qos=low",)}, {"mem": "lots"}, {"partition": "a b"}, {"time": "soon"}, {"cpus": 0}):
         with pytest.raises(ValueError):
             SlurmOptions(**bad)
@@ -227,8 +244,16 @@ def test_dask_executor_matches_local_run(tmp_path):
     recipe = _dataset(tmp_path, n=3)
     local = load_recipe(recipe, out=str(tmp_path / "local.zarr"), progress=False)
     run(local)
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
-        cfg = load_recipe(recipe, out=str(tmp_path / "dask.zarr"), progress=False, executor="dask", scheduler=cluster.scheduler_address)
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+    ) as cluster:
+        cfg = load_recipe(
+            recipe,
+            out=str(tmp_path / "dask.zarr"),
+            progress=False,
+            executor="dask",
+            scheduler=cluster.scheduler_address,
+        )
         s = run(cfg)
     assert (s.rows, s.done, s.failed) == (5, 3, 2)
     _assert_same_store(local.out, cfg.out)

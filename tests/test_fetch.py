@@ -30,7 +30,6 @@ GOOD2 = "Zyxwvut_-12"
 FAST = {"retries": 0, "delay": 0.0, "backoff": 0.0, "rate_limited_pause": 0.0, "socket_timeout": 1.0}
 
 
-
 class FakeClock:
     """Time that moves only when the gate sleeps: its waits are read, not timed under load."""
 
@@ -52,9 +51,26 @@ def server(tmp_path_factory):
     for name in (GOOD, GOOD2):
         # 6 s of testsrc, a keyframe every 2 s: the cut at 1 s and 3 s needs forced keyframes.
         subprocess.run(
-            [ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-             "testsrc=size=96x64:rate=25:duration=6", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "50",
-             "-movflags", "+faststart", str(root / f"{name}.mp4")],
+            [
+                ffmpeg_exe(),
+                "-nostdin",
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=size=96x64:rate=25:duration=6",
+                "-c:v",
+                "libx264",
+                "-pix_fmt",
+                "yuv420p",
+                "-g",
+                "50",
+                "-movflags",
+                "+faststart",
+                str(root / f"{name}.mp4"),
+            ],
             check=True,
         )
     with Loopback(root, slow_seconds=2.5) as lb:
@@ -88,7 +104,12 @@ def test_broken_cache_file_is_fetched_again(server, tmp_path):
 
 @pytest.mark.parametrize(
     "yid, cls",
-    [("E404aaaaaaa", "unavailable"), ("E403aaaaaaa", "other"), ("E429aaaaaaa", "rate_limited"), ("SLOWaaaaaaa", "network")],
+    [
+        ("E404aaaaaaa", "unavailable"),
+        ("E403aaaaaaa", "other"),
+        ("E429aaaaaaa", "rate_limited"),
+        ("SLOWaaaaaaa", "network"),
+    ],
 )
 def test_http_failures_are_classified(server, tmp_path, yid, cls):
     cfg = FetchConfig(url_template=server.url_template, **FAST)
@@ -104,7 +125,9 @@ def test_retryable_failures_are_retried_and_429_pauses_everyone(server, tmp_path
     before = server.hits["E429bbbbbbb.mp4"]
     clock = FakeClock()
     with pytest.raises(FetchError) as e:
-        fetch_clip("E429bbbbbbb", 0, 2, cfg, tmp_path, gate=Gate(tmp_path / ".gate", cfg, clock=clock.time, sleep=clock.sleep))
+        fetch_clip(
+            "E429bbbbbbb", 0, 2, cfg, tmp_path, gate=Gate(tmp_path / ".gate", cfg, clock=clock.time, sleep=clock.sleep)
+        )
     assert e.value.reason_class == "rate_limited" and "after 3 attempts" in str(e.value)
     assert server.hits["E429bbbbbbb.mp4"] - before == 3
     # pauses 0.2 s then 0.4 s (doubling while 429s go on) before the 2nd and 3rd attempts
@@ -126,39 +149,85 @@ def test_gate_spaces_starts_and_limits_concurrency(tmp_path):
     for _ in range(3):
         with gate.slot():
             starts.append(clock.now)
-    assert [b - a for a, b in zip(starts, starts[1:], strict=False)] == pytest.approx([0.15, 0.15]) and clock.sleeps == pytest.approx([0.15, 0.15])
+    assert [b - a for a, b in zip(starts, starts[1:], strict=False)] == pytest.approx(
+        [0.15, 0.15]
+    ) and clock.sleeps == pytest.approx([0.15, 0.15])
     # another process cannot take the only slot while we hold it
     code = (
         "import sys, fcntl; f = open(sys.argv[1], 'a+')\n"
         "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); print('got')\nexcept BlockingIOError:\n    print('busy')"
     )
     with gate.slot():
-        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "slot-0.lock")], capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "slot-0.lock")], capture_output=True, text=True, check=False
+        )
     assert out.stdout.strip() == "busy"
 
 
 # Real yt-dlp messages (from yt-dlp's source and its issue tracker) -> ledger class.
 MESSAGES = [
-    ("[youtube] M7mKMWjAxG8: Private video. Sign in if you've been granted access to this video. Use --cookies-from-browser or --cookies for the authentication.", "private"),
-    ("[youtube] L03JVPaZpyc: Video unavailable. This video contains content from SME, who has blocked it on copyright grounds", "copyright"),
+    (
+        "[youtube] M7mKMWjAxG8: Private video. Sign in if you've been granted access to this video. Use --cookies-from-browser or --cookies for the authentication.",
+        "private",
+    ),
+    (
+        "[youtube] L03JVPaZpyc: Video unavailable. This video contains content from SME, who has blocked it on copyright grounds",
+        "copyright",
+    ),
     ("This video contains content from SME, who has blocked it in your country on copyright grounds.", "copyright"),
-    ("[youtube] xxxxxxxxxxx: Video unavailable. This video is no longer available due to a copyright claim by Some Label", "copyright"),
-    ("[youtube] xxxxxxxxxxx: Video unavailable. The uploader has not made this video available in your country", "geo_blocked"),
+    (
+        "[youtube] xxxxxxxxxxx: Video unavailable. This video is no longer available due to a copyright claim by Some Label",
+        "copyright",
+    ),
+    (
+        "[youtube] xxxxxxxxxxx: Video unavailable. The uploader has not made this video available in your country",
+        "geo_blocked",
+    ),
     ("[youtube] xxxxxxxxxxx: This video is not available from your location due to geo restriction", "geo_blocked"),
-    ("[youtube] xxxxxxxxxxx: Sign in to confirm your age. This video may be inappropriate for some users. Use --cookies-from-browser or --cookies for the authentication.", "sign_in"),
-    ("[youtube] rVXeIRY6H9c: Sign in to confirm you’re not a bot. This helps protect our community. Learn more", "rate_limited"),
-    ("[youtube] xxxxxxxxxxx: This content isn't available, try again later. The current session has been rate-limited by YouTube for up to an hour.", "rate_limited"),
+    (
+        "[youtube] xxxxxxxxxxx: Sign in to confirm your age. This video may be inappropriate for some users. Use --cookies-from-browser or --cookies for the authentication.",
+        "sign_in",
+    ),
+    (
+        "[youtube] rVXeIRY6H9c: Sign in to confirm you’re not a bot. This helps protect our community. Learn more",
+        "rate_limited",
+    ),
+    (
+        "[youtube] xxxxxxxxxxx: This content isn't available, try again later. The current session has been rate-limited by YouTube for up to an hour.",
+        "rate_limited",
+    ),
     ("[youtube] xxxxxxxxxxx: Video unavailable", "unavailable"),
     ("[youtube] xxxxxxxxxxx: Video unavailable. This video has been removed by the uploader", "unavailable"),
-    ("[youtube] xxxxxxxxxxx: Video unavailable. This video is no longer available because the YouTube account associated with this video has been terminated.", "unavailable"),
-    ("[generic] E404aaaaaaa: Unable to download webpage: HTTP Error 404: Not Found (caused by <HTTPError 404: Not Found>)", "unavailable"),
-    ("[generic] E429aaaaaaa: Unable to download webpage: HTTP Error 429: Too Many Requests (caused by <HTTPError 429: Too Many Requests>)", "rate_limited"),
+    (
+        "[youtube] xxxxxxxxxxx: Video unavailable. This video is no longer available because the YouTube account associated with this video has been terminated.",
+        "unavailable",
+    ),
+    (
+        "[generic] E404aaaaaaa: Unable to download webpage: HTTP Error 404: Not Found (caused by <HTTPError 404: Not Found>)",
+        "unavailable",
+    ),
+    (
+        "[generic] E429aaaaaaa: Unable to download webpage: HTTP Error 429: Too Many Requests (caused by <HTTPError 429: Too Many Requests>)",
+        "rate_limited",
+    ),
     ("[generic] SLOWaaaaaaa: Unable to download webpage: timed out (caused by TransportError('timed out'))", "network"),
-    ("[youtube] xxxxxxxxxxx: Unable to download API page: <urlopen error [Errno -3] Temporary failure in name resolution> (caused by TransportError(...))", "network"),
-    ("[youtube] xxxxxxxxxxx: Unable to download webpage: [Errno 111] Connection refused (caused by TransportError('[Errno 111] Connection refused'))", "network"),
+    (
+        "[youtube] xxxxxxxxxxx: Unable to download API page: <urlopen error [Errno -3] Temporary failure in name resolution> (caused by TransportError(...))",
+        "network",
+    ),
+    (
+        "[youtube] xxxxxxxxxxx: Unable to download webpage: [Errno 111] Connection refused (caused by TransportError('[Errno 111] Connection refused'))",
+        "network",
+    ),
     ("unable to download video data: HTTP Error 403: Forbidden", "other"),
-    ("[youtube] xxxxxxxxxxx: Requested format is not available. Use --list-formats for a list of available formats", "other"),
-    ("[youtube] xxxxxxxxxxx: Join this channel to get access to members-only content like this video, and other exclusive perks.", "private"),
+    (
+        "[youtube] xxxxxxxxxxx: Requested format is not available. Use --list-formats for a list of available formats",
+        "other",
+    ),
+    (
+        "[youtube] xxxxxxxxxxx: Join this channel to get access to members-only content like this video, and other exclusive perks.",
+        "private",
+    ),
 ]
 
 
@@ -207,14 +276,19 @@ def test_safe_label_and_local_collection(tmp_path):
             continue
         with pytest.raises(ValueError):
             safe_label(bad)
-    row = ManifestRow(2, f"{GOOD}_000010_000020", youtube_id=GOOD, label="air drumming", split="val", time_start=10, time_end=20)
+    row = ManifestRow(
+        2, f"{GOOD}_000010_000020", youtube_id=GOOD, label="air drumming", split="val", time_start=10, time_end=20
+    )
     assert find_local(tmp_path, row) is None
     clip = tmp_path / "val" / "air_drumming" / f"{GOOD}_000010_000020.mp4"
     clip.parent.mkdir(parents=True)
     clip.write_bytes(b"x")
     assert find_local(tmp_path, row) == clip
     hostile = ManifestRow(3, "k", youtube_id=GOOD, label="../../val", split="val", time_start=10, time_end=20)
-    assert all(tmp_path in p.parents for p in __import__("flowprep.dataset.fetch").dataset.fetch.local_candidates(tmp_path, hostile))
+    assert all(
+        tmp_path in p.parents
+        for p in __import__("flowprep.dataset.fetch").dataset.fetch.local_candidates(tmp_path, hostile)
+    )
 
 
 def _kinetics_run(tmp_path, server, lines, fetch_extra="", **kw):
@@ -287,7 +361,12 @@ def test_cli_url_template_and_local_only_collection(server, tmp_path):
     local.parent.mkdir(parents=True)
     local.write_bytes((server.root / f"{GOOD2}.mp4").read_bytes())
     before = server.hits[f"{GOOD2}.mp4"]
-    cfg, s = _kinetics_run(tmp_path, server, lines + ["gone,E404ddddddd,0,2,val"], f'local_root = "{tmp_path / "k400"}"\ndownload = false\n')
+    cfg, s = _kinetics_run(
+        tmp_path,
+        server,
+        lines + ["gone,E404ddddddd,0,2,val"],
+        f'local_root = "{tmp_path / "k400"}"\ndownload = false\n',
+    )
     assert (s.done, s.failed) == (1, 1) and server.hits[f"{GOOD2}.mp4"] == before
     assert open_store(cfg.out).info(f"{GOOD2}_000002_000004")["n_frames"] == 150  # the local file, used whole
     rec = read_latest(run_dir(cfg.out))["E404ddddddd_000000_000002"]

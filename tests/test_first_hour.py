@@ -33,7 +33,10 @@ def myvids(tmp_path_factory) -> Path:
 
 def test_split_is_stratified_and_fixed_by_the_id():
     def vids(label, n, start=0):
-        return [FolderVideo(f"{label}__{i}", Path(f"/{label}/{i}"), f"{label}/{i}", label, None) for i in range(start, start + n)]
+        return [
+            FolderVideo(f"{label}__{i}", Path(f"/{label}/{i}"), f"{label}/{i}", label, None)
+            for i in range(start, start + n)
+        ]
 
     before = assign_splits(vids("a", 200) + vids("b", 2) + vids("c", 1))
     split = {v.video_id: v.split for v in before}
@@ -71,13 +74,53 @@ def test_the_readme_path(myvids, tmp_path, monkeypatch, capsys):
 
     # 2. train with the default split (train), evaluate with the default split (val)
     for stream in ("rgb", "flow"):
-        assert cli(["train", "--store", "out/myvids.zarr", "--stream", stream, "--out", f"runs/{stream}", "--steps", "2",
-                    "--batch-size", "2", "--clip-len", "4", "--crop", "32", *TINY]) == 0
+        assert (
+            cli(
+                [
+                    "train",
+                    "--store",
+                    "out/myvids.zarr",
+                    "--stream",
+                    stream,
+                    "--out",
+                    f"runs/{stream}",
+                    "--steps",
+                    "2",
+                    "--batch-size",
+                    "2",
+                    "--clip-len",
+                    "4",
+                    "--crop",
+                    "32",
+                    *TINY,
+                ]
+            )
+            == 0
+        )
     assert "train rgb: 6 videos, 3 classes" in capsys.readouterr().out
     blob = torch.load("runs/flow/checkpoint.pt", weights_only=False)
-    assert blob["store_settings"]["decode"]["short_side"] == 32 and blob["store_settings"]["flow"]["preset"] == "preview"
-    assert cli(["evaluate", "--store", "out/myvids.zarr", "--rgb", "runs/rgb/checkpoint.pt", "--flow", "runs/flow/checkpoint.pt",
-                "--workers", "0", "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        blob["store_settings"]["decode"]["short_side"] == 32 and blob["store_settings"]["flow"]["preset"] == "preview"
+    )
+    assert (
+        cli(
+            [
+                "evaluate",
+                "--store",
+                "out/myvids.zarr",
+                "--rgb",
+                "runs/rgb/checkpoint.pt",
+                "--flow",
+                "runs/flow/checkpoint.pt",
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     ev = capsys.readouterr().out
     assert ev.startswith("3 videos, 3 classes")
     report = json.loads(Path("runs/rgb/report.json").read_text())
@@ -87,15 +130,51 @@ def test_the_readme_path(myvids, tmp_path, monkeypatch, capsys):
         assert cells[0] == "1" and float(cells[3]) == report["streams"]["fused"]["per_class"][c]
 
     # 3. predict with the checkpoints: decoded and flowed as the training stores were
-    assert cli(["predict", str(myvids / "left" / "clip0.mkv"), "--two-stream", "--weights", "runs/rgb/checkpoint.pt",
-                "--flow-weights", "runs/flow/checkpoint.pt", "--device", "cpu", "--top", "3", "--no-progress"]) == 0
+    assert (
+        cli(
+            [
+                "predict",
+                str(myvids / "left" / "clip0.mkv"),
+                "--two-stream",
+                "--weights",
+                "runs/rgb/checkpoint.pt",
+                "--flow-weights",
+                "runs/flow/checkpoint.pt",
+                "--device",
+                "cpu",
+                "--top",
+                "3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     pr = capsys.readouterr().out
-    assert "input as the stores runs/flow/checkpoint.pt was trained on: 25 fps, short side 32; " \
-           "flow: preset preview with nscales=1, warps=1, bound 20 px" in pr
+    assert (
+        "input as the stores runs/flow/checkpoint.pt was trained on: 25 fps, short side 32; "
+        "flow: preset preview with nscales=1, warps=1, bound 20 px" in pr
+    )
     assert "32x42 (HxW), centre crop 32" in pr and "fused (sum of logits)" in pr
     # an option wins over the checkpoint
-    assert cli(["predict", str(myvids / "left" / "clip0.mkv"), "--two-stream", "--weights", "runs/rgb/checkpoint.pt",
-                "--flow-weights", "runs/flow/checkpoint.pt", "--device", "cpu", "--short-side", "48", "--no-progress"]) == 0
+    assert (
+        cli(
+            [
+                "predict",
+                str(myvids / "left" / "clip0.mkv"),
+                "--two-stream",
+                "--weights",
+                "runs/rgb/checkpoint.pt",
+                "--flow-weights",
+                "runs/flow/checkpoint.pt",
+                "--device",
+                "cpu",
+                "--short-side",
+                "48",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "48x64 (HxW)" in capsys.readouterr().out
 
 
@@ -103,7 +182,9 @@ def test_empty_split_says_what_to_do(myvids, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert cli(["run", str(myvids), "--split", "val", *FAST, "--no-progress", "--limit", "2"]) == 0
     capsys.readouterr()
-    assert cli(["train", "--store", "out/myvids.zarr", "--stream", "rgb", "--out", "runs/x", "--steps", "1", *TINY]) == 2
+    assert (
+        cli(["train", "--store", "out/myvids.zarr", "--stream", "rgb", "--out", "runs/x", "--steps", "1", *TINY]) == 2
+    )
     err = capsys.readouterr().err
     assert "no videos of split 'train' in out/myvids.zarr (its videos by split: val: 2); choose one with --split" in err
 

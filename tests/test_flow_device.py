@@ -144,7 +144,9 @@ def test_fused_iteration_equals_the_reference_iteration():
 
     g = torch.Generator().manual_seed(0)
     args = [torch.randn((2, 9, 11), generator=g) for _ in range(10)]
-    for a, b in zip(fused_iteration(*args, 0.045, 0.3, 0.83), tvl1_torch.tvl1_iteration(*args, 0.045, 0.3, 0.83), strict=True):
+    for a, b in zip(
+        fused_iteration(*args, 0.045, 0.3, 0.83), tvl1_torch.tvl1_iteration(*args, 0.045, 0.3, 0.83), strict=True
+    ):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -206,7 +208,9 @@ def test_compiled_graphs_have_no_breaks_and_compile_at_most_twice_over_six_sizes
         i1wx, i1wy = (torch.randn(b, h, w, generator=gen) for _ in range(2))
         consts = (i1wx, i1wy, tvl1_torch.neg_inv_grad2(i1wx, i1wy), torch.randn(b, h, w, generator=gen))
         active, count = torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.int32)
-        ref = tvl1_device.masked_iteration(tvl1_device.masked_median(u, active, 5), p, consts, active, count, 0.045, 0.3, 0.83, 0.0, 1e-3)
+        ref = tvl1_device.masked_iteration(
+            tvl1_device.masked_median(u, active, 5), p, consts, active, count, 0.045, 0.3, 0.83, 0.0, 1e-3
+        )
         out = iteration(median(u, active, 5), p, consts, active, count, 0.045, 0.3, 0.83, 0.0, 1e-3)
         for a, e in zip([*ref[0], *ref[1]], [*out[0], *out[1]], strict=True):
             torch.testing.assert_close(e, a, atol=1e-4, rtol=1e-4)

@@ -211,7 +211,9 @@ def test_eager_in_place_iteration_equals_the_functional_one(monkeypatch, block):
     state = [torch.randn(b, h, w, generator=gen) for _ in range(6)]
     i1wx, i1wy = (10 * torch.randn(b, h, w, generator=gen) for _ in range(2))
     i1wx[0, :5], i1wy[0, :5] = 0.0, 0.0  # flat region: no data step
-    consts = tvl1_torch.WarpConsts(i1wx, i1wy, tvl1_torch.neg_inv_grad2(i1wx, i1wy), 20 * torch.randn(b, h, w, generator=gen))
+    consts = tvl1_torch.WarpConsts(
+        i1wx, i1wy, tvl1_torch.neg_inv_grad2(i1wx, i1wy), 20 * torch.randn(b, h, w, generator=gen)
+    )
     ref = tvl1_torch.tvl1_iteration(*state, *consts, 0.045, 0.3, 0.83)
     eager = tvl1_torch.EagerIteration()
     st = [x.clone() for x in state]

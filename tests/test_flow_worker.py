@@ -22,7 +22,10 @@ from flowprep.run.state import read_latest, run_dir
 @pytest.fixture
 def dataset(tmp_path):
     # one clip of another size: its pairs cannot share a batch with the others'
-    clips = [Clip(f"clip{i}", Motion(dx=1 + i, dy=-1), 7 + 2 * i, f"move{i % 2}", seed=i, w=96 if i == 2 else 80) for i in range(3)]
+    clips = [
+        Clip(f"clip{i}", Motion(dx=1 + i, dy=-1), 7 + 2 * i, f"move{i % 2}", seed=i, w=96 if i == 2 else 80)
+        for i in range(3)
+    ]
     manifest = write_dataset(tmp_path, [*clips, "vids/broken.mp4,move0,train"])
     (tmp_path / "vids" / "broken.mp4").write_text("not a video\n" * 50)
     # 4-frame blocks: each video is several requests, and batches gather blocks of several videos

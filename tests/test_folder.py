@@ -55,7 +55,11 @@ def test_id_rule_long_names_and_uniqueness():
     ids = [safe_video_id(r) for r in rels]
     assert len(set(ids)) == len(rels)
     # a function of the path alone: these ids, in any process, on any machine (fixed values, not recomputed)
-    assert [safe_video_id(r) for r in ("a/0001.mp4", "my clip (1).mp4", "Café/été 2.MOV")] == ["a__0001", "my_clip_1_-c40c420a", "Cafe__ete_2-ce1a7c4c"]
+    assert [safe_video_id(r) for r in ("a/0001.mp4", "my clip (1).mp4", "Café/été 2.MOV")] == [
+        "a__0001",
+        "my_clip_1_-c40c420a",
+        "Cafe__ete_2-ce1a7c4c",
+    ]
     assert safe_video_id("a/0001.mp4", force_hash=True) == f"a__0001-{_sha8('a/0001.mp4')}"
 
 
@@ -71,19 +75,44 @@ def _touch(path: Path) -> None:
 
 def test_scan_folder_layouts(tmp_path):
     root = tmp_path / "vids"
-    for rel in ["walk/0001.mp4", "run/0001.mp4", "run/deep/x.avi", "flat.MP4", "train/jump/1.mp4", "val/2.mov",
-                "same.mp4", "same.avi", ".hidden/a.mp4", "run/.b.mp4", "notes.txt", "run/cover.jpg"]:
+    for rel in [
+        "walk/0001.mp4",
+        "run/0001.mp4",
+        "run/deep/x.avi",
+        "flat.MP4",
+        "train/jump/1.mp4",
+        "val/2.mov",
+        "same.mp4",
+        "same.avi",
+        ".hidden/a.mp4",
+        "run/.b.mp4",
+        "notes.txt",
+        "run/cover.jpg",
+    ]:
         _touch(root / rel)
     got = {v.rel_path: v for v in scan_folder(root)}
-    assert sorted(got) == sorted(["walk/0001.mp4", "run/0001.mp4", "run/deep/x.avi", "flat.MP4", "train/jump/1.mp4",
-                                  "val/2.mov", "same.mp4", "same.avi"])
+    assert sorted(got) == sorted(
+        [
+            "walk/0001.mp4",
+            "run/0001.mp4",
+            "run/deep/x.avi",
+            "flat.MP4",
+            "train/jump/1.mp4",
+            "val/2.mov",
+            "same.mp4",
+            "same.avi",
+        ]
+    )
     assert (got["walk/0001.mp4"].label, got["walk/0001.mp4"].split) == ("walk", None)
     assert got["run/deep/x.avi"].label == "run" and got["run/deep/x.avi"].video_id == "run__deep__x"
     assert (got["flat.MP4"].label, got["flat.MP4"].video_id) == (None, "flat")
     assert (got["train/jump/1.mp4"].label, got["train/jump/1.mp4"].split) == ("jump", "train")
     assert (got["val/2.mov"].label, got["val/2.mov"].split) == (None, "val")
     # same name, other extension: both hashed, so neither takes the plain name
-    assert got["same.mp4"].video_id == f"same-{_sha8('same.mp4')}" and got["same.avi"].video_id == f"same-{_sha8('same.avi')}"
+    assert (
+        got["same.mp4"].video_id == f"same-{_sha8('same.mp4')}"
+        and got["same.avi"].video_id == f"same-{_sha8('same.avi')}"
+    )
     assert all(v.path == (root / r).resolve() for r, v in got.items())
     # --split fills in where no split folder says otherwise
     by_rel = {v.rel_path: v.split for v in scan_folder(root, split="test")}
@@ -148,7 +177,9 @@ def test_run_one_video(tmp_path, monkeypatch, capsys):
     assert rc == 0, err
     store = open_store(tmp_path / "out" / "Uni_clip.zarr")
     (vid,) = store.video_ids
-    assert vid == safe_video_id("Ünï clip.mp4") and store.info(vid)["split"] == "test" and store.info(vid)["label"] is None
+    assert (
+        vid == safe_video_id("Ünï clip.mp4") and store.info(vid)["split"] == "test" and store.info(vid)["label"] is None
+    )
     flow_px = store.read_flow(vid) * 20
     assert flow_px.shape == (3, 256, 320, 2)
     assert np.allclose(flow_px[:, 16:-16, 16:-16].mean(axis=(0, 1, 2)), [3.0, 1.0], atol=0.3)
@@ -158,10 +189,12 @@ def test_things_that_are_not_recipes_get_one_line(tmp_path, monkeypatch, capsys)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "binary.toml").write_bytes(b"\xa0\xff\x00")
-    for target, needle in [("notes.txt", "is not a recipe (a .toml file), a folder of videos or a video file"),
-                           ("binary.toml", "is not a recipe (not UTF-8 text"),
-                           ("nosuch", "unknown dataset 'nosuch'; known: demo, "),
-                           ("nosuch.toml", "recipe nosuch.toml not found")]:
+    for target, needle in [
+        ("notes.txt", "is not a recipe (a .toml file), a folder of videos or a video file"),
+        ("binary.toml", "is not a recipe (not UTF-8 text"),
+        ("nosuch", "unknown dataset 'nosuch'; known: demo, "),
+        ("nosuch.toml", "recipe nosuch.toml not found"),
+    ]:
         rc, _, err = _run(["run", target], capsys)
         assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, (target, err)
     rc, _, err = _run(["run", "demo", "--split", "val"], capsys)

@@ -95,7 +95,9 @@ def test_kill_9_of_a_decode_worker_is_one_line_and_a_rerun_resumes(tmp_path):
     _wait(lambda: pid.search(err_path.read_text()), proc=proc)
     flow_pid = int(pid.search(err_path.read_text()).group(1))
     _wait(lambda: len(_descendants(proc.pid) - {flow_pid}) >= 2, proc=proc)
-    decoder = min(p for p in _descendants(proc.pid) - {flow_pid} if Path(f"/proc/{p}/cmdline").read_bytes().count(b"spawn"))
+    decoder = min(
+        p for p in _descendants(proc.pid) - {flow_pid} if Path(f"/proc/{p}/cmdline").read_bytes().count(b"spawn")
+    )
     os.kill(decoder, signal.SIGKILL)
     proc.wait(timeout=300)
     line = _one_line(err_path.read_text())
@@ -110,8 +112,9 @@ def test_flow_worker_ends_with_a_killed_parent_even_while_importing_torch(tmp_pa
     recipe = _write_torch_recipe(tmp_path, _clips(tmp_path, 2, frames=50))
     err_path = tmp_path / "err.txt"
     with open(err_path, "w") as err:
-        proc = subprocess.Popen(_cmd(recipe, tmp_path / "s.zarr", "--devices", "cpu", "--jobs", "2"),
-                                stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            _cmd(recipe, tmp_path / "s.zarr", "--devices", "cpu", "--jobs", "2"), stdout=subprocess.DEVNULL, stderr=err
+        )
     pid = re.compile(r"flow worker on cpu: pid (\d+)")
     _wait(lambda: pid.search(err_path.read_text()), proc=proc)
     helpers = _descendants(proc.pid)
@@ -170,7 +173,9 @@ def test_a_huge_field_and_a_non_utf8_byte_fail_their_rows_only(tmp_path, capsys)
     rows, errors = parse_manifest(manifest)
     assert [r.video_id for r in rows] == ["clip0", "clip1"]
     assert [e.line for e in errors] == [4, 5]
-    assert "131072" in str(errors[0]) and str(errors[1]).endswith("5: column 'path': not UTF-8 text (byte 0xe9); save the manifest as UTF-8")
+    assert "131072" in str(errors[0]) and str(errors[1]).endswith(
+        "5: column 'path': not UTF-8 text (byte 0xe9); save the manifest as UTF-8"
+    )
     recipe = write_recipe(tmp_path, manifest, short_side=48)
     assert main(["run", str(recipe), "--out", str(tmp_path / "s.zarr"), "--no-progress"]) == 1
     out, err = capsys.readouterr()

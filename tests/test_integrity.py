@@ -36,7 +36,9 @@ SUMMARY = re.compile(r"(\d+) rows: (\d+) done, (\d+) failed, (\d+) skipped")
 
 
 def _manifest(tmp_path: Path, n: int, frames: int, extra_rows: tuple[str, ...] = ()) -> Path:
-    clips = [Clip(f"clip{i}", Motion(dx=1 + i % 3, dy=-1), frames, f"move{i % 2}", seed=i, h=48, w=64) for i in range(n)]
+    clips = [
+        Clip(f"clip{i}", Motion(dx=1 + i % 3, dy=-1), frames, f"move{i % 2}", seed=i, h=48, w=64) for i in range(n)
+    ]
     return write_dataset(tmp_path, [*clips, *extra_rows])
 
 
@@ -59,7 +61,9 @@ def _clean(recipe: Path, tmp_path: Path, **kw) -> Path:
     """A clean run of ``recipe``: built once per module for the same recipe, manifest and clips."""
     folder = recipe.parent
     key = hashlib.sha256(repr((recipe.read_text().replace(str(folder), "<dir>"), sorted(kw.items()))).encode())
-    for f in sorted([*folder.glob("*.csv"), *(p for p in (folder / "vids").rglob("*") if p.is_file())]):  # manifest, clips
+    for f in sorted(
+        [*folder.glob("*.csv"), *(p for p in (folder / "vids").rglob("*") if p.is_file())]
+    ):  # manifest, clips
         key.update(f.relative_to(folder).as_posix().encode() + f.read_bytes())
     if key.hexdigest() not in _CLEAN:
         cfg = load_recipe(recipe, out=str(tmp_path / "clean" / "t.zarr"), progress=False, **kw)
@@ -318,8 +322,19 @@ def test_faststart_mp4_cut_in_half_fails_as_decode_or_is_kept_only_when_allowed(
     vids = tmp_path / "vids"
     vids.mkdir()
     whole = vids / "whole.mp4"
-    ffmpeg("-f", "lavfi", "-i", "testsrc=size=96x64:rate=25:duration=3", "-c:v", "libx264", "-pix_fmt", "yuv420p",
-           "-movflags", "+faststart", str(whole))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=96x64:rate=25:duration=3",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-movflags",
+        "+faststart",
+        str(whole),
+    )
     (vids / "half.mp4").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     manifest = tmp_path / "m.csv"
     manifest.write_text("path,label,split\nvids/half.mp4,x,train\nvids/whole.mp4,x,train\n")
@@ -348,8 +363,9 @@ def test_faststart_mp4_cut_in_half_fails_as_decode_or_is_kept_only_when_allowed(
 def test_id_zarr_json_is_refused_and_overwrite_keeps_the_store(tmp_path):
     make_clip(tmp_path / "vids" / "a.mkv", n=4)
     manifest = tmp_path / "m.csv"
-    manifest.write_text("path,label,split,id\nvids/a.mkv,x,train,a\nvids/a.mkv,x,train,zarr.json\n"
-                        "vids/a.mkv,x,train,A\n")
+    manifest.write_text(
+        "path,label,split,id\nvids/a.mkv,x,train,a\nvids/a.mkv,x,train,zarr.json\nvids/a.mkv,x,train,A\n"
+    )
     recipe = write_recipe(tmp_path, manifest)
     for overwrite in (False, True):
         cfg = load_recipe(recipe, out=str(tmp_path / "o" / "t.zarr"), progress=False, overwrite=overwrite)
@@ -454,8 +470,21 @@ def test_bad_files_and_paths_are_one_line_errors_with_exit_2(built, tmp_path, ca
     bad.write_text("not a checkpoint\n")
     cases = [
         ["predict", str(tmp_path / "vids_missing.mp4"), "--weights", str(bad)],
-        ["train", "--store", str(store), "--stream", "rgb", "--out", str(tmp_path / "r"), "--init", "none",
-         "--crop", "32", "--resume", str(bad)],
+        [
+            "train",
+            "--store",
+            str(store),
+            "--stream",
+            "rgb",
+            "--out",
+            str(tmp_path / "r"),
+            "--init",
+            "none",
+            "--crop",
+            "32",
+            "--resume",
+            str(bad),
+        ],
         ["evaluate", "--store", str(store), "--rgb", str(bad)],
         ["evaluate", "--store", str(store), "--rgb", str(tmp_path / "absent.pt")],
         ["slurm", "submit", str(recipe), "--out", str(tmp_path / "a\nb.zarr"), "--tasks", "2", "--dry-run"],

@@ -20,7 +20,9 @@ LAYERS = {
 
 
 def _imports() -> dict[str, set[str]]:
-    names = {".".join(p.relative_to(ROOT.parent).with_suffix("").parts).removesuffix(".__init__") for p in ROOT.rglob("*.py")}
+    names = {
+        ".".join(p.relative_to(ROOT.parent).with_suffix("").parts).removesuffix(".__init__") for p in ROOT.rglob("*.py")
+    }
     graph = {}
     for p in ROOT.rglob("*.py"):
         mod = ".".join(p.relative_to(ROOT.parent).with_suffix("").parts).removesuffix(".__init__")
@@ -49,7 +51,7 @@ def test_no_import_cycles():
         state[n] = 1
         for d in graph[n]:
             if state.get(d) == 1:
-                cycles.append(stack[stack.index(d):] + [d])
+                cycles.append(stack[stack.index(d) :] + [d])
             elif d not in state:
                 visit(d, stack + [d])
         state[n] = 2
@@ -107,7 +109,11 @@ def _renames(tree: ast.AST) -> list[tuple[int, str, str]]:
     def visit(node: ast.AST, func: str) -> None:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             func = node.name
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("replace", "rename"):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("replace", "rename")
+        ):
             target = node.func.value
             if isinstance(target, ast.Name) and target.id == "os":
                 found.append((node.lineno, func, f"os.{node.func.attr}"))
@@ -147,6 +153,9 @@ def test_rgb_is_dequantized_in_one_place():
 
 
 def test_the_weights_cache_folder_is_worked_out_in_one_place():
-    spelled = [p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.py")
-               if p.name != "cache.py" and re.search(r"""environ(\.get\(|\[)["']FLOWPREP_CACHE""", p.read_text())]
+    spelled = [
+        p.relative_to(ROOT).as_posix()
+        for p in ROOT.rglob("*.py")
+        if p.name != "cache.py" and re.search(r"""environ(\.get\(|\[)["']FLOWPREP_CACHE""", p.read_text())
+    ]
     assert spelled == []

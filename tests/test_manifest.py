@@ -14,7 +14,10 @@ def _write(tmp_path, text, name="m.csv"):
 
 
 def test_kinetics_columns_and_quoted_labels(tmp_path):
-    p = _write(tmp_path, 'label,youtube_id,time_start,time_end,split,is_cc\n"playing cards, poker",0wR5jVB-WPk,417,427,val,0\nabseiling,3caPS4FHFF8,36.5,46,train,1\n')
+    p = _write(
+        tmp_path,
+        'label,youtube_id,time_start,time_end,split,is_cc\n"playing cards, poker",0wR5jVB-WPk,417,427,val,0\nabseiling,3caPS4FHFF8,36.5,46,train,1\n',
+    )
     rows, errors = parse_manifest(p)
     assert errors == []
     assert rows[0].label == "playing cards, poker" and rows[0].video_id == "0wR5jVB-WPk_000417_000427"
@@ -23,19 +26,22 @@ def test_kinetics_columns_and_quoted_labels(tmp_path):
 
 
 def test_malformed_rows_are_reported_with_line_and_column_and_others_kept(tmp_path):
-    p = _write(tmp_path, (
-        "label,youtube_id,time_start,time_end,split\n"
-        "a,0wR5jVB-WPk,10,20,val\n"        # 2 ok
-        "b,short,10,20,val\n"              # 3 bad id
-        "c,3caPS4FHFF8,20,10,val\n"        # 4 end <= start
-        "d,3caPS4FHFF8,1,2,holdout\n"      # 5 unknown split
-        "e,3caPS4FHFF8,1\n"                # 6 missing column
-        "f,3caPS4FHFF8,x,2,val\n"          # 7 not a number
-        "g,abcdefghijk,1,2,val,extra\n"    # 8 too many fields
-        "h,abcdefghijk,nan,2,val\n"        # 9 nan
-        "i,0wR5jVB-WPk,10,20,val\n"        # 10 duplicate id
-        "j,abcdefghijk,5,15,validate\n"    # 11 ok (alias)
-    ))
+    p = _write(
+        tmp_path,
+        (
+            "label,youtube_id,time_start,time_end,split\n"
+            "a,0wR5jVB-WPk,10,20,val\n"  # 2 ok
+            "b,short,10,20,val\n"  # 3 bad id
+            "c,3caPS4FHFF8,20,10,val\n"  # 4 end <= start
+            "d,3caPS4FHFF8,1,2,holdout\n"  # 5 unknown split
+            "e,3caPS4FHFF8,1\n"  # 6 missing column
+            "f,3caPS4FHFF8,x,2,val\n"  # 7 not a number
+            "g,abcdefghijk,1,2,val,extra\n"  # 8 too many fields
+            "h,abcdefghijk,nan,2,val\n"  # 9 nan
+            "i,0wR5jVB-WPk,10,20,val\n"  # 10 duplicate id
+            "j,abcdefghijk,5,15,validate\n"  # 11 ok (alias)
+        ),
+    )
     rows, errors = parse_manifest(p)
     assert [r.line for r in rows] == [2, 11] and rows[1].split == "val"
     got = {e.line: (e.column, e.message) for e in errors}
@@ -57,7 +63,9 @@ def test_path_rows_crlf_and_ids(tmp_path):
 
 
 def test_hostile_ids_and_labels(tmp_path):
-    p = _write(tmp_path, 'id,path,label\n../../etc,a.mp4,x\n.hidden,a.mp4,x\nok,a.mp4,"bad\x01label"\nfine,a.mp4,../../etc\n')
+    p = _write(
+        tmp_path, 'id,path,label\n../../etc,a.mp4,x\n.hidden,a.mp4,x\nok,a.mp4,"bad\x01label"\nfine,a.mp4,../../etc\n'
+    )
     rows, errors = parse_manifest(p)
     assert [r.video_id for r in rows] == ["fine"] and rows[0].label == "../../etc"  # labels never become paths
     assert [e.column for e in errors] == ["id", "id", "label"]
@@ -73,7 +81,9 @@ def test_whole_file_errors(tmp_path):
         parse_manifest(_write(tmp_path, "label,split\nx,val\n"))
 
 
-@pytest.mark.parametrize("name,n_rows", [("kinetics-400_val.csv", 19906), ("kinetics-400_test.csv", 38685), ("kinetics-600_val.csv", 30000)])
+@pytest.mark.parametrize(
+    "name,n_rows", [("kinetics-400_val.csv", 19906), ("kinetics-400_test.csv", 38685), ("kinetics-600_val.csv", 30000)]
+)
 def test_real_kinetics_files(name, n_rows):
     path = SHARED_MANIFESTS / "kinetics" / name
     if not path.exists():

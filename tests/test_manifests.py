@@ -19,7 +19,11 @@ needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real annotation 
 @needs_shared
 @pytest.mark.parametrize(
     "name, n_rows, labelled",
-    [("kinetics-400_val.csv", 19906, True), ("kinetics-400_test.csv", 38685, False), ("kinetics-600_val.csv", 30000, True)],
+    [
+        ("kinetics-400_val.csv", 19906, True),
+        ("kinetics-400_test.csv", 38685, False),
+        ("kinetics-600_val.csv", 30000, True),
+    ],
 )
 def test_real_kinetics_csvs(name, n_rows, labelled):
     path = SHARED / "kinetics" / name
@@ -60,7 +64,11 @@ def test_fetch_from_a_folder_checks_counts_and_records_sums(tmp_path):
     assert len(sums) == 2 and all(len(ln.split()[0]) == 64 for ln in sums)
     # a changed file is noticed on the next fetch
     (tmp_path / "k").mkdir()
-    bad = (SHARED / "kinetics" / "kinetics-400_val.csv").read_text().replace("abseiling,0wR5jVB-WPk", "abseiling,0wR5jVB-WPX", 1)
+    bad = (
+        (SHARED / "kinetics" / "kinetics-400_val.csv")
+        .read_text()
+        .replace("abseiling,0wR5jVB-WPk", "abseiling,0wR5jVB-WPX", 1)
+    )
     (tmp_path / "k" / "validate.csv").write_text(bad)
     with pytest.raises(m.FetchManifestError, match="validate.csv differ from the sha256"):
         m.fetch_official("kinetics400", tmp_path, source=tmp_path / "k")
@@ -71,7 +79,9 @@ def test_fetch_from_a_folder_checks_counts_and_records_sums(tmp_path):
 
 
 def test_network_failure_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setitem(m.DATASETS, "ucf101", m.Dataset("ucf101", "http://127.0.0.1:9/splits.zip", m.DATASETS["ucf101"].files))
+    monkeypatch.setitem(
+        m.DATASETS, "ucf101", m.Dataset("ucf101", "http://127.0.0.1:9/splits.zip", m.DATASETS["ucf101"].files)
+    )
     with pytest.raises(m.FetchManifestError, match=r"cannot download http://127.0.0.1:9/splits.zip: .*--from FILE"):
         m.fetch_official("ucf101", tmp_path, timeout=2)
 
@@ -96,11 +106,20 @@ def test_ucf_and_hmdb_samples_crlf_codes_and_trailing_spaces():
     ]
     hmdb = m.hmdb51_entries(SAMPLES / "hmdb51", 1)
     assert [(e.label, e.split) for e in hmdb] == [
-        ("brush_hair", "train"), ("brush_hair", "test"), ("brush_hair", "unused"), ("wave", "test"), ("wave", "train"),
+        ("brush_hair", "train"),
+        ("brush_hair", "test"),
+        ("brush_hair", "unused"),
+        ("wave", "test"),
+        ("wave", "train"),
     ]
-    assert hmdb[1].rel_path == "brush_hair/Brushing_Her_Hair__[_NEW_AUDIO_]_UPDATED!!!!_brush_hair_h_cm_np1_fr_goo_0.avi"
+    assert (
+        hmdb[1].rel_path == "brush_hair/Brushing_Her_Hair__[_NEW_AUDIO_]_UPDATED!!!!_brush_hair_h_cm_np1_fr_goo_0.avi"
+    )
     assert m.video_id_for(hmdb[0].rel_path) == "April_09_brush_hair_u_nm_np1_ba_goo_0"
-    assert m.video_id_for(hmdb[1].rel_path) == "Brushing_Her_Hair____NEW_AUDIO___UPDATED_____brush_hair_h_cm_np1_fr_goo_0-d39575e2"
+    assert (
+        m.video_id_for(hmdb[1].rel_path)
+        == "Brushing_Her_Hair____NEW_AUDIO___UPDATED_____brush_hair_h_cm_np1_fr_goo_0-d39575e2"
+    )
     assert m.video_id_for(hmdb[2].rel_path).startswith("122_Cleaning_brush_hair_f_nm_np1_fr_bad_0-")
     with pytest.raises(ValueError):
         m.hmdb51_entries(SAMPLES / "hmdb51", 4)
@@ -155,7 +174,11 @@ def test_recipes_load_and_missing_manifest_says_what_to_run(tmp_path):
     # a shipped recipe whose manifest has not been fetched yet fails with the command to run
     out = subprocess.run(
         [sys.executable, "-m", "flowprep", "run", "kinetics", "--out", str(tmp_path / "k.zarr")],
-        capture_output=True, text=True, cwd=tmp_path, check=False, env={**os.environ, "FLOWPREP_DATA": str(tmp_path / "data")},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+        env={**os.environ, "FLOWPREP_DATA": str(tmp_path / "data")},
     )
     assert out.returncode == 2
     assert "validate.csv not found: run `flowprep manifests fetch kinetics400` first" in out.stderr

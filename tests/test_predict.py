@@ -50,7 +50,9 @@ def test_two_stream_is_both_models_on_frames_and_their_flow_and_the_sum(cache, c
     torch.testing.assert_close(result.probabilities("fused").sum(), torch.tensor(1.0))
     # the same numbers another way: DeepMind's I3D (not the trainer's Classifier), own preprocessing
     y, x = (256 - 224) // 2, (320 - 224) // 2
-    rgb_in = torch.from_numpy(frames[:9, y : y + 224, x : x + 224].astype(np.float32) / 127.5 - 1).permute(3, 0, 1, 2)[None]
+    rgb_in = torch.from_numpy(frames[:9, y : y + 224, x : x + 224].astype(np.float32) / 127.5 - 1).permute(3, 0, 1, 2)[
+        None
+    ]
     q = quantize_flow(compute_flow(rgb_to_gray(frames), backend="opencv", **FAST_FLOW))
     flow_in = torch.from_numpy(q[:, y : y + 224, x : x + 224].astype(np.float32) / 127).permute(3, 0, 1, 2)[None]
     with torch.no_grad():
@@ -76,7 +78,18 @@ def _sections(out):
 @pytest.mark.slow
 def test_predict_two_stream_command(cache, clip, capsys):
     # the default flow backend (auto: torch TV-L1, on the GPU when there is one)
-    args = ["predict", str(clip), "--two-stream", "--frames", "4", "--cache-dir", str(cache), "--device", "cpu", *FLOW_ARGS]
+    args = [
+        "predict",
+        str(clip),
+        "--two-stream",
+        "--frames",
+        "4",
+        "--cache-dir",
+        str(cache),
+        "--device",
+        "cpu",
+        *FLOW_ARGS,
+    ]
     assert cli(args) == 0
     out = capsys.readouterr().out
     assert "TV-L1 flow (torch backend) of 4 frame pairs" in out
@@ -92,7 +105,10 @@ def test_predict_two_stream_command(cache, clip, capsys):
     assert [r[2] for r in s["fused"]] == [labels[i] for i in top]
     np.testing.assert_allclose([r[1] for r in s["fused"]], fused[top].numpy(), atol=1e-3)
     # RGB alone: the old output, one section
-    assert cli(["predict", str(clip), "--weights", "kinetics400-rgb-imagenet", "--frames", "4", "--cache-dir", str(cache)]) == 0
+    assert (
+        cli(["predict", str(clip), "--weights", "kinetics400-rgb-imagenet", "--frames", "4", "--cache-dir", str(cache)])
+        == 0
+    )
     assert list(_sections(capsys.readouterr().out)) == ["rgb"]
 
 
@@ -106,21 +122,54 @@ def test_predict_errors(cache, clip, capsys, tmp_path):
     assert "flowprep weights import <kinetics-i3d clone>/data/checkpoints" in capsys.readouterr().err
     assert cli([*base, "--two-stream", "--flow-param", "warps"]) == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err
-    assert parse_flow_params(["warps=2", "scale_step=0.5", "compile=false"]) == {"warps": 2, "scale_step": 0.5, "compile": False}
+    assert parse_flow_params(["warps=2", "scale_step=0.5", "compile=false"]) == {
+        "warps": 2,
+        "scale_step": 0.5,
+        "compile": False,
+    }
 
 
 @pytest.mark.slow
 def test_ucf101_recipe_commands_in_miniature(cache, tmp_path, capsys):
     """README's UCF-101 commands on a tiny store: train each stream from its Kinetics checkpoint
     (flow from the real flow weights, not averaged RGB), then evaluate fuses them."""
-    videos = [Clip(f"v{i}", Motion(dx=2 if i % 2 else -2), 10, "right" if i % 2 else "left", "train" if i < 4 else "test", i)
-              for i in range(6)]
+    videos = [
+        Clip(f"v{i}", Motion(dx=2 if i % 2 else -2), 10, "right" if i % 2 else "left", "train" if i < 4 else "test", i)
+        for i in range(6)
+    ]
     store = str(build_store(tmp_path, videos))
-    common = ["--store", store, "--split", "train", "--clip-len", "8", "--crop", "56", "--batch-size", "2", "--steps", "2",
-              "--save-every", "2", "--workers", "0", "--device", "cpu", "--no-flip", "--cache-dir", str(cache)]
+    common = [
+        "--store",
+        store,
+        "--split",
+        "train",
+        "--clip-len",
+        "8",
+        "--crop",
+        "56",
+        "--batch-size",
+        "2",
+        "--steps",
+        "2",
+        "--save-every",
+        "2",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--no-flip",
+        "--cache-dir",
+        str(cache),
+    ]
     runs = tmp_path / "runs"
-    assert cli(["train", *common, "--stream", "rgb", "--init", "kinetics400-rgb-imagenet", "--out", str(runs / "rgb")]) == 0
-    assert cli(["train", *common, "--stream", "flow", "--init", "kinetics400-flow-imagenet", "--out", str(runs / "flow")]) == 0
+    assert (
+        cli(["train", *common, "--stream", "rgb", "--init", "kinetics400-rgb-imagenet", "--out", str(runs / "rgb")])
+        == 0
+    )
+    assert (
+        cli(["train", *common, "--stream", "flow", "--init", "kinetics400-flow-imagenet", "--out", str(runs / "flow")])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "initialised from kinetics400-flow-imagenet; new logits for 2 classes" in out
     assert "initialised from kinetics400-rgb-imagenet; new logits for 2 classes" in out
@@ -135,8 +184,27 @@ def test_ucf101_recipe_commands_in_miniature(cache, tmp_path, capsys):
     assert not torch.allclose(imported[FIRST_CONV], averaged)
     blob = load_checkpoint(runs / "flow" / "checkpoint.pt")
     assert blob["stream"] == "flow" and blob["step"] == 2 and blob["model"][FIRST_CONV].shape == (64, 2, 7, 7, 7)
-    assert cli(["evaluate", "--store", store, "--split", "test", "--rgb", str(runs / "rgb" / "checkpoint.pt"),
-                "--flow", str(runs / "flow" / "checkpoint.pt"), "--workers", "0", "--device", "cpu",
-                "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        cli(
+            [
+                "evaluate",
+                "--store",
+                store,
+                "--split",
+                "test",
+                "--rgb",
+                str(runs / "rgb" / "checkpoint.pt"),
+                "--flow",
+                str(runs / "flow" / "checkpoint.pt"),
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert set(report["streams"]) == {"rgb", "flow", "fused"} and report["videos"] == 2

@@ -19,7 +19,14 @@ def test_table():
     cuda = PRESETS["opencv-cuda"].resolved()
     # cv::cuda::OpticalFlowDual_TVL1::create's defaults; 300 iterations = 10 x 30, no median filter
     assert {k: cuda[k] for k in ("tau", "lambda_", "theta", "nscales", "warps", "epsilon", "scale_step", "gamma")} == {
-        "tau": 0.25, "lambda_": 0.15, "theta": 0.3, "nscales": 5, "warps": 5, "epsilon": 0.01, "scale_step": 0.8, "gamma": 0.0,
+        "tau": 0.25,
+        "lambda_": 0.15,
+        "theta": 0.3,
+        "nscales": 5,
+        "warps": 5,
+        "epsilon": 0.01,
+        "scale_step": 0.8,
+        "gamma": 0.0,
     }
     assert cuda["inner_iterations"] * cuda["outer_iterations"] == 300 and cuda["median_filtering"] == 1
     preview = PRESETS["preview"]

@@ -57,8 +57,20 @@ def test_import_rawframes_round_trips_into_a_store(store, tmp_path, capsys):
     (out / "train_list_rawframes.txt").write_text("bikes-a 6 1\nbikes-b 4 0\nbroken 3 0\n")
     (out / "names.txt").write_text("walk\nride\n")
     back = tmp_path / "back.zarr"
-    rc = main(["import", "rawframes", str(out), str(back), "--list", str(out / "train_list_rawframes.txt"),
-               "--classes", str(out / "names.txt"), "--split", "val"])
+    rc = main(
+        [
+            "import",
+            "rawframes",
+            str(out),
+            str(back),
+            "--list",
+            str(out / "train_list_rawframes.txt"),
+            "--classes",
+            str(out / "names.txt"),
+            "--split",
+            "val",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 1 and "2 imported" in captured.out and "broken" in captured.err and "without gaps" in captured.err
     s, b = open_store(store), open_store(back)

@@ -42,7 +42,33 @@ def test_tsn_test_offsets_are_the_middles_of_equal_segments():
     assert tsn_test_offsets(10, 3).tolist() == [1, 5, 8]
     # a 10 s clip at 25 fps: 249 flow fields, snippets of 5 -> 245 possible starts
     got = _starts(TSNEval(), 249).tolist()
-    assert got == [4, 14, 24, 34, 44, 53, 63, 73, 83, 93, 102, 112, 122, 132, 142, 151, 161, 171, 181, 191, 200, 210, 220, 230, 240]
+    assert got == [
+        4,
+        14,
+        24,
+        34,
+        44,
+        53,
+        63,
+        73,
+        83,
+        93,
+        102,
+        112,
+        122,
+        132,
+        142,
+        151,
+        161,
+        171,
+        181,
+        191,
+        200,
+        210,
+        220,
+        230,
+        240,
+    ]
     assert got[-1] + 4 <= 248  # the last snippet's fields are inside the video
     # RGB alone: 250 frames, one-frame snippets -> 250 starts, tick 10
     assert _starts(TSNEval(), 250, ("rgb",)).tolist() == list(range(5, 250, 10))
@@ -76,7 +102,9 @@ def test_two_stream_takes_one_frame_and_ten_stacked_fields():
     starts = _starts(test, 59)
     assert starts.tolist() == list(range(1, 50, 2))
     flow = test.indices(starts, "flow", 59)
-    assert flow.shape == (25, 10) and flow[0].tolist() == list(range(1, 11)) and flow[-1].tolist() == list(range(49, 59))
+    assert (
+        flow.shape == (25, 10) and flow[0].tolist() == list(range(1, 11)) and flow[-1].tolist() == list(range(49, 59))
+    )
     assert test.indices(starts, "rgb", 59).tolist() == [[t] for t in range(1, 50, 2)]  # the frame the stack leaves from
     # train: one uniform start, every start possible
     got = {int(_starts(train, 59, seed=seed)[0]) for seed in range(600)}
@@ -139,20 +167,39 @@ def test_consensus_averages_each_samples_views():
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sampling")
-    return build_store(folder, [("right", Motion(dx=2), 24, "r", "train", 1), ("tiny", Motion(dy=1), 4, "d", "train", 2)])
+    return build_store(
+        folder, [("right", Motion(dx=2), 24, "r", "train", 1), ("tiny", Motion(dy=1), 4, "d", "train", 2)]
+    )
 
 
 def _mirror(flow_thw2):
     return flow_thw2[:, :, ::-1] * np.array([-1, 1], np.float32)
 
 
-@pytest.mark.parametrize("sampler, rgb_shape, flow_shape, model_shape", [
-    (TSNTrain(crop=48), (3, 1, 48, 48, 3), (3, 5, 48, 48, 2), {"rgb": (6, 3, 48, 48), "flow": (6, 10, 48, 48)}),
-    (StackedTrain(crop=48), (1, 1, 48, 48, 3), (1, 10, 48, 48, 2), {"rgb": (2, 3, 48, 48), "flow": (2, 20, 48, 48)}),
-    (SlowFastTrain(crop=48, clip_len=8, alpha=4), (1, 8, 48, 48, 3), (1, 8, 48, 48, 2),
-     {"rgb": [(2, 3, 2, 48, 48), (2, 3, 8, 48, 48)], "flow": [(2, 2, 2, 48, 48), (2, 2, 8, 48, 48)]}),
-    (DenseTrain(crop=48, clip_len=6), (1, 6, 48, 48, 3), (1, 6, 48, 48, 2), {"rgb": (2, 3, 6, 48, 48), "flow": (2, 2, 6, 48, 48)}),
-])
+@pytest.mark.parametrize(
+    "sampler, rgb_shape, flow_shape, model_shape",
+    [
+        (TSNTrain(crop=48), (3, 1, 48, 48, 3), (3, 5, 48, 48, 2), {"rgb": (6, 3, 48, 48), "flow": (6, 10, 48, 48)}),
+        (
+            StackedTrain(crop=48),
+            (1, 1, 48, 48, 3),
+            (1, 10, 48, 48, 2),
+            {"rgb": (2, 3, 48, 48), "flow": (2, 20, 48, 48)},
+        ),
+        (
+            SlowFastTrain(crop=48, clip_len=8, alpha=4),
+            (1, 8, 48, 48, 3),
+            (1, 8, 48, 48, 2),
+            {"rgb": [(2, 3, 2, 48, 48), (2, 3, 8, 48, 48)], "flow": [(2, 2, 2, 48, 48), (2, 2, 8, 48, 48)]},
+        ),
+        (
+            DenseTrain(crop=48, clip_len=6),
+            (1, 6, 48, 48, 3),
+            (1, 6, 48, 48, 2),
+            {"rgb": (2, 3, 6, 48, 48), "flow": (2, 2, 6, 48, 48)},
+        ),
+    ],
+)
 def test_each_sampler_reads_its_views_with_one_crop_and_flip(store, sampler, rgb_shape, flow_shape, model_shape):
     s = open_store(store)
     ds = VideoClips([store], streams=("rgb", "flow"), sampler=sampler, split="train")
@@ -207,7 +254,9 @@ def test_evaluation_samplers_are_deterministic_and_loop_short_videos(store):
     tiny = ds[1]  # 4 frames, 3 fields: a 5-field snippet loops
     assert tiny["flow"].shape == (25, 5, 48, 48, 2) and tiny["start"].tolist() == [0] * 25
     np.testing.assert_array_equal(tiny["flow"][0].numpy(), s.read_flow_int8("tiny")[[0, 1, 2, 0, 1], 8:56, 16:64])
-    sf = VideoClips([store], streams=("rgb",), sampler=SlowFastEval(crop=48, clip_len=4, stride=2, alpha=2, clips=3), split="train")
+    sf = VideoClips(
+        [store], streams=("rgb",), sampler=SlowFastEval(crop=48, clip_len=4, stride=2, alpha=2, clips=3), split="train"
+    )
     item = sf[0]  # 24 frames, span 7: delta 17, starts 0, 5, 11
     assert item["start"].tolist() == [0, 5, 11] and item["rgb"].shape == (3, 4, 48, 48, 3)
     np.testing.assert_array_equal(item["rgb"][2].numpy(), s.read_rgb_uint8("right")[[11, 13, 15, 17], 8:56, 16:64])
@@ -216,7 +265,11 @@ def test_evaluation_samplers_are_deterministic_and_loop_short_videos(store):
 def test_flow_scale_and_flip_apply_to_every_view():
     rng = np.random.default_rng(0)
     flow = torch.from_numpy(rng.integers(-127, 128, (2, 3, 2, 4, 4, 2), dtype=np.int8))  # B=2, N=3 views
-    batch = {"flow": flow, "flip": torch.tensor([True, False]), "flow_scale": torch.tensor([1.0, 0.5], dtype=torch.float64)}
+    batch = {
+        "flow": flow,
+        "flip": torch.tensor([True, False]),
+        "flow_scale": torch.tensor([1.0, 0.5], dtype=torch.float64),
+    }
     x = clips_to_model(batch, "flow", "cpu")
     assert x.shape == (6, 2, 2, 4, 4)
     for b in range(2):

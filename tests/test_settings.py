@@ -125,8 +125,20 @@ def test_a_run_of_other_settings_never_overlaps_a_live_run_whatever_its_task_tag
     try:
         _wait(lambda: ledger.exists() and '"done"' in ledger.read_text(), proc=first)
         os.kill(first.pid, signal.SIGSTOP)  # alive and holding its lease, whatever the machine's speed
-        rc = main(["run", str(sweep["r32"]), "--out", str(out), "--no-progress", "--overwrite",
-                   "--num-tasks", "2", "--task-index", "1"])
+        rc = main(
+            [
+                "run",
+                str(sweep["r32"]),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--overwrite",
+                "--num-tasks",
+                "2",
+                "--task-index",
+                "1",
+            ]
+        )
         err = capsys.readouterr().err
         assert rc == 2 and "live run with other settings (task local" in err, err
         assert not lease_path(out, "t0001").exists()
@@ -148,8 +160,12 @@ def test_overlapping_runs_of_different_task_tags_record_no_false_failures(sweep,
     try:
         _wait(lambda: ledger.exists() and '"done"' in ledger.read_text(), proc=first)
         os.kill(first.pid, signal.SIGSTOP)
-        second = subprocess.run(_cmd(sweep["r48"], out, "--num-tasks", "2", "--task-index", "1"),
-                                capture_output=True, text=True, timeout=600)
+        second = subprocess.run(
+            _cmd(sweep["r48"], out, "--num-tasks", "2", "--task-index", "1"),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert second.returncode == 0, second.stderr
     finally:
         os.kill(first.pid, signal.SIGCONT)

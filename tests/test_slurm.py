@@ -62,10 +62,24 @@ LONG_FRAMES = 160  # ~4 s of flow here: a wide window to kill task 1 mid-video
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("slurm")
-    special = {"missing": "vids/missing.mkv,gone,train", "bad": ",no path,train"}  # source failure (not retryable), malformed row
-    write_dataset(root, [special.get(name) or Clip(name, Motion(dx=0.5 if name == "long" else 1 + i % 3, dy=1),
-                                                    LONG_FRAMES if name == "long" else 6 + i, f"l{i % 2}", seed=i)
-                         for i, name in enumerate(ITEMS)])
+    special = {
+        "missing": "vids/missing.mkv,gone,train",
+        "bad": ",no path,train",
+    }  # source failure (not retryable), malformed row
+    write_dataset(
+        root,
+        [
+            special.get(name)
+            or Clip(
+                name,
+                Motion(dx=0.5 if name == "long" else 1 + i % 3, dy=1),
+                LONG_FRAMES if name == "long" else 6 + i,
+                f"l{i % 2}",
+                seed=i,
+            )
+            for i, name in enumerate(ITEMS)
+        ],
+    )
     recipe = root / "tiny.toml"
     recipe.write_text(
         'dataset = "tiny"\nmanifest = "m.csv"\n[decode]\nshort_side = 64\n'
@@ -80,7 +94,9 @@ def _wait(store: Path, timeout: float = JOB_TIMEOUT_S) -> None:
     """Until none of this store's jobs (arrays and finalize) is in the queue."""
     deadline = time.monotonic() + timeout
     while queued(store, include_finalize=True):
-        assert time.monotonic() < deadline, f"jobs still queued after {timeout} s: {queued(store, include_finalize=True)}"
+        assert time.monotonic() < deadline, (
+            f"jobs still queued after {timeout} s: {queued(store, include_finalize=True)}"
+        )
         time.sleep(0.2)
 
 
@@ -124,7 +140,9 @@ def test_array_of_three_tasks_matches_a_local_run(slurm, dataset, capsys, monkey
     _wait(store)
     _assert_same_as(dataset["reference"], store)
     rdir = run_dir(store)
-    assert sorted(p.name for p in (rdir / "logs").glob(f"{job['job_id']}_*.out")) == [f"{job['job_id']}_{i}.out" for i in range(3)]
+    assert sorted(p.name for p in (rdir / "logs").glob(f"{job['job_id']}_*.out")) == [
+        f"{job['job_id']}_{i}.out" for i in range(3)
+    ]
     assert sorted(p.name for p in (rdir / "ledger").iterdir()) == ["t0000.jsonl", "t0001.jsonl", "t0002.jsonl"]
     # the finalize job wrote the whole index from the three tasks' ledgers
     index = json.loads((rdir / "index.json").read_text())
@@ -187,7 +205,17 @@ def test_killed_task_then_retry_failed_completes_the_store_once(slurm, dataset, 
 def test_status_of_a_queued_array_and_its_jobs(slurm, dataset, capsys, monkeypatch):
     monkeypatch.chdir(dataset["root"])
     store = dataset["root"] / "held.zarr"
-    job = _submit(capsys, str(dataset["recipe"]), "--out", str(store), "--tasks", "3", "--extra", "#SBATCH --hold", "--no-finalize")
+    job = _submit(
+        capsys,
+        str(dataset["recipe"]),
+        "--out",
+        str(store),
+        "--tasks",
+        "3",
+        "--extra",
+        "#SBATCH --hold",
+        "--no-finalize",
+    )
     try:
         assert main(["status", str(store)]) == 0  # submit recorded the recipe: a store path is enough
         text = capsys.readouterr().out
@@ -204,8 +232,30 @@ def test_submit_a_folder_and_retry_with_the_first_resources_dry_run(tmp_path, mo
     for i in range(4):
         write_lossless(render(Motion(dx=1 + i), 5, 40, 48, seed=i), tmp_path / "vids" / f"c{i % 2}" / f"v{i}.mkv")
     fast = ["--short-side", "32", "--flow-param", "nscales=1", "--flow-param", "warps=1"]
-    assert main(["slurm", "submit", "vids", "--tasks", "2", "--partition", "p1", "--mem", "4G", "--time", "1:00:00",
-                 "--cpus", "3", "--max-running", "1", *fast, "--dry-run"]) == 0
+    assert (
+        main(
+            [
+                "slurm",
+                "submit",
+                "vids",
+                "--tasks",
+                "2",
+                "--partition",
+                "p1",
+                "--mem",
+                "4G",
+                "--time",
+                "1:00:00",
+                "--cpus",
+                "3",
+                "--max-running",
+                "1",
+                *fast,
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     recipe = tmp_path / "out" / "vids.run" / "input" / "recipe.toml"
     assert f"-m flowprep run {recipe} " in out and "short_side = 32" in recipe.read_text()
@@ -215,8 +265,13 @@ def test_submit_a_folder_and_retry_with_the_first_resources_dry_run(tmp_path, mo
     capsys.readouterr()
     assert main(["slurm", "submit", "out/vids.zarr", "--retry-failed", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    for line in ("#SBATCH --array=1%1", "#SBATCH --cpus-per-task=3", "#SBATCH --partition=p1", "#SBATCH --mem=4G",
-                 "#SBATCH --time=1:00:00"):
+    for line in (
+        "#SBATCH --array=1%1",
+        "#SBATCH --cpus-per-task=3",
+        "#SBATCH --partition=p1",
+        "#SBATCH --mem=4G",
+        "#SBATCH --time=1:00:00",
+    ):
         assert line in out
     assert "retry keeps the recorded --cpus, --max-running, --mem, --partition, --time" in out
     slurm_files = sorted(p.name for p in (tmp_path / "out" / "vids.run" / "slurm").iterdir())

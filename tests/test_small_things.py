@@ -53,8 +53,16 @@ def store(tmp_path):
     rgb = np.random.default_rng(0).integers(0, 255, (50, 16, 24, 3), dtype=np.uint8)
     wr = VideoWriter(path, "v", 16, 24, WriteConfig(rgb_codec="lossless"), staging_entry(path, "", "v"))
     wr.append(rgb, np.zeros((49, 16, 24, 2), np.int8))
-    wr.commit({"label": "a", "split": "train", "fps": 25.0, "height": 16, "width": 24,
-               "flow": {"bound_px": 20.0, "backend": "opencv"}})
+    wr.commit(
+        {
+            "label": "a",
+            "split": "train",
+            "fps": 25.0,
+            "height": 16,
+            "width": 24,
+            "flow": {"bound_px": 20.0, "backend": "opencv"},
+        }
+    )
     return path
 
 

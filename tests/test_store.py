@@ -14,7 +14,9 @@ from flowprep.store.zarr_store import StoreError, VideoWriter, WriteConfig, crea
 
 # "lossless" RGB, exact "zstd" flow: these tests check exact round trips of random values (tests/test_store_v2.py
 # and tests/test_codecs.py check the codecs)
-def _write_video(store, vid, t=70, h=16, w=24, cfg=WriteConfig(rgb_codec="lossless", flow_codec="zstd"), seed=0, blocks=(64, 6)):
+def _write_video(
+    store, vid, t=70, h=16, w=24, cfg=WriteConfig(rgb_codec="lossless", flow_codec="zstd"), seed=0, blocks=(64, 6)
+):
     rng = np.random.default_rng(seed)
     rgb = rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8)
     flow_px = rng.uniform(-25, 25, (t - 1, h, w, 2)).astype(np.float32)

@@ -49,8 +49,16 @@ def _smooth_flow(t: int, h: int, w: int, seed: int = 0) -> np.ndarray:
 def _write(store: Path, vid: str, rgb: np.ndarray, flow: np.ndarray, cfg: WriteConfig = WriteConfig()) -> None:
     wr = VideoWriter(store, vid, rgb.shape[1], rgb.shape[2], cfg, staging_entry(store, "", vid))
     wr.append(rgb, flow)
-    wr.commit({"label": "a", "split": "train", "fps": 25.0, "height": rgb.shape[1], "width": rgb.shape[2],
-               "flow": {"bound_px": 20.0}})
+    wr.commit(
+        {
+            "label": "a",
+            "split": "train",
+            "fps": 25.0,
+            "height": rgb.shape[1],
+            "width": rgb.shape[2],
+            "flow": {"bound_px": 20.0},
+        }
+    )
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -67,25 +75,41 @@ def test_default_codecs_jpeg_as_faithful_as_rawframes_q95_and_flow_within_one_st
     assert s.meta["format_version"] == FORMAT_VERSION == 2
     got = s.read_rgb_uint8("v")
     # rawframes: OpenCV's imwrite at quality 95, as mmaction2 / denseflow write img_%05d.jpg
-    jpeg = np.stack([
-        cv2.cvtColor(cv2.imdecode(cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])[1],
-                                  cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        for f in rgb
-    ])
+    jpeg = np.stack(
+        [
+            cv2.cvtColor(
+                cv2.imdecode(
+                    cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])[1],
+                    cv2.IMREAD_COLOR,
+                ),
+                cv2.COLOR_BGR2RGB,
+            )
+            for f in rgb
+        ]
+    )
     assert _psnr(rgb, got) >= _psnr(rgb, jpeg) - 0.01 and _psnr(rgb, got) > 40
     # flow: every value within one int8 step (rawframes' JPEG flow: up to 8-10), on the grid of 3 steps but the bound
     stored = s.read_flow_int8("v")
     assert np.abs(stored.astype(int) - flow).max() == 1 and (stored % 3 == 0)[np.abs(flow.astype(int)) < 127].all()
     np.testing.assert_array_equal(stored, near_lossless_thw2(flow))
-    np.testing.assert_array_equal(s.read_flow_int8("v", 3, 10, ys=slice(5, 40), xs=slice(7, 70)), stored[3:10, 5:40, 7:70])
-    assert s.info("v")["codecs"] == {"rgb": {"name": "jpeg", "exact": False, "quality": 95},
-                                     "flow": {"name": "zstd-near", "exact": False, "max_error_steps": 1, "zstd_level": 6}}
+    np.testing.assert_array_equal(
+        s.read_flow_int8("v", 3, 10, ys=slice(5, 40), xs=slice(7, 70)), stored[3:10, 5:40, 7:70]
+    )
+    assert s.info("v")["codecs"] == {
+        "rgb": {"name": "jpeg", "exact": False, "quality": 95},
+        "flow": {"name": "zstd-near", "exact": False, "max_error_steps": 1, "zstd_level": 6},
+    }
     meta = {a: json.loads((store / "videos" / "v" / a / "zarr.json").read_text()) for a in ("rgb", "flow")}
     inner = {a: [c["name"] for c in m["codecs"][0]["configuration"]["codecs"]] for a, m in meta.items()}
     # the image codecs have no checksum of their own: a crc32c codec follows them (flowprep.store.verify);
     # flow uses zarr v3 core codecs only (zstd with its content checksum)
     assert inner == {"rgb": ["flowprep.jpeg", "crc32c"], "flow": ["transpose", "bytes", "zstd"]}
-    assert meta["flow"]["dimension_names"] == ["t_flow", "y", "x", "uv"] and meta["rgb"]["dimension_names"] == ["t", "y", "x", "c"]
+    assert meta["flow"]["dimension_names"] == ["t_flow", "y", "x", "uv"] and meta["rgb"]["dimension_names"] == [
+        "t",
+        "y",
+        "x",
+        "c",
+    ]
     # smaller than format 1's zstd of the same values
     sizes = {a: sum(f.stat().st_size for f in (store / "videos" / "v" / a).iterdir()) for a in ("rgb", "flow")}
     zstd = {a: len(Zstd(level=3).encode(x.tobytes())) for a, x in (("rgb", rgb), ("flow", flow))}
@@ -126,9 +150,11 @@ def test_recipe_picks_the_codecs_and_rejects_unknown_ones(tmp_path):
     default = tmp_path / "d.toml"
     default.write_text(base)
     assert (load_recipe(default).write.rgb_codec, load_recipe(default).write.flow_codec) == ("jpeg", "zstd-near")
-    for bad, msg in (('rgb_codec = "png"', "rgb_codec='png': allowed: jpeg, jpegxl, lossless"),
-                     ('flow_codec = "jpeg"', "flow_codec='jpeg': allowed: zstd-near, ffv1, zstd"),
-                     ("rgb_quality = 101", "rgb_quality=101")):
+    for bad, msg in (
+        ('rgb_codec = "png"', "rgb_codec='png': allowed: jpeg, jpegxl, lossless"),
+        ('flow_codec = "jpeg"', "flow_codec='jpeg': allowed: zstd-near, ffv1, zstd"),
+        ("rgb_quality = 101", "rgb_quality=101"),
+    ):
         recipe.write_text(base + bad + "\n")
         with pytest.raises(RecipeError, match=msg.replace("(", r"\(").replace(")", r"\)")):
             load_recipe(recipe)
@@ -150,8 +176,12 @@ def test_xarray_opens_a_video_group_in_a_fresh_interpreter(tmp_path):
         "np.save(sys.argv[3], xr.decode_cf(raw)['rgb'].values)\n"
     )
     files = [str(tmp_path / f"{n}.npy") for n in ("raw", "flow", "rgb")]
-    out = subprocess.run([sys.executable, "-c", code, *files], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    out = subprocess.run(
+        [sys.executable, "-c", code, *files],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert out.returncode == 0, out.stderr
     h, w = rgb.shape[1:3]
     assert eval(out.stdout.strip().splitlines()[-1]) == {"t": 6, "y": h, "x": w, "c": 3, "t_flow": 5, "uv": 2}
@@ -170,12 +200,30 @@ def _write_format1_store(path: Path, rgb: np.ndarray, flow: np.ndarray) -> None:
     g = root.create_group("videos").create_group("v")
     for name, data in (("rgb", rgb), ("flow", flow)):
         tail = data.shape[1:]
-        a = g.create_array(name, shape=data.shape, dtype=data.dtype, chunks=(8, *tail), shards=(64, *tail),
-                           compressors=ZstdCodec(level=3), fill_value=0, dimension_names=("t", "y", "x", "c"),
-                           chunk_key_encoding={"name": "default", "separator": "."})
+        a = g.create_array(
+            name,
+            shape=data.shape,
+            dtype=data.dtype,
+            chunks=(8, *tail),
+            shards=(64, *tail),
+            compressors=ZstdCodec(level=3),
+            fill_value=0,
+            dimension_names=("t", "y", "x", "c"),
+            chunk_key_encoding={"name": "default", "separator": "."},
+        )
         a[:] = data
-    g.attrs.update({"label": "a", "split": "train", "n_frames": len(rgb), "n_flow": len(flow), "height": rgb.shape[1],
-                    "width": rgb.shape[2], "format_version": 1, "flow": {"bound_px": 20.0}})
+    g.attrs.update(
+        {
+            "label": "a",
+            "split": "train",
+            "n_frames": len(rgb),
+            "n_flow": len(flow),
+            "height": rgb.shape[1],
+            "width": rgb.shape[2],
+            "format_version": 1,
+            "flow": {"bound_px": 20.0},
+        }
+    )
 
 
 def test_format1_stores_still_read_and_train_but_are_not_written_into(tmp_path):

@@ -57,8 +57,13 @@ def test_initialise_from_an_rgb_file_makes_a_flow_stream(tmp_path):
     note = initialise(flow, str(tmp_path / "rgb.pt"))
     assert "new logits for 2 classes" in note
     w = rgb.state_dict()["blocks.Conv3d_1a_7x7.conv.weight"]
-    torch.testing.assert_close(flow.state_dict()["blocks.Conv3d_1a_7x7.conv.weight"], w.mean(1, keepdim=True).repeat(1, 2, 1, 1, 1))
-    torch.testing.assert_close(flow.state_dict()["blocks.Mixed_3b.branch_0.conv.weight"], rgb.state_dict()["blocks.Mixed_3b.branch_0.conv.weight"])
+    torch.testing.assert_close(
+        flow.state_dict()["blocks.Conv3d_1a_7x7.conv.weight"], w.mean(1, keepdim=True).repeat(1, 2, 1, 1, 1)
+    )
+    torch.testing.assert_close(
+        flow.state_dict()["blocks.Mixed_3b.branch_0.conv.weight"],
+        rgb.state_dict()["blocks.Mixed_3b.branch_0.conv.weight"],
+    )
 
 
 def test_a_few_steps_lower_the_loss(small_store):
@@ -67,15 +72,33 @@ def test_a_few_steps_lower_the_loss(small_store):
     batch = collate_clips([ds[i, i] for i in range(4)])
     x = clips_to_model(batch, "flow", "cpu")  # as the trainer feeds it
     y = batch["label"]
-    model = Classifier(I3DConfig(num_classes=2, in_channels=2, dropout=0.0, final_endpoint="Conv3d_2c_3x3", bn_momentum=0.1))
+    model = Classifier(
+        I3DConfig(num_classes=2, in_channels=2, dropout=0.0, final_endpoint="Conv3d_2c_3x3", bn_momentum=0.1)
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     losses = [train_step(model, nn.CrossEntropyLoss(), opt, x, y, amp=False)[0].item() for _ in range(6)]
     assert losses[-1] < 0.5 * losses[0], losses
 
 
 def test_resume_continues_exactly(small_store, tmp_path):
-    args = ["train", "--store", str(small_store), "--stream", "flow", "--clip-len", "4", "--crop", "48", "--batch-size", "2",
-            "--steps", "4", "--lr-drops", "0.5", *TINY]
+    args = [
+        "train",
+        "--store",
+        str(small_store),
+        "--stream",
+        "flow",
+        "--clip-len",
+        "4",
+        "--crop",
+        "48",
+        "--batch-size",
+        "2",
+        "--steps",
+        "4",
+        "--lr-drops",
+        "0.5",
+        *TINY,
+    ]
     assert cli([*args, "--out", str(tmp_path / "a")]) == 0
     assert cli([*args, "--out", str(tmp_path / "b"), "--stop-after", "2"]) == 0
     assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 2
@@ -97,9 +120,32 @@ def test_resume_continues_exactly(small_store, tmp_path):
 @pytest.mark.slow
 def test_two_processes_with_torchrun_gloo(small_store, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "flowprep", "train",
-           "--store", str(small_store), "--stream", "rgb", "--clip-len", "2", "--crop", "48", "--batch-size", "2", "--steps", "2",
-           "--out", str(out), *TINY]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "flowprep",
+        "train",
+        "--store",
+        str(small_store),
+        "--stream",
+        "rgb",
+        "--clip-len",
+        "2",
+        "--crop",
+        "48",
+        "--batch-size",
+        "2",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+        *TINY,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -120,13 +166,48 @@ def test_flow_learns_direction_that_single_rgb_frames_cannot(tmp_path):
                 seed = seed0 + 2 * i + (c == "down")
                 videos.append(Clip(f"{split}_{c}_{i}", Motion(dy=dy), 12, c, split, seed))
     store = build_store(tmp_path, videos, jobs=2)
-    common = ["--store", str(store), "--crop", "56", "--batch-size", "8", "--steps", "30", "--lr", "0.05", "--lr-drops",
-              "--dropout", "0", "--bn-momentum", "0.1", *TINY]
+    common = [
+        "--store",
+        str(store),
+        "--crop",
+        "56",
+        "--batch-size",
+        "8",
+        "--steps",
+        "30",
+        "--lr",
+        "0.05",
+        "--lr-drops",
+        "--dropout",
+        "0",
+        "--bn-momentum",
+        "0.1",
+        *TINY,
+    ]
     assert cli(["train", *common, "--stream", "flow", "--clip-len", "8", "--out", str(tmp_path / "flow")]) == 0
     assert cli(["train", *common, "--stream", "rgb", "--clip-len", "1", "--out", str(tmp_path / "rgb")]) == 0
-    assert cli(["evaluate", "--store", str(store), "--rgb", str(tmp_path / "rgb" / "checkpoint.pt"), "--flow",
-                str(tmp_path / "flow" / "checkpoint.pt"), "--rgb-clip-len", "1", "--workers", "0", "--device", "cpu",
-                "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        cli(
+            [
+                "evaluate",
+                "--store",
+                str(store),
+                "--rgb",
+                str(tmp_path / "rgb" / "checkpoint.pt"),
+                "--flow",
+                str(tmp_path / "flow" / "checkpoint.pt"),
+                "--rgb-clip-len",
+                "1",
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     acc = {s: m["top1"] for s, m in report["streams"].items()}
     print("learning test: top-1 on 20 val videos", acc, "chance", report["chance"])

@@ -85,15 +85,36 @@ def store(tmp_path_factory):
 
 # family: (--model, extra train options, training shapes per stream, evaluation shapes per stream (one video a batch))
 FAMILIES = {
-    "tsn": ("Frames2D", [], {"rgb": ("frames", (6, 3, 48, 48)), "flow": ("frames", (6, 10, 48, 48))},
-            {"rgb": ("frames", (25, 3, 48, 48)), "flow": ("frames", (25, 10, 48, 48))}),
-    "stacked": ("Frames2D", [], {"rgb": ("frames", (2, 3, 48, 48)), "flow": ("frames", (2, 20, 48, 48))},
-                {"rgb": ("frames", (25, 3, 48, 48)), "flow": ("frames", (25, 20, 48, 48))}),
-    "slowfast": ("TwoPathways", ["--clip-len", "8", "--stride", "1", "--alpha", "4"],
-                 {"rgb": ("pathways", ((2, 3, 2, 48, 48), (2, 3, 8, 48, 48))), "flow": ("pathways", ((2, 2, 2, 48, 48), (2, 2, 8, 48, 48)))},
-                 {"rgb": ("pathways", ((10, 3, 2, 48, 48), (10, 3, 8, 48, 48))), "flow": ("pathways", ((10, 2, 2, 48, 48), (10, 2, 8, 48, 48)))}),
-    "dense": ("Clip3D", ["--clip-len", "4"], {"rgb": ("clip", (2, 3, 4, 48, 48)), "flow": ("clip", (2, 2, 4, 48, 48))},
-              {"rgb": ("clip", (1, 3, 12, 48, 48)), "flow": ("clip", (1, 2, 11, 48, 48))}),  # whole videos
+    "tsn": (
+        "Frames2D",
+        [],
+        {"rgb": ("frames", (6, 3, 48, 48)), "flow": ("frames", (6, 10, 48, 48))},
+        {"rgb": ("frames", (25, 3, 48, 48)), "flow": ("frames", (25, 10, 48, 48))},
+    ),
+    "stacked": (
+        "Frames2D",
+        [],
+        {"rgb": ("frames", (2, 3, 48, 48)), "flow": ("frames", (2, 20, 48, 48))},
+        {"rgb": ("frames", (25, 3, 48, 48)), "flow": ("frames", (25, 20, 48, 48))},
+    ),
+    "slowfast": (
+        "TwoPathways",
+        ["--clip-len", "8", "--stride", "1", "--alpha", "4"],
+        {
+            "rgb": ("pathways", ((2, 3, 2, 48, 48), (2, 3, 8, 48, 48))),
+            "flow": ("pathways", ((2, 2, 2, 48, 48), (2, 2, 8, 48, 48))),
+        },
+        {
+            "rgb": ("pathways", ((10, 3, 2, 48, 48), (10, 3, 8, 48, 48))),
+            "flow": ("pathways", ((10, 2, 2, 48, 48), (10, 2, 8, 48, 48))),
+        },
+    ),
+    "dense": (
+        "Clip3D",
+        ["--clip-len", "4"],
+        {"rgb": ("clip", (2, 3, 4, 48, 48)), "flow": ("clip", (2, 2, 4, 48, 48))},
+        {"rgb": ("clip", (1, 3, 12, 48, 48)), "flow": ("clip", (1, 2, 11, 48, 48))},
+    ),  # whole videos
 }
 
 
@@ -102,16 +123,49 @@ def test_each_family_trains_and_evaluates_fused(store, tmp_path, sampling):
     factory, extra, train_shapes, eval_shapes = FAMILIES[sampling]
     for stream in ("rgb", "flow"):
         RECEIVED.clear()
-        args = ["train", "--store", str(store), "--stream", stream, "--model", f"test_train_models:{factory}",
-                "--sampling", sampling, *extra, *COMMON, "--out", str(tmp_path / stream)]
+        args = [
+            "train",
+            "--store",
+            str(store),
+            "--stream",
+            stream,
+            "--model",
+            f"test_train_models:{factory}",
+            "--sampling",
+            sampling,
+            *extra,
+            *COMMON,
+            "--out",
+            str(tmp_path / stream),
+        ]
         assert cli(args) == 0
         assert RECEIVED == [train_shapes[stream]] * 2  # two steps, each batch in the family's shape
         ckpt = load_checkpoint(tmp_path / stream / "checkpoint.pt")
         assert ckpt["model_factory"] == f"test_train_models:{factory}" and ckpt["sampling"]["name"] == sampling
         assert ckpt["model_config"] == {"num_classes": 2, "in_channels": _channels(train_shapes[stream])}
     RECEIVED.clear()
-    assert cli(["evaluate", "--store", str(store), "--split", "all", "--rgb", str(tmp_path / "rgb" / "checkpoint.pt"),
-                "--flow", str(tmp_path / "flow" / "checkpoint.pt"), "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        cli(
+            [
+                "evaluate",
+                "--store",
+                str(store),
+                "--split",
+                "all",
+                "--rgb",
+                str(tmp_path / "rgb" / "checkpoint.pt"),
+                "--flow",
+                str(tmp_path / "flow" / "checkpoint.pt"),
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     # each stream read once per video (the two share their reads), views together in one forward
     assert sorted(RECEIVED, key=str) == sorted([eval_shapes["rgb"], eval_shapes["flow"]] * 4, key=str)
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
@@ -119,7 +173,12 @@ def test_each_family_trains_and_evaluates_fused(store, tmp_path, sampling):
     assert report["sampling"]["flow"]["name"] == sampling
     assert sum(map(sum, report["streams"]["fused"]["confusion"])) == 4
     if sampling != "dense":  # the view length is the model's: only dense evaluation takes --clip-len
-        assert cli(["evaluate", "--store", str(store), "--rgb", str(tmp_path / "rgb" / "checkpoint.pt"), "--clip-len", "4"]) == 2
+        assert (
+            cli(
+                ["evaluate", "--store", str(store), "--rgb", str(tmp_path / "rgb" / "checkpoint.pt"), "--clip-len", "4"]
+            )
+            == 2
+        )
 
 
 def _channels(record):
@@ -145,17 +204,40 @@ def test_evaluation_averages_each_videos_views(store):
     assert not torch.allclose(got[0], got[1])  # different videos, different logits
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("no_such_module_xyz:make", "--model no_such_module_xyz:make: no module named 'no_such_module_xyz'"),
-    ("test_train_models:bad_signature", "--model test_train_models:bad_signature: factory(num_classes) cannot be called as factory(num_classes, in_channels)"),
-    ("test_train_models:missing", "--model test_train_models:missing: test_train_models has no attribute 'missing'"),
-    ("test_train_models:not_a_module", "factory returned a str, not a torch.nn.Module"),
-    ("test_train_models:raises", "factory(2, 3) raised RuntimeError: weights file"),
-    ("torchvision.models", "give i3d or package.module:factory"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("no_such_module_xyz:make", "--model no_such_module_xyz:make: no module named 'no_such_module_xyz'"),
+        (
+            "test_train_models:bad_signature",
+            "--model test_train_models:bad_signature: factory(num_classes) cannot be called as factory(num_classes, in_channels)",
+        ),
+        (
+            "test_train_models:missing",
+            "--model test_train_models:missing: test_train_models has no attribute 'missing'",
+        ),
+        ("test_train_models:not_a_module", "factory returned a str, not a torch.nn.Module"),
+        ("test_train_models:raises", "factory(2, 3) raised RuntimeError: weights file"),
+        ("torchvision.models", "give i3d or package.module:factory"),
+    ],
+)
 def test_bad_models_are_one_line_and_exit_2(store, tmp_path, capsys, spec, message):
-    code = cli(["train", "--store", str(store), "--stream", "rgb", "--model", spec, "--sampling", "tsn", *COMMON,
-                "--out", str(tmp_path / "x")])
+    code = cli(
+        [
+            "train",
+            "--store",
+            str(store),
+            "--stream",
+            "rgb",
+            "--model",
+            spec,
+            "--sampling",
+            "tsn",
+            *COMMON,
+            "--out",
+            str(tmp_path / "x"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "x").exists()  # nothing written
@@ -165,8 +247,14 @@ def test_mismatched_options_are_one_line_and_exit_2(store, tmp_path, capsys):
     base = ["train", "--store", str(store), "--stream", "rgb", *COMMON, "--out", str(tmp_path / "x")]
     for extra, message in (
         (["--sampling", "tsn"], "--model i3d takes dense clips; --sampling tsn needs"),
-        (["--model", "test_train_models:Frames2D", "--sampling", "tsn", "--init", "kinetics400-rgb"], "--init is for --model i3d"),
-        (["--model", "test_train_models:Frames2D", "--sampling", "stacked", "--segments", "3"], "--sampling stacked has no segments"),
+        (
+            ["--model", "test_train_models:Frames2D", "--sampling", "tsn", "--init", "kinetics400-rgb"],
+            "--init is for --model i3d",
+        ),
+        (
+            ["--model", "test_train_models:Frames2D", "--sampling", "stacked", "--segments", "3"],
+            "--sampling stacked has no segments",
+        ),
         (["--model", "test_train_models:Frames2D", "--sampling", "tsn", "--alpha", "0"], "--alpha=0: must be >= 1"),
     ):
         assert cli([*base, *extra]) == 2

@@ -71,7 +71,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(format_status(st))
     for job, states in queue.items():
-        print(f"  slurm    job {job}: " + (", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) if isinstance(states, dict) else states))
+        print(
+            f"  slurm    job {job}: "
+            + (", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) if isinstance(states, dict) else states)
+        )
     return 0
 
 
@@ -112,20 +115,28 @@ def cmd_slurm(args: argparse.Namespace) -> int:
     from flowprep.run.status import store_status
 
     try:
-        given = {k: getattr(args, k) for k in ("partition", "gpus_per_task", "cpus", "mem", "time", "account", "max_running", "extra")}
+        given = {
+            k: getattr(args, k)
+            for k in ("partition", "gpus_per_task", "cpus", "mem", "time", "account", "max_running", "extra")
+        }
         opts = merge_options(given, {}, finalize=not args.no_finalize)  # checked before anything is written
-        cfg, recipe, recorded_tasks = _load_target(args.recipe, args.out, args.split, FolderSettings.from_args(args),
-                                                   backend=args.backend, device=args.device)
+        cfg, recipe, recorded_tasks = _load_target(
+            args.recipe, args.out, args.split, FolderSettings.from_args(args), backend=args.backend, device=args.device
+        )
         store = Path(cfg.out).resolve()
         if args.retry_failed:  # the first submission's resources, unless given again
             kept = recorded_options(store)
             opts = merge_options(given, kept, finalize=not args.no_finalize)
             reused = sorted(k for k in kept if given.get(k) is None and kept[k] not in (None, []))
             if reused:
-                print(f"retry keeps the recorded {', '.join(f'--{k.replace(chr(95), chr(45))}' for k in reused)} "
-                      f"({', '.join(f'{k}={kept[k]}' for k in reused)}); give one to change it")
+                print(
+                    f"retry keeps the recorded {', '.join(f'--{k.replace(chr(95), chr(45))}' for k in reused)} "
+                    f"({', '.join(f'{k}={kept[k]}' for k in reused)}); give one to change it"
+                )
         jobs = read_jobs(store)
-        num_tasks = args.tasks or (jobs[-1]["num_tasks"] if jobs else None) or (recorded_tasks if args.retry_failed else None)
+        num_tasks = (
+            args.tasks or (jobs[-1]["num_tasks"] if jobs else None) or (recorded_tasks if args.retry_failed else None)
+        )
         if not num_tasks or num_tasks < 1:
             return usage_error("--tasks N is needed (number of array tasks, each does 1/N of the manifest)")
         ids_file = None
@@ -139,13 +150,17 @@ def cmd_slurm(args: argparse.Namespace) -> int:
                 )
             st = store_status(cfg, num_tasks)
             if not st.retry_keys:
-                print(f"{cfg.dataset}: nothing to retry: {st.done} done, {st.failed} failed for good "
-                      f"({', '.join(f'{k}: {v}' for k, v in st.failed_by_reason.items()) or 'none'})")
+                print(
+                    f"{cfg.dataset}: nothing to retry: {st.done} done, {st.failed} failed for good "
+                    f"({', '.join(f'{k}: {v}' for k, v in st.failed_by_reason.items()) or 'none'})"
+                )
                 return 0
             indices = list(st.retry_tasks)
             ids_file = write_ids_file(store, st.retry_keys)  # retry-NNN.ids; its script is retry-NNN.sbatch
-            print(f"retrying {len(st.retry_keys)} row(s) ({st.pending} pending, {st.retryable_failed} retryable failures) "
-                  f"in {len(indices)} task(s); ids: {ids_file}")
+            print(
+                f"retrying {len(st.retry_keys)} row(s) ({st.pending} pending, {st.retryable_failed} retryable failures) "
+                f"in {len(indices)} task(s); ids: {ids_file}"
+            )
         # rendered first: it refuses paths no sbatch script can hold before anything is written
         text = render_script(
             cfg, recipe, num_tasks, indices, opts, ids_file=ids_file, backend=args.backend, device=args.device
@@ -159,8 +174,10 @@ def cmd_slurm(args: argparse.Namespace) -> int:
             print(text, end="")
             print(f"# dry run: written to {script}, not submitted (submit it with: sbatch {script})")
             if opts.finalize:
-                print(f"# `flowprep finalize {store}` is queued only by `flowprep slurm submit`: after a hand-submitted "
-                      f"array, run it (or: sbatch --dependency=afterany:<job id> --wrap 'flowprep finalize {store}')")
+                print(
+                    f"# `flowprep finalize {store}` is queued only by `flowprep slurm submit`: after a hand-submitted "
+                    f"array, run it (or: sbatch --dependency=afterany:<job id> --wrap 'flowprep finalize {store}')"
+                )
             return 0
         rec = submit(cfg, script, num_tasks, indices, opts, ids_file=ids_file)
     except (RecipeError, ManifestError, FileNotFoundError, ValueError, OSError) as e:
@@ -181,7 +198,9 @@ def _add_status(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="store path, when target is a recipe (default: out/<dataset>.zarr)")
     p.add_argument("--num-tasks", type=int, help="per-task counts for N shards (default: the last run's)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--slurm", choices=("auto", "no"), default="auto", help="show this store's SLURM jobs (auto: if any)")
+    p.add_argument(
+        "--slurm", choices=("auto", "no"), default="auto", help="show this store's SLURM jobs (auto: if any)"
+    )
 
 
 def _add_finalize(p: argparse.ArgumentParser) -> None:
@@ -191,25 +210,43 @@ def _add_finalize(p: argparse.ArgumentParser) -> None:
 
 def _add_slurm(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="slurm_command", required=True, metavar="SLURM_COMMAND")
-    s = sub.add_parser("submit", help="write an sbatch job array script for a recipe and submit it",
-                       description="Write <store>.run/slurm/array-NNN.sbatch (a job array; each task runs "
-                       "`flowprep run` on 1/N of the manifest) and submit it with sbatch.")
-    s.add_argument("recipe", metavar="TARGET", help="recipe file or dataset name, a folder of videos or a video (as for "
-                   "`flowprep run`: its recipe and manifest go into the store's run folder), or an existing store")
-    s.add_argument("--tasks", type=int, help="number of array tasks N (with --retry-failed: default the last submission's)")
+    s = sub.add_parser(
+        "submit",
+        help="write an sbatch job array script for a recipe and submit it",
+        description="Write <store>.run/slurm/array-NNN.sbatch (a job array; each task runs "
+        "`flowprep run` on 1/N of the manifest) and submit it with sbatch.",
+    )
+    s.add_argument(
+        "recipe",
+        metavar="TARGET",
+        help="recipe file or dataset name, a folder of videos or a video (as for "
+        "`flowprep run`: its recipe and manifest go into the store's run folder), or an existing store",
+    )
+    s.add_argument(
+        "--tasks", type=int, help="number of array tasks N (with --retry-failed: default the last submission's)"
+    )
     s.add_argument("--out", help="store path (default: out/<dataset>.zarr); must be on a file system all nodes share")
-    s.add_argument("--partition", help="SLURM partition (--retry-failed: the last script's unless given; so are the next six)")
-    s.add_argument("--gpus-per-task", type=int, help="GPUs per task (default: 1 if the recipe or --device asks for cuda, else 0)")
+    s.add_argument(
+        "--partition", help="SLURM partition (--retry-failed: the last script's unless given; so are the next six)"
+    )
+    s.add_argument(
+        "--gpus-per-task", type=int, help="GPUs per task (default: 1 if the recipe or --device asks for cuda, else 0)"
+    )
     s.add_argument("--cpus", type=int, help="CPUs per task (default: 1); a CPU-only task runs that many videos at once")
     s.add_argument("--mem", help="memory per task, e.g. 16G")
     s.add_argument("--time", help="time limit per task, e.g. 4:00:00")
     s.add_argument("--account", help="SLURM account to charge")
     s.add_argument("--max-running", type=int, help="at most K tasks at once (--array=...%%K)")
-    s.add_argument("--extra", action="append", metavar='"#SBATCH ..."', help="an extra sbatch line, verbatim (repeatable)")
+    s.add_argument(
+        "--extra", action="append", metavar='"#SBATCH ..."', help="an extra sbatch line, verbatim (repeatable)"
+    )
     s.add_argument("--backend", help="flow backend override, as for `flowprep run`")
     s.add_argument("--device", help="torch device override, as for `flowprep run`")
-    s.add_argument("--retry-failed", action="store_true",
-                   help="resubmit only the tasks owning pending or retryably failed rows, and only those rows")
+    s.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="resubmit only the tasks owning pending or retryably failed rows, and only those rows",
+    )
     s.add_argument("--no-finalize", action="store_true", help="do not queue `flowprep finalize` after the array")
     s.add_argument("--dry-run", action="store_true", help="write and print the script; do not submit")
     from flowprep.cli.recipes import add_folder_options

@@ -33,14 +33,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = FolderSettings.from_args(args)
     except ValueError as e:
         return usage_error(str(e))
-    recipe, args.out = prepare_target(args.recipe, args.out, args.split, settings)  # a folder / video: a generated recipe
+    recipe, args.out = prepare_target(
+        args.recipe, args.out, args.split, settings
+    )  # a folder / video: a generated recipe
     fresh = _only_generated_input(args.out)
     try:
         cfg = load_recipe(
-            recipe, out=args.out, cache_dir=args.cache_dir, jobs=jobs, overwrite=args.overwrite,
-            limit=args.limit, backend=args.backend, device=args.device, devices=args.devices,
-            progress=not args.no_progress, retry_failed=args.retry_failed, repair=args.repair,
-            allow_partial=args.allow_partial, fetch=_fetch_overrides(args), **_cluster_overrides(args),
+            recipe,
+            out=args.out,
+            cache_dir=args.cache_dir,
+            jobs=jobs,
+            overwrite=args.overwrite,
+            limit=args.limit,
+            backend=args.backend,
+            device=args.device,
+            devices=args.devices,
+            progress=not args.no_progress,
+            retry_failed=args.retry_failed,
+            repair=args.repair,
+            allow_partial=args.allow_partial,
+            fetch=_fetch_overrides(args),
+            **_cluster_overrides(args),
         )
         if not cfg.manifest.exists():
             from flowprep.dataset.manifests import missing_manifest_hint
@@ -105,8 +118,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     ids = [args.video] if args.video else store.video_ids
     if args.video and args.video not in store:
         return usage_error(f"video {args.video!r} is not in {args.store}; videos: {', '.join(store.video_ids[:20])}")
-    print(f"{args.store}: {len(store)} complete video(s); dataset {store.meta.get('dataset')}, format v{store.meta['format_version']}")
-    header = f"{'video':<28} {'label':<14} {'frames':>6} {'HxW':>9} {'|flow| mean':>11} {'p95':>6} {'max':>6} {'clipped':>7}"
+    print(
+        f"{args.store}: {len(store)} complete video(s); dataset {store.meta.get('dataset')}, format v{store.meta['format_version']}"
+    )
+    header = (
+        f"{'video':<28} {'label':<14} {'frames':>6} {'HxW':>9} {'|flow| mean':>11} {'p95':>6} {'max':>6} {'clipped':>7}"
+    )
     print(header)
     print("-" * len(header))
     motion: dict[str, float] = {}
@@ -142,7 +159,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         )
         src = str(info.get("source") or "")
         if src.startswith("synthetic:"):
-            print(f"{'':<28} known motion: end-point error {_synthetic_epe(store, vid, src):.3f} px (interior, all pairs)")
+            print(
+                f"{'':<28} known motion: end-point error {_synthetic_epe(store, vid, src):.3f} px (interior, all pairs)"
+            )
     failed = [v for v in index["videos"] if v["status"] != "done"]
     for v in failed:
         print(f"{v['status']:<8} {v.get('id') or 'line ' + str(v['line'])}: {v.get('reason', '')}")
@@ -161,8 +180,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         except OSError as e:  # a missing or read-only folder
             return usage_error(f"--preview {args.preview}: cannot write ({e.strerror or e})")
     if damaged:
-        print(f"{len(damaged)} damaged video(s): {', '.join(sorted(damaged))}; redo them with "
-              f"`flowprep run RECIPE --out {args.store} --repair`", file=sys.stderr)
+        print(
+            f"{len(damaged)} damaged video(s): {', '.join(sorted(damaged))}; redo them with "
+            f"`flowprep run RECIPE --out {args.store} --repair`",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -182,12 +204,16 @@ def _synthetic_epe(store, vid: str, source: str) -> float:
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", metavar="TARGET",
-                   help="a shipped recipe's name (demo, kinetics, ucf101, ...: `flowprep recipes`), a recipe file (my.toml),"
-                   " a folder of videos (class subfolders become labels) or one video file")
+    p.add_argument(
+        "recipe",
+        metavar="TARGET",
+        help="a shipped recipe's name (demo, kinetics, ucf101, ...: `flowprep recipes`), a recipe file (my.toml),"
+        " a folder of videos (class subfolders become labels) or one video file",
+    )
     p.add_argument("--out", help="store path (default: out/<dataset>.zarr)")
     p.add_argument(
-        "--jobs", default="auto",
+        "--jobs",
+        default="auto",
         help="videos processed in parallel, one solver thread each (default: auto = the CPUs this process may use: "
         "affinity and cgroup quota)",
     )
@@ -204,14 +230,21 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="downloads and generated clips (default: <out folder>/cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
-        "--retry-failed", action="store_true",
+        "--retry-failed",
+        action="store_true",
         help="redo failed rows only if their failure may pass (rate_limited, network, other); keep removed/private/... "
         "as failed.  Without it a rerun redoes every row that is not complete",
     )
-    p.add_argument("--repair", action="store_true",
-                   help="redo exactly the videos `flowprep verify` finds damaged (every chunk is read first)")
-    p.add_argument("--allow-partial", action="store_true",
-                   help="keep videos ffmpeg decodes only partly (truncated files), recorded as partial in the ledger")
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="redo exactly the videos `flowprep verify` finds damaged (every chunk is read first)",
+    )
+    p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="keep videos ffmpeg decodes only partly (truncated files), recorded as partial in the ledger",
+    )
     from flowprep.cli.recipes import add_folder_options
 
     add_folder_options(p)
@@ -221,16 +254,33 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     f.add_argument("--proxy", help="proxy URL for downloads, e.g. socks5://127.0.0.1:1080")
     f.add_argument("--rate-limit", help="bytes/s per download, e.g. 2M")
     g = p.add_argument_group("cluster", "split the manifest over tasks (see `flowprep slurm submit`), or run on dask")
-    g.add_argument("--num-tasks", type=int, help="the manifest is split into N shards (default: $SLURM_ARRAY_TASK_COUNT, else 1)")
-    g.add_argument("--task-index", type=int, help="do shard I: rows i with i %% N == I (default: $SLURM_ARRAY_TASK_ID, else 0)")
-    g.add_argument("--ids-from", metavar="FILE", help="do only the video ids listed in FILE, one per line (a retry's list)")
-    g.add_argument("--executor", choices=("local", "dask"), default="local",
-                   help="where videos run in parallel: local processes (default) or a dask cluster (joblib's dask backend)")
-    g.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler address for --executor dask, e.g. tcp://head:8786")
+    g.add_argument(
+        "--num-tasks", type=int, help="the manifest is split into N shards (default: $SLURM_ARRAY_TASK_COUNT, else 1)"
+    )
+    g.add_argument(
+        "--task-index", type=int, help="do shard I: rows i with i %% N == I (default: $SLURM_ARRAY_TASK_ID, else 0)"
+    )
+    g.add_argument(
+        "--ids-from", metavar="FILE", help="do only the video ids listed in FILE, one per line (a retry's list)"
+    )
+    g.add_argument(
+        "--executor",
+        choices=("local", "dask"),
+        default="local",
+        help="where videos run in parallel: local processes (default) or a dask cluster (joblib's dask backend)",
+    )
+    g.add_argument(
+        "--scheduler", metavar="ADDRESS", help="dask scheduler address for --executor dask, e.g. tcp://head:8786"
+    )
 
 
 def _fetch_overrides(args: argparse.Namespace) -> dict[str, str | None]:
-    return {"url_template": args.url_template, "cookies": args.cookies, "proxy": args.proxy, "rate_limit": args.rate_limit}
+    return {
+        "url_template": args.url_template,
+        "cookies": args.cookies,
+        "proxy": args.proxy,
+        "rate_limit": args.rate_limit,
+    }
 
 
 def cmd_manifests(args: argparse.Namespace) -> int:
@@ -253,7 +303,9 @@ def cmd_manifests(args: argparse.Namespace) -> int:
             return 0
         # build: split lists + the folder of unpacked videos -> path,label,split manifest
         if ds.name not in ("ucf101", "hmdb51"):
-            return usage_error(f"manifests build is for ucf101 and hmdb51; {ds.name} rows name YouTube clips (use [fetch] local_root)")
+            return usage_error(
+                f"manifests build is for ucf101 and hmdb51; {ds.name} rows name YouTube clips (use [fetch] local_root)"
+            )
         if not args.root:
             return usage_error("manifests build needs --root DIR (where the videos were unpacked)")
         entries = (m.ucf101_entries if ds.name == "ucf101" else m.hmdb51_entries)(root / ds.name, args.split)
@@ -267,17 +319,34 @@ def cmd_manifests(args: argparse.Namespace) -> int:
 
 
 def _add_manifests(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=("fetch", "build", "list"),
-                   help="fetch: official annotation files into the manifests folder (checked); build: UCF-101/HMDB-51 manifest"
-                   " from split lists + your video folder; list: datasets and what is present")
-    p.add_argument("dataset", nargs="?", help="kinetics400 (kinetics), kinetics600, kinetics700, kinetics700-2020, ucf101, hmdb51")
-    p.add_argument("--from", dest="source", metavar="PATH", help="fetch: a hand-downloaded archive or a folder of the files, not the network")
-    p.add_argument("--force", action="store_true", help="fetch again although the files are present and pass their checks")
-    p.add_argument("--dir", help="manifests folder (default: $FLOWPREP_DATA/manifests, a clone's data_manifests/,"
-                   " else ~/.local/share/flowprep/manifests; `manifests list` prints it)")
+    p.add_argument(
+        "action",
+        choices=("fetch", "build", "list"),
+        help="fetch: official annotation files into the manifests folder (checked); build: UCF-101/HMDB-51 manifest"
+        " from split lists + your video folder; list: datasets and what is present",
+    )
+    p.add_argument(
+        "dataset", nargs="?", help="kinetics400 (kinetics), kinetics600, kinetics700, kinetics700-2020, ucf101, hmdb51"
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        metavar="PATH",
+        help="fetch: a hand-downloaded archive or a folder of the files, not the network",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="fetch again although the files are present and pass their checks"
+    )
+    p.add_argument(
+        "--dir",
+        help="manifests folder (default: $FLOWPREP_DATA/manifests, a clone's data_manifests/,"
+        " else ~/.local/share/flowprep/manifests; `manifests list` prints it)",
+    )
     p.add_argument("--root", help="build: folder holding the unpacked videos ({class}/{name}.avi)")
     p.add_argument("--split", type=int, default=1, choices=(1, 2, 3), help="build: official split number (default 1)")
-    p.add_argument("--out", help="build: manifest CSV to write (default <manifests folder>/<dataset>/<dataset>_split<N>.csv)")
+    p.add_argument(
+        "--out", help="build: manifest CSV to write (default <manifests folder>/<dataset>/<dataset>_split<N>.csv)"
+    )
 
 
 def _add_inspect(p: argparse.ArgumentParser) -> None:
@@ -296,7 +365,10 @@ def _cluster_overrides(args: argparse.Namespace) -> dict:
     if num_tasks is None and task_index is not None:
         raise ValueError("--task-index needs --num-tasks")
     return {
-        "num_tasks": num_tasks, "task_index": task_index, "executor": args.executor, "scheduler": args.scheduler,
+        "num_tasks": num_tasks,
+        "task_index": task_index,
+        "executor": args.executor,
+        "scheduler": args.scheduler,
         "only_keys": read_keys_file(args.ids_from) if args.ids_from else None,
     }
 
@@ -318,20 +390,66 @@ class Command(NamedTuple):
 
 
 COMMANDS: dict[str, Command] = {
-    "run": Command("build a store from a recipe, a folder of videos or a video: decode, TV-L1 flow, write (resumable)", "flowprep.cli.main", add="_add_run", run="cmd_run"),
-    "inspect": Command("summarize a store; --preview writes a flow picture", "flowprep.cli.main", add="_add_inspect", run="cmd_inspect"),
+    "run": Command(
+        "build a store from a recipe, a folder of videos or a video: decode, TV-L1 flow, write (resumable)",
+        "flowprep.cli.main",
+        add="_add_run",
+        run="cmd_run",
+    ),
+    "inspect": Command(
+        "summarize a store; --preview writes a flow picture", "flowprep.cli.main", add="_add_inspect", run="cmd_inspect"
+    ),
     "verify": Command("check every chunk of a store; list damaged videos (exit 1 if any)", "flowprep.cli.verify"),
-    "manifests": Command("fetch and check official annotation files; build UCF-101/HMDB-51 manifests", "flowprep.cli.main", add="_add_manifests", run="cmd_manifests"),
-    "status": Command("done / failed / pending over all tasks, throughput, time left", "flowprep.cli.cluster", add="_add_status", run="cmd_status"),
-    "finalize": Command("write the store's index.json from all tasks' ledgers (after a cluster run)", "flowprep.cli.cluster", add="_add_finalize", run="cmd_finalize"),
-    "slurm": Command("run a recipe as a SLURM job array: `flowprep slurm submit RECIPE --tasks N`", "flowprep.cli.cluster", add="_add_slurm", run="cmd_slurm"),
+    "manifests": Command(
+        "fetch and check official annotation files; build UCF-101/HMDB-51 manifests",
+        "flowprep.cli.main",
+        add="_add_manifests",
+        run="cmd_manifests",
+    ),
+    "status": Command(
+        "done / failed / pending over all tasks, throughput, time left",
+        "flowprep.cli.cluster",
+        add="_add_status",
+        run="cmd_status",
+    ),
+    "finalize": Command(
+        "write the store's index.json from all tasks' ledgers (after a cluster run)",
+        "flowprep.cli.cluster",
+        add="_add_finalize",
+        run="cmd_finalize",
+    ),
+    "slurm": Command(
+        "run a recipe as a SLURM job array: `flowprep slurm submit RECIPE --tasks N`",
+        "flowprep.cli.cluster",
+        add="_add_slurm",
+        run="cmd_slurm",
+    ),
     "train": Command("train one I3D stream (rgb or flow) on stores; torchrun for several GPUs", "flowprep.train.train"),
-    "evaluate": Command("per-stream and fused top-1 / top-k (k = min(5, classes)) of trained streams on whole videos", "flowprep.train.evaluate"),
-    "predict": Command("top Kinetics classes of a video: the RGB I3D, or both streams with --two-stream", "flowprep.train.predict"),
-    "weights": Command("import DeepMind's TensorFlow I3D checkpoints (all five, no TensorFlow); list the cache", "flowprep.cli.weights"),
-    "export": Command("write a store as mmaction2 rawframes: `flowprep export rawframes STORE OUT`", "flowprep.cli.rawframes", add="_add_export", run="cmd_export"),
-    "import": Command("rawframes / denseflow folders into a store: `flowprep import rawframes ROOT STORE`", "flowprep.cli.rawframes", add="_add_import", run="cmd_import"),
-    "recipes": Command("the shipped recipes (flowprep run NAME) and whether their manifests are here", "flowprep.cli.recipes"),
+    "evaluate": Command(
+        "per-stream and fused top-1 / top-k (k = min(5, classes)) of trained streams on whole videos",
+        "flowprep.train.evaluate",
+    ),
+    "predict": Command(
+        "top Kinetics classes of a video: the RGB I3D, or both streams with --two-stream", "flowprep.train.predict"
+    ),
+    "weights": Command(
+        "import DeepMind's TensorFlow I3D checkpoints (all five, no TensorFlow); list the cache", "flowprep.cli.weights"
+    ),
+    "export": Command(
+        "write a store as mmaction2 rawframes: `flowprep export rawframes STORE OUT`",
+        "flowprep.cli.rawframes",
+        add="_add_export",
+        run="cmd_export",
+    ),
+    "import": Command(
+        "rawframes / denseflow folders into a store: `flowprep import rawframes ROOT STORE`",
+        "flowprep.cli.rawframes",
+        add="_add_import",
+        run="cmd_import",
+    ),
+    "recipes": Command(
+        "the shipped recipes (flowprep run NAME) and whether their manifests are here", "flowprep.cli.recipes"
+    ),
 }
 
 

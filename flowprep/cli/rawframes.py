@@ -14,7 +14,11 @@ from flowprep.console import usage_error
 
 
 def _add_export(p: argparse.ArgumentParser) -> None:
-    p.add_argument("format", choices=("rawframes",), help="rawframes: mmaction2 img_%%05d.jpg, flow_x/flow_y_%%05d.jpg + list files")
+    p.add_argument(
+        "format",
+        choices=("rawframes",),
+        help="rawframes: mmaction2 img_%%05d.jpg, flow_x/flow_y_%%05d.jpg + list files",
+    )
     p.add_argument("store", help="a flowprep store, e.g. out/ucf101.zarr")
     p.add_argument("out", help="folder to write (one sub-folder per video); complete folders are kept on a rerun")
     p.add_argument("--video", action="append", help="only this video (repeatable)")
@@ -40,21 +44,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     except OSError as e:  # a read-only or full output folder: one line naming the path
         return usage_error(f"cannot write {e.filename or args.out}: {e.strerror or e}")
     lists = sorted(str(p) for p in Path(args.out).glob("*_list_rawframes*.txt"))
-    print(f"{args.out}: {counts['videos']} video(s) ({counts['written']} written, {counts['skipped']} already complete); "
-          f"lists {', '.join(lists) or 'none'}; classes {Path(args.out) / 'classes.txt'}")
+    print(
+        f"{args.out}: {counts['videos']} video(s) ({counts['written']} written, {counts['skipped']} already complete); "
+        f"lists {', '.join(lists) or 'none'}; classes {Path(args.out) / 'classes.txt'}"
+    )
     return 0
 
 
 def _add_import(p: argparse.ArgumentParser) -> None:
-    p.add_argument("format", choices=("rawframes",), help="rawframes: mmaction2 / denseflow folders of img_, flow_x_, flow_y_ JPEGs")
+    p.add_argument(
+        "format",
+        choices=("rawframes",),
+        help="rawframes: mmaction2 / denseflow folders of img_, flow_x_, flow_y_ JPEGs",
+    )
     p.add_argument("root", help="folder of rawframes folders (<root>/<video>/ or <root>/<label>/<video>/)")
     p.add_argument("store", help="store to write into (created if absent), e.g. out/imported.zarr")
-    p.add_argument("--list", dest="list_file", help="mmaction2 list file '<dir> <frames> <label>' (default: every folder with img_00001.jpg)")
+    p.add_argument(
+        "--list",
+        dest="list_file",
+        help="mmaction2 list file '<dir> <frames> <label>' (default: every folder with img_00001.jpg)",
+    )
     p.add_argument("--classes", help="label names, one per line: the list file's label indices map through it")
-    p.add_argument("--split", help="split recorded for these videos (default: train, val or test when the --list file's "
-                   "name says so, as mmaction2's ucf101_val_split_1_rawframes.txt; else none)")
+    p.add_argument(
+        "--split",
+        help="split recorded for these videos (default: train, val or test when the --list file's "
+        "name says so, as mmaction2's ucf101_val_split_1_rawframes.txt; else none)",
+    )
     p.add_argument("--dataset", help="dataset name of a new store (default: the store's file name)")
-    p.add_argument("--bound", type=float, default=20.0, help="px that flow value 0 / 255 stands for (default 20, as denseflow)")
+    p.add_argument(
+        "--bound", type=float, default=20.0, help="px that flow value 0 / 255 stands for (default 20, as denseflow)"
+    )
     p.add_argument("--fps", type=float, default=25.0, help="frame rate the frames were extracted at (default 25)")
     p.add_argument("--rgb-codec", default="jpeg", help="jpeg (default), jpegxl or lossless")
     p.add_argument("--overwrite", action="store_true", help="redo videos that are already in the store")
@@ -83,10 +102,19 @@ def cmd_import(args: argparse.Namespace) -> int:
     except (StoreError, ValueError, OSError) as e:
         return usage_error(str(e))
     clean_staging(args.store, "import")  # debris of a killed import
-    res = import_rawframes(videos, args.store, lambda vid: staging_entry(args.store, "import", vid), cfg,
-                           bound_px=args.bound, fps=args.fps, overwrite=args.overwrite)
-    print(f"{args.store}: {len(videos)} folder(s): {res['done']} imported, {res['skipped']} already complete, "
-          f"{len(res['failed'])} failed")
+    res = import_rawframes(
+        videos,
+        args.store,
+        lambda vid: staging_entry(args.store, "import", vid),
+        cfg,
+        bound_px=args.bound,
+        fps=args.fps,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"{args.store}: {len(videos)} folder(s): {res['done']} imported, {res['skipped']} already complete, "
+        f"{len(res['failed'])} failed"
+    )
     for vid, reason in res["failed"].items():
         print(f"failed {vid}: {reason}", file=sys.stderr)
     return 1 if res["failed"] else 0

@@ -33,7 +33,9 @@ def recipes_dir() -> Path:
     because in a clone it is ``pipelines/`` (an editable install maps it there)."""
     spec = importlib.util.find_spec("flowprep.recipes")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("flowprep's shipped recipes (package flowprep.recipes) are missing: install flowprep (make install, pip install -e . or the wheel)")
+        raise RuntimeError(
+            "flowprep's shipped recipes (package flowprep.recipes) are missing: install flowprep (make install, pip install -e . or the wheel)"
+        )
     return Path(next(iter(spec.submodule_search_locations))).resolve()
 
 
@@ -73,10 +75,13 @@ def find_recipe(name_or_path: str) -> Path:
         return known[name]
     names = ", ".join(sorted({*known, *ALIASES}))
     near = _near_miss(p)
-    raise SystemExit(usage_error(
-        f"unknown dataset {name_or_path!r}; known: {names} (or give a recipe file, a folder of videos or a video)"
-        if not near else f"no file or folder {name_or_path!r} and no dataset of that name{near}"
-    ))
+    raise SystemExit(
+        usage_error(
+            f"unknown dataset {name_or_path!r}; known: {names} (or give a recipe file, a folder of videos or a video)"
+            if not near
+            else f"no file or folder {name_or_path!r} and no dataset of that name{near}"
+        )
+    )
 
 
 def _near_miss(p: Path) -> str:
@@ -120,15 +125,21 @@ class FolderSettings:
         try:
             DecodeConfig(fps=25.0 if self.fps is None else self.fps, short_side=256 if side is None else side)
         except ValueError as e:
-            raise ValueError(str(e).replace("decode.fps=", "--fps ").replace("decode.short_side=", "--short-side ")) from None
+            raise ValueError(
+                str(e).replace("decode.fps=", "--fps ").replace("decode.short_side=", "--short-side ")
+            ) from None
         resolve_params(preset_params(self.preset, self.flow_params))
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> FolderSettings:
         from flowprep.flow.presets import parse_flow_params
 
-        return cls(fps=args.fps, short_side=args.short_side, preset=args.preset,
-                   flow_params=parse_flow_params(args.flow_param or []))
+        return cls(
+            fps=args.fps,
+            short_side=args.short_side,
+            preset=args.preset,
+            flow_params=parse_flow_params(args.flow_param or []),
+        )
 
     def given(self) -> bool:
         return any(v is not None for v in (self.fps, self.short_side, self.preset)) or bool(self.flow_params)
@@ -147,10 +158,16 @@ def folder_recipe_text(name: str, what: str, manifest: str, settings: FolderSett
     text = FOLDER_DEFAULTS.read_text(encoding="utf-8")
     side = settings.short_side or (get_preset(settings.preset).short_side if settings.preset else None)
     if settings.fps is not None:
-        text = re.sub(r"(?m)^fps = .*$", f"fps = {settings.fps:g}".ljust(20) + "# frames per second (I3D: 25)", text, count=1)
+        text = re.sub(
+            r"(?m)^fps = .*$", f"fps = {settings.fps:g}".ljust(20) + "# frames per second (I3D: 25)", text, count=1
+        )
     if side is not None:
-        text = re.sub(r"(?m)^short_side = .*$", f"short_side = {side}".ljust(20)
-                      + f"# smallest side to {side}, bilinear, aspect kept (I3D: 256)", text, count=1)
+        text = re.sub(
+            r"(?m)^short_side = .*$",
+            f"short_side = {side}".ljust(20) + f"# smallest side to {side}, bilinear, aspect kept (I3D: 256)",
+            text,
+            count=1,
+        )
     if settings.preset is not None:
         preset = f"preset = {_toml_str(settings.preset)}"
         text = re.sub(r"(?m)^# preset = .*$", preset + f"  # {get_preset(settings.preset).summary}", text, count=1)
@@ -188,8 +205,11 @@ def describe_videos(videos: list) -> str:
     labels = {v.label for v in videos if v.label}
     splits = Counter(v.split or "none" for v in videos)
     how = ", ".join(f"{k} {n}" for k, n in sorted(splits.items()))
-    auto = (f" (val: about {VAL_FRACTION:.0%} of each class and at least one, fixed by each video's id)"
-            if set(splits) == {"train", "val"} else "")
+    auto = (
+        f" (val: about {VAL_FRACTION:.0%} of each class and at least one, fixed by each video's id)"
+        if set(splits) == {"train", "val"}
+        else ""
+    )
     return f"{len(videos)} video(s), {len(labels) or 'no'} label(s); split {how}{auto}"
 
 
@@ -211,12 +231,16 @@ def prepare_target(
     if not (p.is_dir() or (p.is_file() and is_video_file(p))):
         recipe = find_recipe(target)
         if split is not None:
-            raise SystemExit(usage_error("--split is for a folder of videos or a video; a recipe's manifest has the splits"))
+            raise SystemExit(
+                usage_error("--split is for a folder of videos or a video; a recipe's manifest has the splits")
+            )
         if settings.given():
-            raise SystemExit(usage_error(
-                "--fps, --short-side, --preset and --flow-param are for a folder of videos or a video; "
-                f"a recipe has its own: edit a copy ([decode], [flow] preset, [flow.params]) of {recipe}"
-            ))
+            raise SystemExit(
+                usage_error(
+                    "--fps, --short-side, --preset and --flow-param are for a folder of videos or a video; "
+                    f"a recipe has its own: edit a copy ([decode], [flow] preset, [flow.params]) of {recipe}"
+                )
+            )
         return recipe, out
     try:
         settings.check()
@@ -232,7 +256,9 @@ def prepare_target(
         except (tomllib.TOMLDecodeError, UnicodeDecodeError):
             before = None
         if before != what:
-            raise SystemExit(usage_error(f"{out} was built from {before or 'another source'}, not {what}; give another --out"))
+            raise SystemExit(
+                usage_error(f"{out} was built from {before or 'another source'}, not {what}; give another --out")
+            )
     write_manifest(videos, folder / "manifest.csv")
     header = f"Written by `flowprep run {target}`, rewritten by each such run (edit a copy, not this file)."
     text = folder_recipe_text(name, what, "manifest.csv", settings, header)
@@ -247,26 +273,56 @@ def add_folder_options(p: argparse.ArgumentParser) -> None:
     from flowprep.flow.presets import PRESETS
 
     g = p.add_argument_group("folder or video settings (written into the generated recipe)")
-    g.add_argument("--split", help="the split of videos not under a train/val/test folder (default: a folder without such "
-                   "folders gets about 20%% of each class as val, the rest train, fixed by each video's id; one video: none)")
+    g.add_argument(
+        "--split",
+        help="the split of videos not under a train/val/test folder (default: a folder without such "
+        "folders gets about 20%% of each class as val, the rest train, fixed by each video's id; one video: none)",
+    )
     g.add_argument("--fps", type=float, metavar="FPS", help="decode frame rate (default: 25)")
-    g.add_argument("--short-side", type=int, metavar="N", help="decode the smallest side to N px, even (default: 256; preview: 128)")
-    g.add_argument("--preset", choices=tuple(PRESETS), metavar="NAME", help="named TV-L1 parameters, one of " + ", ".join(PRESETS) + " (default: i3d): "
-                   + "; ".join(f"{n}: {pr.summary}" for n, pr in PRESETS.items()))
-    g.add_argument("--flow-param", action="append", metavar="KEY=VALUE",
-                   help="one TV-L1 parameter over the preset (repeat), e.g. warps=3 nscales=4 (names: tau, lambda_, theta, "
-                   "nscales, scale_step, warps, epsilon, inner_iterations, outer_iterations, gamma, median_filtering)")
+    g.add_argument(
+        "--short-side",
+        type=int,
+        metavar="N",
+        help="decode the smallest side to N px, even (default: 256; preview: 128)",
+    )
+    g.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        metavar="NAME",
+        help="named TV-L1 parameters, one of "
+        + ", ".join(PRESETS)
+        + " (default: i3d): "
+        + "; ".join(f"{n}: {pr.summary}" for n, pr in PRESETS.items()),
+    )
+    g.add_argument(
+        "--flow-param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="one TV-L1 parameter over the preset (repeat), e.g. warps=3 nscales=4 (names: tau, lambda_, theta, "
+        "nscales, scale_step, warps, epsilon, inner_iterations, outer_iterations, gamma, median_filtering)",
+    )
 
 
 # -- flowprep recipes ---------------------------------------------------------------------------
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", nargs="?", help="print this recipe (its manifest path made absolute): save it to make your own")
-    p.add_argument("--from", dest="source", metavar="DIR", help="print the recipe `flowprep run DIR` would run (a folder "
-                   "of videos or one video) and write its manifest (--manifest): `flowprep recipes --from myvids/ > my.toml`")
-    p.add_argument("--manifest", metavar="CSV", help="with --from: where to write the manifest (default: <folder name>.csv "
-                   "in the current folder); the recipe names it by its absolute path")
+    p.add_argument(
+        "name", nargs="?", help="print this recipe (its manifest path made absolute): save it to make your own"
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        metavar="DIR",
+        help="print the recipe `flowprep run DIR` would run (a folder "
+        "of videos or one video) and write its manifest (--manifest): `flowprep recipes --from myvids/ > my.toml`",
+    )
+    p.add_argument(
+        "--manifest",
+        metavar="CSV",
+        help="with --from: where to write the manifest (default: <folder name>.csv "
+        "in the current folder); the recipe names it by its absolute path",
+    )
     add_folder_options(p)
 
 
@@ -309,7 +365,11 @@ def command(args: argparse.Namespace) -> int:
 
         def absolute(m: re.Match) -> str:  # so a copy saved anywhere still finds its manifest
             value = m.group(2)
-            return m.group(0) if value.startswith("data:") else m.group(1) + _toml_str(str((path.parent / value).resolve()))
+            return (
+                m.group(0)
+                if value.startswith("data:")
+                else m.group(1) + _toml_str(str((path.parent / value).resolve()))
+            )
 
         print(re.sub(r'(?m)^(manifest\s*=\s*)"([^"]*)"', absolute, text, count=1), end="")
         return 0

@@ -14,7 +14,9 @@ from flowprep.console import usage_error
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("store", help="a store built by `flowprep run`, e.g. out/demo.zarr")
-    p.add_argument("--quick", action="store_true", help="check files, shard indexes and shapes only; do not decode chunks")
+    p.add_argument(
+        "--quick", action="store_true", help="check files, shard indexes and shapes only; do not decode chunks"
+    )
 
 
 def command(args: argparse.Namespace) -> int:

@@ -89,7 +89,9 @@ def _check_signal(returncode: int | None, tail: deque[str]) -> None:
             name = f"signal {-returncode}"
         raise DecodeInterrupted(f"ffmpeg was killed by {name} (out of memory? interrupted?); a rerun redoes this video")
     if returncode and any(_SIGNALLED.search(ln) for ln in tail):
-        raise DecodeInterrupted(_explain(returncode, tail, "ffmpeg was interrupted by a signal") + "; a rerun redoes this video")
+        raise DecodeInterrupted(
+            _explain(returncode, tail, "ffmpeg was interrupted by a signal") + "; a rerun redoes this video"
+        )
 
 
 def _build_command(path: str, cfg: DecodeConfig, start: float | None, end: float | None, exe: str) -> list[str]:
@@ -124,7 +126,10 @@ def expected_frames(duration: float | None, fps: float, start: float | None, end
 
 
 def decode_blocks(
-    path: str, cfg: DecodeConfig = DecodeConfig(), start: float | None = None, end: float | None = None,
+    path: str,
+    cfg: DecodeConfig = DecodeConfig(),
+    start: float | None = None,
+    end: float | None = None,
     report: dict | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield uint8 blocks (n, H, W, 3) of the video at ``cfg.fps`` with smallest side ``cfg.short_side``.
@@ -225,13 +230,14 @@ def decode_blocks(
 def _explain(returncode: int | None, tail: deque[str], what: str) -> str:
     # Keep the lines that say what went wrong, not ffmpeg's stream listing.
     useful = [
-        ln.strip() for ln in tail
-        if ln.strip() and not ln.startswith((" ", "Input #", "Output #", "Stream mapping"))
+        ln.strip() for ln in tail if ln.strip() and not ln.startswith((" ", "Input #", "Output #", "Stream mapping"))
     ]
     last = "; ".join(useful[-3:]) or "(no message)"
     return f"{what} (exit {returncode}): {last}"
 
 
-def decode_video(path: str, cfg: DecodeConfig = DecodeConfig(), start: float | None = None, end: float | None = None) -> np.ndarray:
+def decode_video(
+    path: str, cfg: DecodeConfig = DecodeConfig(), start: float | None = None, end: float | None = None
+) -> np.ndarray:
     """The whole video as one uint8 array (T, H, W, 3); for tests and short clips."""
     return np.concatenate(list(decode_blocks(path, cfg, start, end)))

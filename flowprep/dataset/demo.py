@@ -54,9 +54,7 @@ def _affine(m: Motion, t: float, h: int, w: int) -> np.ndarray:
     a = np.deg2rad(m.rot_deg * t)
     c, s = np.cos(a), np.sin(a)
     # rotate about the centre (positive = clockwise on screen, since y points down), then translate
-    return np.array(
-        [[c, -s, cx - c * cx + s * cy + m.dx * t], [s, c, cy - s * cx - c * cy + m.dy * t]], np.float64
-    )
+    return np.array([[c, -s, cx - c * cx + s * cy + m.dx * t], [s, c, cy - s * cx - c * cy + m.dy * t]], np.float64)
 
 
 def render(m: Motion, n_frames: int, h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -92,9 +90,27 @@ def write_lossless(frames_thwc: np.ndarray, path: str | Path, fps: float = 25.0,
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.mkv")
     cmd = [
-        ffmpeg or ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{fps}", "-i", "pipe:",
-        "-c:v", "ffv1", "-pix_fmt", "bgr0", str(tmp),
+        ffmpeg or ffmpeg_exe(),
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{w}x{h}",
+        "-r",
+        f"{fps}",
+        "-i",
+        "pipe:",
+        "-c:v",
+        "ffv1",
+        "-pix_fmt",
+        "bgr0",
+        str(tmp),
     ]
     proc = subprocess.run(cmd, input=np.ascontiguousarray(frames_thwc).tobytes(), capture_output=True)
     if proc.returncode != 0:

@@ -67,32 +67,89 @@ class FetchError(SourceError):
 # has blocked it on copyright grounds" (copyright, not unavailable) and "Private video. Sign in
 # if you've been granted access" (private, not sign_in).
 _RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("rate_limited", (
-        "http error 429", "too many requests", "rate-limited", "rate limited", "try again later",
-        # YouTube's bot check follows too many requests from one address: back off, as for a 429.
-        "confirm you're not a bot", "confirm you’re not a bot", "captcha",
-    )),
+    (
+        "rate_limited",
+        (
+            "http error 429",
+            "too many requests",
+            "rate-limited",
+            "rate limited",
+            "try again later",
+            # YouTube's bot check follows too many requests from one address: back off, as for a 429.
+            "confirm you're not a bot",
+            "confirm you’re not a bot",
+            "captcha",
+        ),
+    ),
     ("private", ("private video", "video is private", "members-only", "join this channel")),
     ("copyright", ("copyright",)),
-    ("geo_blocked", (
-        "not made this video available in your country", "not available in your country",
-        "geo restriction", "geo-restrict", "from your location",
-    )),
-    ("sign_in", (
-        "sign in", "confirm your age", "age-restricted", "age restricted", "inappropriate for some users",
-        "login required", "log in", "account age-verification",
-    )),
-    ("unavailable", (
-        "video unavailable", "has been removed", "no longer available", "does not exist", "isn't available anymore",
-        "video is not available", "has been terminated", "http error 404", "http error 410",
-    )),
-    ("network", (
-        "timed out", "timeout", "connection refused", "connection reset", "connection aborted",
-        "remote end closed", "name resolution", "name or service not known", "nodename nor servname",
-        "failed to resolve", "getaddrinfo", "network is unreachable", "no route to host", "incompleteread",
-        "incomplete read", "unable to connect", "ssl:", "eof occurred", "transporterror", "errno 101", "errno 104",
-        "errno 110", "errno 111", "errno 113", "broken pipe",
-    )),
+    (
+        "geo_blocked",
+        (
+            "not made this video available in your country",
+            "not available in your country",
+            "geo restriction",
+            "geo-restrict",
+            "from your location",
+        ),
+    ),
+    (
+        "sign_in",
+        (
+            "sign in",
+            "confirm your age",
+            "age-restricted",
+            "age restricted",
+            "inappropriate for some users",
+            "login required",
+            "log in",
+            "account age-verification",
+        ),
+    ),
+    (
+        "unavailable",
+        (
+            "video unavailable",
+            "has been removed",
+            "no longer available",
+            "does not exist",
+            "isn't available anymore",
+            "video is not available",
+            "has been terminated",
+            "http error 404",
+            "http error 410",
+        ),
+    ),
+    (
+        "network",
+        (
+            "timed out",
+            "timeout",
+            "connection refused",
+            "connection reset",
+            "connection aborted",
+            "remote end closed",
+            "name resolution",
+            "name or service not known",
+            "nodename nor servname",
+            "failed to resolve",
+            "getaddrinfo",
+            "network is unreachable",
+            "no route to host",
+            "incompleteread",
+            "incomplete read",
+            "unable to connect",
+            "ssl:",
+            "eof occurred",
+            "transporterror",
+            "errno 101",
+            "errno 104",
+            "errno 110",
+            "errno 111",
+            "errno 113",
+            "broken pipe",
+        ),
+    ),
 )
 
 
@@ -132,11 +189,15 @@ class FetchConfig:
             return ValueError(f"fetch.{name}={getattr(self, name)!r}: {allowed}")
 
         check_url_template(self.url_template)
-        if not (isinstance(self.max_height, int) and not isinstance(self.max_height, bool) and 64 <= self.max_height <= 4320):
+        if not (
+            isinstance(self.max_height, int) and not isinstance(self.max_height, bool) and 64 <= self.max_height <= 4320
+        ):
             raise bad("max_height", "must be an integer in [64, 4320]")
         if not (isinstance(self.retries, int) and not isinstance(self.retries, bool) and 0 <= self.retries <= 20):
             raise bad("retries", "must be an integer in [0, 20]")
-        if not (isinstance(self.concurrency, int) and not isinstance(self.concurrency, bool) and 1 <= self.concurrency <= 64):
+        if not (
+            isinstance(self.concurrency, int) and not isinstance(self.concurrency, bool) and 1 <= self.concurrency <= 64
+        ):
             raise bad("concurrency", "must be an integer in [1, 64]")
         for name, hi in (("backoff", 3600), ("delay", 3600), ("rate_limited_pause", 3600), ("socket_timeout", 3600)):
             v = getattr(self, name)
@@ -246,7 +307,12 @@ class Gate:
     """
 
     def __init__(
-        self, folder: Path, cfg: FetchConfig, *, clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep
+        self,
+        folder: Path,
+        cfg: FetchConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ):
         self.folder = folder
         self.cfg = cfg
@@ -330,8 +396,21 @@ def is_readable_video(path: Path) -> bool:
     """Non-empty and ffmpeg decodes a first video frame."""
     if not path.is_file() or path.stat().st_size == 0:
         return False
-    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", "file:" + str(path.resolve()),
-           "-map", "0:v:0", "-frames:v", "1", "-f", "null", "-"]
+    cmd = [
+        ffmpeg_exe(),
+        "-nostdin",
+        "-v",
+        "error",
+        "-i",
+        "file:" + str(path.resolve()),
+        "-map",
+        "0:v:0",
+        "-frames:v",
+        "1",
+        "-f",
+        "null",
+        "-",
+    ]
     return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=120, check=False).returncode == 0
 
 
@@ -404,7 +483,9 @@ def download_clip(url: str, start: float, end: float, cfg: FetchConfig, dest: Pa
             found = sorted(p.name for p in tmp.iterdir())
             raise FetchError("other", f"yt-dlp finished but wrote no clip.mp4 (found: {found})")
         if not is_readable_video(out):
-            raise FetchError("other", f"downloaded clip from {url} is not a readable video ({out.stat().st_size} bytes)")
+            raise FetchError(
+                "other", f"downloaded clip from {url} is not a readable video ({out.stat().st_size} bytes)"
+            )
         publish_file(out, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -461,6 +542,8 @@ def fetch_row(row: ManifestRow, cfg: FetchConfig, cache_dir: Path) -> Path:
             return found
         if not cfg.download:
             where = ", ".join(str(p) for p in local_candidates(Path(cfg.local_root).expanduser(), row)[:3])
-            raise FetchError("unavailable", f"not in the local collection (looked for {where}, ...) and fetch.download = false")
+            raise FetchError(
+                "unavailable", f"not in the local collection (looked for {where}, ...) and fetch.download = false"
+            )
     folder = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else cache_dir / "youtube"
     return fetch_clip(row.youtube_id, row.time_start, row.time_end, cfg, folder)

@@ -93,7 +93,9 @@ def _walk(root: Path) -> tuple[list[str], list[str]]:
         dirnames[:] = keep
         for f in filenames:
             if not f.startswith(".") and is_video_file(Path(f)):
-                found.append((Path(dirpath, f).relative_to(root).as_posix(), os.path.realpath(os.path.join(dirpath, f))))
+                found.append(
+                    (Path(dirpath, f).relative_to(root).as_posix(), os.path.realpath(os.path.join(dirpath, f)))
+                )
     out, seen = [], set()
     real_root = os.path.realpath(root)
     # a file's own path (no symlink on the way) first, so its label is its real folder's
@@ -123,7 +125,12 @@ def scan_folder(root: str | Path, split: str | None = None) -> list[FolderVideo]
         raise ManifestError(f"{root} is not a folder")
     rels, loops = _walk(root)
     if loops:
-        log.warning("%s: %d symlink loop(s) not followed: %s", root, len(loops), ", ".join(loops[:5]) + (" ..." if len(loops) > 5 else ""))
+        log.warning(
+            "%s: %d symlink loop(s) not followed: %s",
+            root,
+            len(loops),
+            ", ".join(loops[:5]) + (" ..." if len(loops) > 5 else ""),
+        )
     if not rels:
         raise ManifestError(f"no videos under {root} (files ending in {', '.join(sorted(VIDEO_EXTENSIONS))})")
     # Ids that would collide case-insensitively (same name, other extension; Clip.mp4 and
@@ -194,7 +201,9 @@ def _check_unique(videos: list[FolderVideo]) -> None:
     for v in videos:
         key = v.video_id.casefold()
         if key in seen:  # only if two SHA-1 prefixes collide, or a name mimics a hashed id
-            raise ManifestError(f"{v.rel_path} and {seen[key]} both map to video id {v.video_id!r} (ignoring case); rename one")
+            raise ManifestError(
+                f"{v.rel_path} and {seen[key]} both map to video id {v.video_id!r} (ignoring case); rename one"
+            )
         seen[key] = v.rel_path
 
 

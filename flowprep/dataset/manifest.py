@@ -112,7 +112,8 @@ def safe_video_id(rel_path: str, force_hash: bool = False) -> str:
     parts = [*p.parent.parts, p.stem] if str(p.parent) != "." else [p.stem]
     safe_parts = [_safe_part(x) for x in parts]
     lossy = force_hash or any(
-        s != x or not s or s.startswith("_") or s.endswith("_") or "__" in s for s, x in zip(safe_parts, parts, strict=True)
+        s != x or not s or s.startswith("_") or s.endswith("_") or "__" in s
+        for s, x in zip(safe_parts, parts, strict=True)
     )
     text = "__".join(safe_parts)
     if text.startswith("."):
@@ -236,9 +237,7 @@ def parse_manifest(path: str | Path) -> tuple[list[ManifestRow], list[RowError]]
         raise ManifestError(f"manifest {path} is empty (no header line)")
     unknown = [h for h in header if h not in KNOWN_COLUMNS]
     if unknown:
-        raise ManifestError(
-            f"{path}:1: unknown column(s) {unknown}; known columns: {', '.join(KNOWN_COLUMNS)}"
-        )
+        raise ManifestError(f"{path}:1: unknown column(s) {unknown}; known columns: {', '.join(KNOWN_COLUMNS)}")
     if "path" not in header and "youtube_id" not in header:
         raise ManifestError(f"{path}:1: header needs a 'path' or a 'youtube_id' column, got {header}")
     reader.fieldnames = header
@@ -271,16 +270,22 @@ def parse_manifest(path: str | Path) -> tuple[list[ManifestRow], list[RowError]]
         assert row is not None
         if row.video_id in seen:
             errors.append(
-                RowError(str(path), line, "id", f"duplicate video id {row.video_id!r} (first on line {seen[row.video_id]})")
+                RowError(
+                    str(path), line, "id", f"duplicate video id {row.video_id!r} (first on line {seen[row.video_id]})"
+                )
             )
             continue
         other = folded.get(row.video_id.casefold())
         if other is not None:
-            errors.append(RowError(
-                str(path), line, "id",
-                f"video id {row.video_id!r} differs from {other[0]!r} (line {other[1]}) only in case: one folder "
-                "on a case-insensitive file system; give one of them another id",
-            ))
+            errors.append(
+                RowError(
+                    str(path),
+                    line,
+                    "id",
+                    f"video id {row.video_id!r} differs from {other[0]!r} (line {other[1]}) only in case: one folder "
+                    "on a case-insensitive file system; give one of them another id",
+                )
+            )
             continue
         seen[row.video_id] = line
         folded[row.video_id.casefold()] = (row.video_id, line)

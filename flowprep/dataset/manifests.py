@@ -173,7 +173,9 @@ def video_id_for(rel_path: str) -> str:
     return safe
 
 
-def write_local_manifest(entries: list[Entry], root: Path, out: Path, splits: tuple[str, ...] = ("train", "test")) -> tuple[int, int]:
+def write_local_manifest(
+    entries: list[Entry], root: Path, out: Path, splits: tuple[str, ...] = ("train", "test")
+) -> tuple[int, int]:
     """Write ``id,path,label,split`` for ``entries`` found under ``root``; returns (rows, missing files)."""
     root = root.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -214,12 +216,16 @@ class Dataset:
 
 def _kinetics(version: str, counts: tuple[int | None, int | None, int | None], short: str) -> Dataset:
     files = tuple(
-        OfficialFile(f"{split}.csv", n, (f"kinetics-{short}_{alias}.csv", f"kinetics_{short}_{alias}.csv", f"{alias}.csv"))
+        OfficialFile(
+            f"{split}.csv", n, (f"kinetics-{short}_{alias}.csv", f"kinetics_{short}_{alias}.csv", f"{alias}.csv")
+        )
         for split, alias, n in zip(("train", "validate", "test"), ("train", "val", "test"), counts, strict=True)
     )
     return Dataset(
-        f"kinetics{version}", f"https://storage.googleapis.com/deepmind-media/Datasets/kinetics{version.replace('-', '_')}.tar.gz",
-        files, licence="annotations CC BY 4.0 (DeepMind); the videos stay on YouTube under their owners' terms",
+        f"kinetics{version}",
+        f"https://storage.googleapis.com/deepmind-media/Datasets/kinetics{version.replace('-', '_')}.tar.gz",
+        files,
+        licence="annotations CC BY 4.0 (DeepMind); the videos stay on YouTube under their owners' terms",
     )
 
 
@@ -306,7 +312,11 @@ def _sha256(path: Path) -> str:
 
 def record_sums(folder: Path) -> dict[str, str]:
     """Write (first time) or compare (later) SHA256SUMS of the files in ``folder``."""
-    sums = {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != "SHA256SUMS" and not p.name.startswith(".")}
+    sums = {
+        p.name: _sha256(p)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != "SHA256SUMS" and not p.name.startswith(".")
+    }
     path = folder / "SHA256SUMS"
     if path.is_file():
         old = {name: digest for digest, name in (ln.split(None, 1) for ln in _lines(path))}
@@ -346,14 +356,19 @@ def _extract(archive: Path, into: Path) -> None:
                     raise FetchManifestError(f"{archive}: unsafe member {m!r}")
             z.extractall(into)
     elif name.endswith(".rar"):
-        for tool, args in (("bsdtar", ["-xf", str(archive), "-C", str(into)]), ("unrar", ["x", "-o+", str(archive), str(into) + "/"]),
-                           ("7z", ["x", "-y", f"-o{into}", str(archive)])):
+        for tool, args in (
+            ("bsdtar", ["-xf", str(archive), "-C", str(into)]),
+            ("unrar", ["x", "-o+", str(archive), str(into) + "/"]),
+            ("7z", ["x", "-y", f"-o{into}", str(archive)]),
+        ):
             exe = shutil.which(tool)
             if exe:
                 subprocess.run([exe, *args], check=True, capture_output=True)
                 break
         else:
-            raise FetchManifestError(f"{archive} is a RAR archive: install bsdtar (libarchive-tools), unrar or 7z to unpack it")
+            raise FetchManifestError(
+                f"{archive} is a RAR archive: install bsdtar (libarchive-tools), unrar or 7z to unpack it"
+            )
     else:
         raise FetchManifestError(f"{archive}: unknown archive type (expected .tar.gz, .zip or .rar)")
 
@@ -380,7 +395,9 @@ def _collect(ds: Dataset, src: Path, folder: Path) -> list[str]:
     return found
 
 
-def fetch_official(name: str, root: Path = DATA_MANIFESTS, source: Path | None = None, force: bool = False, timeout: float = 60) -> str:
+def fetch_official(
+    name: str, root: Path = DATA_MANIFESTS, source: Path | None = None, force: bool = False, timeout: float = 60
+) -> str:
     """Fetch (or take from ``source``), check and record one dataset's official files.
 
     Returns a one-line report.  Raises FetchManifestError when nothing usable arrived or a

@@ -37,7 +37,7 @@ def expected_frames(row: ManifestRow, manifest_dir: Path, fps: float) -> int | N
         from flowprep.dataset.source import SourceError, package_file
 
         try:
-            p = package_file(row.path[len("package:"):]) if row.path.startswith("package:") else Path(row.path)
+            p = package_file(row.path[len("package:") :]) if row.path.startswith("package:") else Path(row.path)
         except SourceError:
             return None
         p = p if p.is_absolute() else manifest_dir / p

@@ -46,12 +46,12 @@ def resolve(row: ManifestRow, manifest_dir: Path, cache_dir: Path) -> Path:
             "which this recipe does not enable"
         )
     if row.path.startswith("package:"):
-        return package_file(row.path[len("package:"):])
+        return package_file(row.path[len("package:") :])
     if row.path.startswith("synthetic:"):
         from flowprep.dataset.demo import synthetic_clip
 
         try:
-            return synthetic_clip(row.path[len("synthetic:"):], cache_dir / "synthetic")
+            return synthetic_clip(row.path[len("synthetic:") :], cache_dir / "synthetic")
         except KeyError as e:
             raise SourceError(str(e.args[0])) from None
     path = Path(row.path)

@@ -20,6 +20,14 @@ from flowprep.flow.api import (
 )
 
 __all__ = [
-    "BACKENDS", "BACKEND_OPTIONS", "FLOW_BOUND", "QUANT_LEVELS", "compute_flow", "dequantize_flow",
-    "pick_backend", "quantize_flow", "resolve_params", "rgb_to_gray",
+    "BACKENDS",
+    "BACKEND_OPTIONS",
+    "FLOW_BOUND",
+    "QUANT_LEVELS",
+    "compute_flow",
+    "dequantize_flow",
+    "pick_backend",
+    "quantize_flow",
+    "resolve_params",
+    "rgb_to_gray",
 ]

@@ -50,9 +50,7 @@ def resolve_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Defaults overlaid with ``params``, each checked; ValueError names the field and what is allowed."""
     unknown = sorted(set(params) - set(DEFAULT_TVL1_PARAMS))
     if unknown:
-        raise ValueError(
-            f"unknown TV-L1 parameter(s) {unknown}; allowed: {sorted(DEFAULT_TVL1_PARAMS)}"
-        )
+        raise ValueError(f"unknown TV-L1 parameter(s) {unknown}; allowed: {sorted(DEFAULT_TVL1_PARAMS)}")
     out = dict(DEFAULT_TVL1_PARAMS)
     for name, value in params.items():
         kind, ok, allowed = _PARAM_CHECKS[name]
@@ -86,7 +84,9 @@ BACKEND_OPTIONS: Mapping[str, Mapping[str, tuple[Callable[[Any], bool], str, Any
         # per iteration (tvl1_torch); "device" = masked fused iterations, one host check per block
         # (tvl1_device; the CUDA default); None = by device
         "engine": (
-            lambda x: x in (None, "numba", "cpu", "device"), "None (by device), 'numba', 'cpu' or 'device'", None
+            lambda x: x in (None, "numba", "cpu", "device"),
+            "None (by device), 'numba', 'cpu' or 'device'",
+            None,
         ),
     },
 }
@@ -105,9 +105,7 @@ def _split_backend_options(backend: str, params: Mapping[str, Any]) -> tuple[dic
             options[name] = value
         elif name not in DEFAULT_TVL1_PARAMS and any(name in o for o in BACKEND_OPTIONS.values()):
             owners = sorted(b for b, o in BACKEND_OPTIONS.items() if name in o)
-            raise ValueError(
-                f"flow option {name!r} is only accepted by backend(s) {owners}, not {backend!r}"
-            )
+            raise ValueError(f"flow option {name!r} is only accepted by backend(s) {owners}, not {backend!r}")
         else:
             rest[name] = value
     return rest, options
@@ -159,9 +157,7 @@ BACKENDS: dict[str, Callable[[np.ndarray, str | None, Mapping[str, Any]], np.nda
 }
 
 
-def compute_flow(
-    gray_thw: np.ndarray, backend: str = "auto", device: str | None = None, **params: Any
-) -> np.ndarray:
+def compute_flow(gray_thw: np.ndarray, backend: str = "auto", device: str | None = None, **params: Any) -> np.ndarray:
     """TV-L1 flow between consecutive frames of ``gray_thw`` (uint8 (T, H, W), values 0-255, T >= 2).
 
     Returns float32 (T-1, H, W, 2) in pixels, before clipping: ``[..., 0]`` = u (right),
@@ -178,9 +174,7 @@ def compute_flow(
     resolved = {**resolve_params(tvl1_params), **options}
     gray_thw = np.asarray(gray_thw)
     if gray_thw.ndim != 3 or gray_thw.dtype != np.uint8:
-        raise ValueError(
-            f"gray_thw must be uint8 of shape (T, H, W), got {gray_thw.dtype} {gray_thw.shape}"
-        )
+        raise ValueError(f"gray_thw must be uint8 of shape (T, H, W), got {gray_thw.dtype} {gray_thw.shape}")
     if gray_thw.shape[0] < 2:
         raise ValueError(f"need at least 2 frames for flow, got {gray_thw.shape[0]}")
     return BACKENDS[backend](np.ascontiguousarray(gray_thw), device, resolved)

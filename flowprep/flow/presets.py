@@ -43,23 +43,28 @@ class FlowPreset:
         return resolve_params(self.params)
 
 
-PRESETS: Mapping[str, FlowPreset] = MappingProxyType({
-    p.name: p
-    for p in (
-        FlowPreset(name="i3d", summary="flowprep's defaults: OpenCV's TV-L1 with scale step 0.5 (follows motion up to the 20 px bound)"),
-        FlowPreset(
-            name="opencv-cuda",
-            params={"scale_step": 0.8, "inner_iterations": 30, "outer_iterations": 10, "median_filtering": 1},
-            summary="OpenCV CUDA's defaults, as denseflow / mmaction2 (scale step 0.8, 300 iterations, no median filter)",
-        ),
-        FlowPreset(
-            name="preview",
-            params={"nscales": 3, "warps": 2, "inner_iterations": 10, "outer_iterations": 3},
-            short_side=128,
-            summary="a quick look: short side 128, 3 scales, 2 warps, 30 iterations (not for training a model you keep)",
-        ),
-    )
-})
+PRESETS: Mapping[str, FlowPreset] = MappingProxyType(
+    {
+        p.name: p
+        for p in (
+            FlowPreset(
+                name="i3d",
+                summary="flowprep's defaults: OpenCV's TV-L1 with scale step 0.5 (follows motion up to the 20 px bound)",
+            ),
+            FlowPreset(
+                name="opencv-cuda",
+                params={"scale_step": 0.8, "inner_iterations": 30, "outer_iterations": 10, "median_filtering": 1},
+                summary="OpenCV CUDA's defaults, as denseflow / mmaction2 (scale step 0.8, 300 iterations, no median filter)",
+            ),
+            FlowPreset(
+                name="preview",
+                params={"nscales": 3, "warps": 2, "inner_iterations": 10, "outer_iterations": 3},
+                short_side=128,
+                summary="a quick look: short side 128, 3 scales, 2 warps, 30 iterations (not for training a model you keep)",
+            ),
+        )
+    }
+)
 
 
 def get_preset(name: str) -> FlowPreset:

@@ -122,7 +122,15 @@ def fused_iteration(
     u2x, u2y = _forward_gradient(n2)
     ng1 = 1.0 + taut * torch.hypot(u1x, u1y)
     ng2 = 1.0 + taut * torch.hypot(u2x, u2y)
-    return n1, n2, (p11 + taut * u1x) / ng1, (p12 + taut * u1y) / ng1, (p21 + taut * u2x) / ng2, (p22 + taut * u2y) / ng2, err
+    return (
+        n1,
+        n2,
+        (p11 + taut * u1x) / ng1,
+        (p12 + taut * u1y) / ng1,
+        (p21 + taut * u2x) / ng2,
+        (p22 + taut * u2y) / ng2,
+        err,
+    )
 
 
 def masked_iteration(
@@ -196,7 +204,9 @@ class _Working:
     two: few distinct shapes for compiled graphs), so that a batch does not cost its slowest
     pair's iterations for every pair.  ``finish`` scatters the state back into the full batch."""
 
-    def __init__(self, u: list[torch.Tensor], p: list[torch.Tensor], consts: tuple[torch.Tensor, ...], count: torch.Tensor):
+    def __init__(
+        self, u: list[torch.Tensor], p: list[torch.Tensor], consts: tuple[torch.Tensor, ...], count: torch.Tensor
+    ):
         self.full = (u, p, count)
         self.u, self.p, self.consts, self.count = u, p, consts, count
         self.all_consts = consts
@@ -332,7 +342,9 @@ def engine_solver(engine: str | None, device: torch.device) -> Callable[..., tor
     return tvl1_flow_device if name == "device" else tt.tvl1_flow
 
 
-def tvl1_flow_engine(i0_bhw: torch.Tensor, i1_bhw: torch.Tensor, *, engine: str | None = None, **params: Any) -> torch.Tensor:
+def tvl1_flow_engine(
+    i0_bhw: torch.Tensor, i1_bhw: torch.Tensor, *, engine: str | None = None, **params: Any
+) -> torch.Tensor:
     """TV-L1 flow with the engine named (None: "device" on CUDA, "numba" elsewhere)."""
     return engine_solver(engine, i0_bhw.device)(i0_bhw, i1_bhw, **params)
 

@@ -264,6 +264,7 @@ def _median5_px(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14,
     a12 = a12 if a11 < a12 else a11
     return a12
 
+
 @njit(cache=True, fastmath=False)
 def _median_in_place(u, size, padded):
     """Exact size x size median (3 or 5) of u (h, w), edges replicated, in place; ``padded``
@@ -356,7 +357,12 @@ class NumbaSchedule(Schedule):
 
 
 def tvl1_flow_numba(
-    i0_bhw: torch.Tensor, i1_bhw: torch.Tensor, *, compile: bool | None = None, schedule_out: list | None = None, **params: Any
+    i0_bhw: torch.Tensor,
+    i1_bhw: torch.Tensor,
+    *,
+    compile: bool | None = None,
+    schedule_out: list | None = None,
+    **params: Any,
 ) -> torch.Tensor:
     """As ``tvl1_torch.tvl1_flow`` with the numba engine (CPU tensors only).  ``compile`` is
     accepted for the common signature and ignored: this engine is always compiled.

@@ -334,7 +334,9 @@ class EagerIteration:
             self.buffers[key] = tuple(like.new_zeros((nb, nr, like.shape[2])) for _ in range(5))
         return self.buffers[key]
 
-    def _make_plan(self, state: TVL1State, consts: WarpConsts, active: tuple[int, ...]) -> tuple[torch.Tensor, list[_BlockViews]]:
+    def _make_plan(
+        self, state: TVL1State, consts: WarpConsts, active: tuple[int, ...]
+    ) -> tuple[torch.Tensor, list[_BlockViews]]:
         (u1, u2), (p11, p12, p21, p22) = state
         b, h, w = u1.shape
         err = u1.new_zeros(b)
@@ -348,7 +350,18 @@ class EagerIteration:
                 # div: d[x] = pa[x] - pa[x-1] + pb[y] - pb[y-1], with pa[-1] = pb[-1] = 0
                 pb_dst, pb_up = (d[:, 1:], pb[b0:b1, : y1 - 1]) if y0 == 0 else (d, pb[b0:b1, y0 - 1 : y1 - 1])
                 for_u.append(
-                    _UViews(pa_[:, :, :1], d[:, :, :1], pa_[:, :, 1:], pa_[:, :, :-1], d[:, :, 1:], pb[sl], pb_dst, pb_up, iw[sl], u_)
+                    _UViews(
+                        pa_[:, :, :1],
+                        d[:, :, :1],
+                        pa_[:, :, 1:],
+                        pa_[:, :, :-1],
+                        d[:, :, 1:],
+                        pb[sl],
+                        pb_dst,
+                        pb_up,
+                        iw[sl],
+                        u_,
+                    )
                 )
                 # forward differences of the new u; gy's last image row is 0
                 if y1 < h:
@@ -358,14 +371,30 @@ class EagerIteration:
                 for_p.append(_PViews(u_[:, :, 1:], u_[:, :, :-1], gx[:, :, :-1], *gy_views, pa_, pb[sl]))
             blocks.append(
                 _BlockViews(
-                    step, d, gx, gy, ng, WarpConsts(*(c[sl] for c in consts)), u1[sl], u2[sl],
-                    ng.view(b1 - b0, -1), err[b0:b1], (for_u[0], for_u[1]), (for_p[0], for_p[1]),
+                    step,
+                    d,
+                    gx,
+                    gy,
+                    ng,
+                    WarpConsts(*(c[sl] for c in consts)),
+                    u1[sl],
+                    u2[sl],
+                    ng.view(b1 - b0, -1),
+                    err[b0:b1],
+                    (for_u[0], for_u[1]),
+                    (for_p[0], for_p[1]),
                 )  # fmt: skip
             )
         return err, blocks
 
     def __call__(
-        self, state: TVL1State, consts: WarpConsts, l_t: float, theta: float, taut: float, active: list[int] | None = None
+        self,
+        state: TVL1State,
+        consts: WarpConsts,
+        l_t: float,
+        theta: float,
+        taut: float,
+        active: list[int] | None = None,
     ) -> torch.Tensor:
         """As ``tvl1_iteration``, in place on ``state`` (gamma = 0), for the pairs in ``active``
         only (all when None); returns the per-pair error, 0 for the pairs left alone."""
@@ -579,7 +608,9 @@ def _warp_bhw(
     return out[:, 0], out[:, 1], out[:, 2]
 
 
-def tvl1_flow(i0_bhw: torch.Tensor, i1_bhw: torch.Tensor, *, compile: bool | None = False, **params: Any) -> torch.Tensor:
+def tvl1_flow(
+    i0_bhw: torch.Tensor, i1_bhw: torch.Tensor, *, compile: bool | None = False, **params: Any
+) -> torch.Tensor:
     """TV-L1 flow from each ``i0_bhw[b]`` to ``i1_bhw[b]``: float32 ``(B, H, W, 2)`` in pixels.
 
     Inputs are (B, H, W) intensities on the 0..255 scale (uint8 or float), on any device; the
@@ -596,7 +627,9 @@ def tvl1_flow(i0_bhw: torch.Tensor, i1_bhw: torch.Tensor, *, compile: bool | Non
     return solve(i0_bhw, i1_bhw, prm, schedule)
 
 
-def check_inputs(i0_bhw: torch.Tensor, i1_bhw: torch.Tensor, median_filtering: int, scale_step: float) -> tuple[int, int, int]:
+def check_inputs(
+    i0_bhw: torch.Tensor, i1_bhw: torch.Tensor, median_filtering: int, scale_step: float
+) -> tuple[int, int, int]:
     """(B, H, W) of a valid pair of batches; ValueError naming what is wrong otherwise."""
     if i0_bhw.ndim != 3 or i0_bhw.shape != i1_bhw.shape:
         raise ValueError(

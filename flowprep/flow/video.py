@@ -91,7 +91,15 @@ def video_flow(
     """
     rgbs, flows = [], []
     for rgb_u8, flow_q in iter_video_flow(
-        path, fps=fps, short_side=short_side, start=start, end=end, backend=backend, device=device, bound=bound, **params
+        path,
+        fps=fps,
+        short_side=short_side,
+        start=start,
+        end=end,
+        backend=backend,
+        device=device,
+        bound=bound,
+        **params,
     ):
         rgbs.append(rgb_u8)
         flows.append(flow_q)

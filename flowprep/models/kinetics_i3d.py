@@ -186,7 +186,9 @@ def convert_tf_variables(
         used.add(name)
     unused = sorted(set(tensors) - used)
     if unused:
-        raise WeightsError(f"checkpoint variables with no place in the model: {unused[:8]}{' ...' if len(unused) > 8 else ''}")
+        raise WeightsError(
+            f"checkpoint variables with no place in the model: {unused[:8]}{' ...' if len(unused) > 8 else ''}"
+        )
     return out
 
 
@@ -206,7 +208,9 @@ def read_labels(path: Path, expected: int | None = None) -> list[str]:
         raise WeightsError(f"labels file {path}: {e.strerror or e}") from None
     first = text.split("\n", 1)[0].strip()
     if "," in first and "label" in [c.strip() for c in next(csv.reader([first]))]:
-        labels = sorted({row["label"].strip() for row in csv.DictReader(io.StringIO(text)) if row.get("label", "").strip()})
+        labels = sorted(
+            {row["label"].strip() for row in csv.DictReader(io.StringIO(text)) if row.get("label", "").strip()}
+        )
     else:
         labels = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if len(set(labels)) != len(labels):
@@ -331,7 +335,9 @@ def _check_pinned(folder: Path, ckpt: Checkpoint, index_pinned: bool, unpinned: 
     data_blob = git_blob_id(data)
     pinned = index_pinned and data_blob == ckpt.data_blob
     if not pinned and not unpinned:
-        got = "index file" if not index_pinned else f"data file (git blob id {data_blob}, {data.stat().st_size:,} bytes)"
+        got = (
+            "index file" if not index_pinned else f"data file (git blob id {data_blob}, {data.stat().st_size:,} bytes)"
+        )
         raise WeightsError(
             f"{folder}: the {got} is not DeepMind's published {ckpt.folder} "
             f"(data git blob id {ckpt.data_blob}, {ckpt.data_size:,} bytes); download it again, "
@@ -365,7 +371,4 @@ def import_checkpoints(
     folders = checkpoint_folders(folder)
     if name is not None and len(folders) > 1:
         raise WeightsError(f"--name names one checkpoint, but {folder} holds {len(folders)}")
-    return [
-        import_checkpoint(f, cache_dir, name=name, labels_file=labels_file, unpinned=unpinned) for f in folders
-    ]
-
+    return [import_checkpoint(f, cache_dir, name=name, labels_file=labels_file, unpinned=unpinned) for f in folders]

@@ -291,13 +291,17 @@ def _read_block(table: bytes, offset: int, size: int, where: str) -> memoryview:
     """A block's contents after checking its trailer (uncompressed, CRC32C)."""
     end = offset + size + BLOCK_TRAILER_SIZE
     if end > len(table):
-        raise BundleError(f"{where}: block at {offset} (+{size} bytes) runs past the end of the file ({len(table)} bytes)")
+        raise BundleError(
+            f"{where}: block at {offset} (+{size} bytes) runs past the end of the file ({len(table)} bytes)"
+        )
     view = memoryview(table)
     contents, ctype = view[offset : offset + size], table[offset + size]
     stored = struct.unpack_from("<I", table, offset + size + 1)[0]
     actual = mask_crc(crc32c(view[offset : offset + size + 1]))
     if stored != actual:
-        raise BundleError(f"{where}: block at {offset} fails its CRC32C check (stored {stored:#010x}, computed {actual:#010x})")
+        raise BundleError(
+            f"{where}: block at {offset} fails its CRC32C check (stored {stored:#010x}, computed {actual:#010x})"
+        )
     if ctype != 0:
         kind = {1: "snappy", 2: "zlib"}.get(ctype, f"type {ctype}")
         raise BundleError(f"{where}: block at {offset} is {kind}-compressed; only uncompressed tables are supported")
@@ -336,7 +340,9 @@ def read_table(data: bytes, where: str = "table") -> list[tuple[bytes, bytes]]:
     footer = memoryview(data)[len(data) - FOOTER_SIZE :]
     magic = struct.unpack_from("<Q", footer, FOOTER_SIZE - 8)[0]
     if magic != TABLE_MAGIC:
-        raise BundleError(f"{where}: not a TensorFlow checkpoint index (table magic {magic:#018x}, expected {TABLE_MAGIC:#018x})")
+        raise BundleError(
+            f"{where}: not a TensorFlow checkpoint index (table magic {magic:#018x}, expected {TABLE_MAGIC:#018x})"
+        )
     _, _, pos = _block_handle(footer, 0, where)  # the metaindex: no filters in a bundle
     index_offset, index_size, _ = _block_handle(footer, pos, where)
     records: list[tuple[bytes, bytes]] = []
@@ -394,7 +400,11 @@ class _BlockBuilder:
         return len(self.buf) + 4 * len(self.restarts) + 4
 
     def finish(self) -> bytes:
-        return bytes(self.buf) + struct.pack(f"<{len(self.restarts)}I", *self.restarts) + struct.pack("<I", len(self.restarts))
+        return (
+            bytes(self.buf)
+            + struct.pack(f"<{len(self.restarts)}I", *self.restarts)
+            + struct.pack("<I", len(self.restarts))
+        )
 
     def empty(self) -> bool:
         return not self.buf
@@ -472,9 +482,7 @@ def read_index(prefix: str | os.PathLike[str]) -> tuple[BundleHeader, dict[str, 
     return header, entries
 
 
-def read_bundle(
-    prefix: str | os.PathLike[str], names: list[str] | None = None
-) -> dict[str, np.ndarray]:
+def read_bundle(prefix: str | os.PathLike[str], names: list[str] | None = None) -> dict[str, np.ndarray]:
     """The tensors of checkpoint ``prefix`` (all, or ``names``), each checked against its CRC32C.
 
     Raises ``BundleError`` when a name is not in the index, a data file is missing or shorter
@@ -485,7 +493,9 @@ def read_bundle(
         names = list(entries)
     missing = [n for n in names if n not in entries]
     if missing:
-        raise BundleError(f"{index_path(prefix)}: no tensor named {missing[0]!r} ({len(missing)} missing; the index has {len(entries)})")
+        raise BundleError(
+            f"{index_path(prefix)}: no tensor named {missing[0]!r} ({len(missing)} missing; the index has {len(entries)})"
+        )
     out: dict[str, np.ndarray] = {}
     with contextlib.ExitStack() as stack:  # data files stay open until every tensor is read
         files: dict[int, tuple[Path, io.BufferedReader]] = {}
@@ -496,7 +506,9 @@ def read_bundle(
                 try:
                     files[entry.shard_id] = (path, stack.enter_context(open(path, "rb")))
                 except FileNotFoundError:
-                    raise BundleError(f"{path}: data file not found (the index {index_path(prefix)} needs it)") from None
+                    raise BundleError(
+                        f"{path}: data file not found (the index {index_path(prefix)} needs it)"
+                    ) from None
             path, f = files[entry.shard_id]
             out[name] = _read_tensor(f, path, name, entry, header.big_endian)
     return out

@@ -108,9 +108,7 @@ def inflate_conv_weight(w_oihw: torch.Tensor, time: int) -> torch.Tensor:
     So a video of one repeated frame gives the 3D conv the 2D conv's response on that frame.
     """
     if w_oihw.ndim != 4:
-        raise ValueError(
-            f"inflate_conv_weight expects an (O, I, H, W) kernel, got {tuple(w_oihw.shape)}"
-        )
+        raise ValueError(f"inflate_conv_weight expects an (O, I, H, W) kernel, got {tuple(w_oihw.shape)}")
     return w_oihw.unsqueeze(2).repeat(1, 1, time, 1, 1) / time
 
 
@@ -126,14 +124,10 @@ def inflate_2d_state_dict(
     """
     template = I3D(config or I3DConfig()).state_dict()
     optional = ("logits.", "num_batches_tracked")  # a TF-converted 2D net has no batch counter
-    missing = sorted(
-        k for k in template if k not in state_dict_2d and not any(o in k for o in optional)
-    )
+    missing = sorted(k for k in template if k not in state_dict_2d and not any(o in k for o in optional))
     unexpected = sorted(set(state_dict_2d) - set(template))
     if missing or unexpected:
-        raise WeightsError(
-            f"2D state dict does not fit I3D: missing {missing}, unexpected {unexpected}"
-        )
+        raise WeightsError(f"2D state dict does not fit I3D: missing {missing}, unexpected {unexpected}")
     out: dict[str, torch.Tensor] = {}
     for key, like in template.items():
         value = state_dict_2d.get(key)
@@ -143,9 +137,7 @@ def inflate_2d_state_dict(
             out[key] = like
             continue
         if value.shape != like.shape:
-            raise WeightsError(
-                f"{key}: 2D value of shape {tuple(value.shape)} cannot fill {tuple(like.shape)}"
-            )
+            raise WeightsError(f"{key}: 2D value of shape {tuple(value.shape)} cannot fill {tuple(like.shape)}")
         out[key] = value.to(like.dtype)
     return out
 
@@ -169,8 +161,6 @@ def pretrained_labels(name: str, cache_dir: Path | None = None) -> list[str] | N
 # --- the one entry point for callers ---------------------------------------------------------
 
 PRETRAINED = (*CONVERTED_FILES, "none")
-
-
 
 
 def _named_state_dict(name: str | os.PathLike[str], cache_dir: Path | None) -> dict[str, torch.Tensor] | None:

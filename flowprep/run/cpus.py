@@ -46,7 +46,9 @@ def _cgroup_v1_quota(root: Path, controllers: str, rel: str) -> float | None:
     return None
 
 
-def cgroup_cpu_quota(proc_cgroup: Path = Path("/proc/self/cgroup"), cgroup_root: Path = Path("/sys/fs/cgroup")) -> float | None:
+def cgroup_cpu_quota(
+    proc_cgroup: Path = Path("/proc/self/cgroup"), cgroup_root: Path = Path("/sys/fs/cgroup")
+) -> float | None:
     """CPUs the cgroup quota allows this process (e.g. 2.5), or None when there is no quota."""
     try:
         lines = proc_cgroup.read_text().splitlines()

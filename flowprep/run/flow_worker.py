@@ -229,8 +229,17 @@ def _flow_main(device: str, cfg_blob: bytes, requests: Any, replies: list[Any], 
 
 
 def _decode_main(
-    wid: int, cfg_blob: bytes, backend: str, work_blob: bytes,
-    n_decode: int, rows: Any, requests: Any, reply: Any, out: Any, failed: Any, parent_pid: int,
+    wid: int,
+    cfg_blob: bytes,
+    backend: str,
+    work_blob: bytes,
+    n_decode: int,
+    rows: Any,
+    requests: Any,
+    reply: Any,
+    out: Any,
+    failed: Any,
+    parent_pid: int,
 ) -> None:
     orphan.watch_parent(parent_pid)
     # a dead flow worker may never read its requests again: exiting must not wait to flush them
@@ -251,8 +260,9 @@ def _decode_main(
                 got, result = reply.get(timeout=0.5)
             except queue.Empty:
                 if failed.is_set():
-                    raise FlowWorkerDied("a flow worker died while this video's flow was being computed; "
-                                         "a rerun redoes it") from None
+                    raise FlowWorkerDied(
+                        "a flow worker died while this video's flow was being computed; a rerun redoes it"
+                    ) from None
                 continue
             if got != seq:
                 continue  # the answer to an earlier request this worker gave up on
@@ -315,16 +325,24 @@ def results(
         if remaining and attempt < MAX_RESTARTS:
             log.warning("a flow worker died; %d video(s) not started go on with fresh workers", len(remaining))
     if remaining:
-        raise orphan.WorkerDied(f"flow workers died {MAX_RESTARTS + 1} times; {len(remaining)} video(s) left pending: "
-                                "run again to resume")
+        raise orphan.WorkerDied(
+            f"flow workers died {MAX_RESTARTS + 1} times; {len(remaining)} video(s) left pending: run again to resume"
+        )
 
 
 class _Session:
     """One set of flow and decode/write workers with their queues, over ``todo``."""
 
-    def __init__(self, cfg: RunConfig, backend: str, todo: list[ManifestRow], devices: list[str],
-                 work: tuple[Callable[..., Any], Callable[[int], None]], progress: Callable[[int], None] | None,
-                 stats: list[FlowWorkerStats] | None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        backend: str,
+        todo: list[ManifestRow],
+        devices: list[str],
+        work: tuple[Callable[..., Any], Callable[[int], None]],
+        progress: Callable[[int], None] | None,
+        stats: list[FlowWorkerStats] | None,
+    ):
         self.todo, self.progress, self.stats = todo, progress, stats
         # spawn: a CUDA context does not survive fork, and the parent may have one
         ctx = multiprocessing.get_context("spawn")
@@ -333,17 +351,43 @@ class _Session:
         n_decode = max(1, min(decode_workers(cfg.jobs, len(devices)), len(todo)))
         self.replies = [ctx.Queue() for _ in range(n_decode)]
         self.flows = [
-            ctx.Process(target=orphan.run_watched,
-                        args=(os.getpid(), f"{__name__}:_flow_main", d, blob, self.requests, self.replies, self.out, os.getpid()),
-                        name=f"flowprep-flow-{d}", daemon=True)
+            ctx.Process(
+                target=orphan.run_watched,
+                args=(
+                    os.getpid(),
+                    f"{__name__}:_flow_main",
+                    d,
+                    blob,
+                    self.requests,
+                    self.replies,
+                    self.out,
+                    os.getpid(),
+                ),
+                name=f"flowprep-flow-{d}",
+                daemon=True,
+            )
             for d in devices
         ]
         self.decoders = [
             ctx.Process(
                 target=orphan.run_watched,
-                args=(os.getpid(), f"{__name__}:_decode_main", i, blob, backend, pickle.dumps(work), n_decode, self.rows,
-                      self.requests, self.replies[i], self.out, self.failed, os.getpid()),
-                name=f"flowprep-decode-{i}", daemon=True,
+                args=(
+                    os.getpid(),
+                    f"{__name__}:_decode_main",
+                    i,
+                    blob,
+                    backend,
+                    pickle.dumps(work),
+                    n_decode,
+                    self.rows,
+                    self.requests,
+                    self.replies[i],
+                    self.out,
+                    self.failed,
+                    os.getpid(),
+                ),
+                name=f"flowprep-decode-{i}",
+                daemon=True,
             )
             for i in range(n_decode)
         ]
@@ -401,15 +445,25 @@ class _Session:
                 p.terminate()
         for vid, row in self.started.items():
             yield LedgerRecord(
-                key=vid, line=row.line, status="failed", label=row.label, split=row.split, reason_class="internal",
+                key=vid,
+                line=row.line,
+                status="failed",
+                label=row.label,
+                split=row.split,
+                reason_class="internal",
                 reason="flow worker died while this video's flow was being computed; a rerun redoes it",
             )
         self.started.clear()
 
     def _stats(self, value: FlowWorkerStats) -> None:
         self.got_stats += 1
-        log.info("flow worker %s: %d pairs in %d batches, busy %.0f%%",
-                 value.device, value.pairs, value.batches, 100 * value.busy_fraction)
+        log.info(
+            "flow worker %s: %d pairs in %d batches, busy %.0f%%",
+            value.device,
+            value.pairs,
+            value.batches,
+            100 * value.busy_fraction,
+        )
         last_stats.append(value)
         if self.stats is not None:
             self.stats.append(value)

@@ -104,7 +104,11 @@ class Lease:
     """Hold the lease at ``path`` for the life of a run: ``with Lease(path, what).acquire(): ...``."""
 
     def __init__(
-        self, path: Path, what: str, heartbeat_s: float = HEARTBEAT_S, stale_after: float = STALE_AFTER_S,
+        self,
+        path: Path,
+        what: str,
+        heartbeat_s: float = HEARTBEAT_S,
+        stale_after: float = STALE_AFTER_S,
         extra: dict[str, Any] | None = None,
     ):
         self.path = Path(path)

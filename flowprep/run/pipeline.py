@@ -98,7 +98,10 @@ def _set_threads(jobs: int) -> None:
 
 
 def _flow_blocks(
-    cfg: RunConfig, backend: str, blocks: Iterator[np.ndarray], progress: Callable[[int], None] | None,
+    cfg: RunConfig,
+    backend: str,
+    blocks: Iterator[np.ndarray],
+    progress: Callable[[int], None] | None,
     flow_fn: Callable[[np.ndarray], np.ndarray] | None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(RGB block, its int8 flow) for each decoded block; flow across blocks by ``gray_blocks``."""
@@ -113,7 +116,9 @@ def _flow_blocks(
         else:
             flows = []
             for i in range(0, len(gray) - 1, batch):
-                f = flowmod.compute_flow(gray[i : i + batch + 1], backend=backend, device=cfg.flow.device, **cfg.flow.params)
+                f = flowmod.compute_flow(
+                    gray[i : i + batch + 1], backend=backend, device=cfg.flow.device, **cfg.flow.params
+                )
                 flows.append(flowmod.quantize_flow(f, cfg.flow.bound))
                 if progress:
                     progress(len(f))
@@ -121,7 +126,9 @@ def _flow_blocks(
         yield block, flow_q
 
 
-def video_attrs(row: ManifestRow, cfg: RunConfig, backend: str, height: int, width: int, partial: str | None) -> dict[str, Any]:
+def video_attrs(
+    row: ManifestRow, cfg: RunConfig, backend: str, height: int, width: int, partial: str | None
+) -> dict[str, Any]:
     """A video's attributes (FORMAT.md): its row, its size, and its content settings
     (``content_settings``, recorded whole as ``settings``: ``fingerprint.is_current`` compares it)."""
     s = content_settings(cfg, backend)
@@ -239,7 +246,9 @@ def _worker(
     return process_video(row, cfg, backend, q.put if q is not None else None, commit=False)
 
 
-def commit_staged(rec: LedgerRecord, cfg: RunConfig, lease: Lease | None, settings: dict[str, Any] | None = None) -> LedgerRecord:
+def commit_staged(
+    rec: LedgerRecord, cfg: RunConfig, lease: Lease | None, settings: dict[str, Any] | None = None
+) -> LedgerRecord:
     """In the lease holder: make a worker's prepared video visible, or turn the record into a failure.
 
     A video another run (another task tag) committed meanwhile with the same settings is not a
@@ -280,8 +289,11 @@ def content_settings(cfg: RunConfig, backend: str) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "decode": {"fps": cfg.decode.fps, "short_side": cfg.decode.short_side, "interpolation": "bilinear"},
         "flow": {
-            "algorithm": "tv-l1", "backend": backend, "params": flowmod.resolve_params(cfg.flow.params),
-            "bound_px": cfg.flow.bound, "quantization": {"dtype": "int8", "scale": flowmod.QUANT_LEVELS},
+            "algorithm": "tv-l1",
+            "backend": backend,
+            "params": flowmod.resolve_params(cfg.flow.params),
+            "bound_px": cfg.flow.bound,
+            "quantization": {"dtype": "int8", "scale": flowmod.QUANT_LEVELS},
             **({"preset": cfg.flow.preset} if cfg.flow.preset else {}),  # absent = none: older stores still match
         },
         "codecs": cfg.write.codecs(),  # a JPEG store and a lossless one must not mix
@@ -315,8 +327,12 @@ def _repair_rows(cfg: RunConfig, rows: list[ManifestRow], settings: dict[str, An
     _take_out(cfg, sorted(damaged), "damaged")
     listed = {vid for vid in read_repair(cfg.out) if not fingerprint.is_current(cfg.out, vid, settings)}
     redo = set(damaged) | listed
-    log.info("repair: %d damaged video(s), %d left by an earlier repair or settings change; to redo: %d",
-             len(damaged), len(listed - set(damaged)), len(redo & {r.video_id for r in rows}))
+    log.info(
+        "repair: %d damaged video(s), %d left by an earlier repair or settings change; to redo: %d",
+        len(damaged),
+        len(listed - set(damaged)),
+        len(redo & {r.video_id for r in rows}),
+    )
     return [r for r in rows if r.video_id in redo]
 
 
@@ -356,8 +372,14 @@ def run(cfg: RunConfig, on_start: Callable[[], None] | None = None) -> RunSummar
         records, frames = _run_leased(cfg, lease, work, on_start)
     s = summarize(records)
     return RunSummary(
-        rows=s["rows"], done=s["done"], failed=s["failed"], skipped=s["skipped"], seconds=time.time() - t0,
-        frames=frames, failed_by_reason=s["failed_by_reason"], backend=backend,
+        rows=s["rows"],
+        done=s["done"],
+        failed=s["failed"],
+        skipped=s["skipped"],
+        seconds=time.time() - t0,
+        frames=frames,
+        failed_by_reason=s["failed_by_reason"],
+        backend=backend,
     )
 
 
@@ -383,14 +405,18 @@ def _prepare_store(cfg: RunConfig, lease: Lease, work: _Work) -> None:
         log.info("removed %d partial video(s) left by an interrupted run", n_debris)
     _refuse_other_settings(cfg, work)
     diff = fingerprint.check(
-        cfg.out, work.settings, cfg.overwrite,
+        cfg.out,
+        work.settings,
+        cfg.overwrite,
         invalidate=lambda stale: _take_out(cfg, stale, "made with the store's old settings"),
     )
     if diff:
         log.warning("new settings recorded (%s); every video made with the old ones was taken out", "; ".join(diff))
 
 
-def _triage(cfg: RunConfig, work: _Work, rows: list[ManifestRow], row_errors: list[RowError]) -> tuple[list[LedgerRecord], list[ManifestRow]]:
+def _triage(
+    cfg: RunConfig, work: _Work, rows: list[ManifestRow], row_errors: list[RowError]
+) -> tuple[list[LedgerRecord], list[ManifestRow]]:
     """Records of rows settled without work (malformed, current in the store, kept failures) and the rows to do."""
     records = [_row_error_record(e) for e in row_errors]
     todo: list[ManifestRow] = []
@@ -398,7 +424,9 @@ def _triage(cfg: RunConfig, work: _Work, rows: list[ManifestRow], row_errors: li
     for row in rows:
         kept = kept_failure(row, previous.get(row.video_id))
         if not cfg.overwrite and fingerprint.is_current(cfg.out, row.video_id, work.settings):
-            records.append(LedgerRecord(key=row.video_id, line=row.line, status="skipped", reason="already complete in the store"))
+            records.append(
+                LedgerRecord(key=row.video_id, line=row.line, status="skipped", reason="already complete in the store")
+            )
         elif kept is not None:
             records.append(kept)
         else:
@@ -407,7 +435,9 @@ def _triage(cfg: RunConfig, work: _Work, rows: list[ManifestRow], row_errors: li
 
 
 @contextmanager
-def _executor(cfg: RunConfig, backend: str, todo: list[ManifestRow], pairs: Callable[[int], None]) -> Iterator[Iterator[LedgerRecord]]:
+def _executor(
+    cfg: RunConfig, backend: str, todo: list[ManifestRow], pairs: Callable[[int], None]
+) -> Iterator[Iterator[LedgerRecord]]:
     """Ledger records of ``todo`` as videos finish, on the executor the config picks; on exit
     every helper (workers, queues, the progress drainer) is stopped, also after an error."""
     from flowprep.run import flow_worker
@@ -418,8 +448,11 @@ def _executor(cfg: RunConfig, backend: str, todo: list[ManifestRow], pairs: Call
         if cfg.executor != "local":
             results = parallel_results(cfg, _worker, [(row, cfg, backend, None) for row in todo])
         elif devices:
-            log.info("flow workers on %s; %d decode/write worker(s)", ", ".join(devices),
-                     flow_worker.decode_workers(cfg.jobs, len(devices)))
+            log.info(
+                "flow workers on %s; %d decode/write worker(s)",
+                ", ".join(devices),
+                flow_worker.decode_workers(cfg.jobs, len(devices)),
+            )
             results = flow_worker.results(cfg, backend, todo, devices, (process_video, _set_threads), pairs)
         elif cfg.jobs == 1:
             _set_threads(1)
@@ -497,7 +530,13 @@ def _run_leased(
             ledger.write(rec)
         log.info(
             "%s: %d rows, %d to do, %d already complete, %d malformed; flow backend: %s; %d job(s)",
-            cfg.dataset, len(rows) + len(row_errors), len(todo), len(rows) - len(todo), len(row_errors), work.backend, cfg.jobs,
+            cfg.dataset,
+            len(rows) + len(row_errors),
+            len(todo),
+            len(rows) - len(todo),
+            len(row_errors),
+            work.backend,
+            cfg.jobs,
         )
         video_bar = tqdm(total=len(todo), unit="video", desc="videos", disable=not cfg.progress, position=0)
         total = expected_pairs(todo, cfg.manifest.parent, cfg.decode.fps) if cfg.progress else None  # an estimate
@@ -516,7 +555,9 @@ def _run_leased(
             pair_bar.close()
             video_bar.close()
     if cfg.repair or read_repair(cfg.out):
-        update_repair(cfg.out, done=[vid for vid in read_repair(cfg.out) if fingerprint.is_current(cfg.out, vid, work.settings)])
+        update_repair(
+            cfg.out, done=[vid for vid in read_repair(cfg.out) if fingerprint.is_current(cfg.out, vid, work.settings)]
+        )
     # Many tasks never write one file: each writes its part, `flowprep finalize` the whole index.
     write_index(cfg, work.index_rows, work.index_errors, index_part_path(rdir, cfg.task) if cfg.num_tasks > 1 else None)
     return records, frames

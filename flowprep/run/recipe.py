@@ -118,7 +118,7 @@ def _manifest_path(recipe: Path, value: Any) -> Path:
     if value.startswith("data:"):
         from flowprep.dataset.manifests import DATA_MANIFESTS
 
-        return (DATA_MANIFESTS / value[len("data:"):]).resolve()
+        return (DATA_MANIFESTS / value[len("data:") :]).resolve()
     return (recipe.parent / value).resolve()
 
 
@@ -129,7 +129,9 @@ def check_cluster_overrides(overrides: Mapping[str, Any]) -> tuple[int, int, str
     if not isinstance(num_tasks, int) or not 1 <= num_tasks <= 100_000:
         raise RecipeError(f"--num-tasks {num_tasks!r}: must be an integer in [1, 100000]")
     if not isinstance(task_index, int) or not 0 <= task_index < num_tasks:
-        raise RecipeError(f"--task-index {task_index!r}: must be an integer in [0, {num_tasks - 1}] (--num-tasks {num_tasks})")
+        raise RecipeError(
+            f"--task-index {task_index!r}: must be an integer in [0, {num_tasks - 1}] (--num-tasks {num_tasks})"
+        )
     executor = overrides.get("executor") or "local"
     if executor not in EXECUTORS:
         raise RecipeError(f"--executor {executor!r}: allowed: {', '.join(EXECUTORS)}")

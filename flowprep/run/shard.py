@@ -31,7 +31,9 @@ def task_tag(task_index: int) -> str:
     return f"t{task_index:04d}"
 
 
-def task_from_env(num_tasks: int | None, task_index: int | None, environ: Mapping[str, str]) -> tuple[int | None, int | None]:
+def task_from_env(
+    num_tasks: int | None, task_index: int | None, environ: Mapping[str, str]
+) -> tuple[int | None, int | None]:
     """Fill --num-tasks / --task-index from SLURM_ARRAY_TASK_COUNT / SLURM_ARRAY_TASK_ID when
     neither flag is given (the CLI passes ``os.environ``).  A retry array (``--array=1,4``) has
     fewer tasks than the shard count, which is why `flowprep slurm submit` always passes both."""

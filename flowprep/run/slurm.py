@@ -59,7 +59,9 @@ class SlurmOptions:
             v = getattr(self, name)
             if v is not None and not _NAME.fullmatch(v):
                 raise ValueError(f"--{name} {v!r}: letters, digits and _ . , + - only")
-        if self.gpus_per_task is not None and not (isinstance(self.gpus_per_task, int) and 0 <= self.gpus_per_task <= 16):
+        if self.gpus_per_task is not None and not (
+            isinstance(self.gpus_per_task, int) and 0 <= self.gpus_per_task <= 16
+        ):
             raise ValueError(f"--gpus-per-task {self.gpus_per_task!r}: must be an integer in [0, 16]")
         if not (isinstance(self.cpus, int) and 1 <= self.cpus <= 512):
             raise ValueError(f"--cpus {self.cpus!r}: must be an integer in [1, 512]")
@@ -120,18 +122,34 @@ def render_script(
     workdir = (workdir or Path.cwd()).resolve()
     rdir = run_dir(Path(cfg.out).resolve())
     # #SBATCH lines cannot be quoted, and a newline in a path would start a new shell line: refuse
-    for what, value in (("--out", cfg.out), ("--cache-dir", cfg.cache_dir), ("recipe", recipe), ("working directory", workdir),
-                        ("python", python), ("--ids-from", ids_file or "")):
+    for what, value in (
+        ("--out", cfg.out),
+        ("--cache-dir", cfg.cache_dir),
+        ("recipe", recipe),
+        ("working directory", workdir),
+        ("python", python),
+        ("--ids-from", ids_file or ""),
+    ):
         if re.search(r"[\x00-\x1f\x7f]", str(value)):
-            raise ValueError(f"{what} {str(value)!r}: a path with a newline or control character cannot go into an sbatch script")
+            raise ValueError(
+                f"{what} {str(value)!r}: a path with a newline or control character cannot go into an sbatch script"
+            )
     gpus = opts.gpus_per_task if opts.gpus_per_task is not None else int(uses_gpu(cfg))
     cmd = [
-        python, "-m", "flowprep", "run", str(recipe.resolve()),
-        "--out", str(Path(cfg.out).resolve()),
-        "--cache-dir", str(Path(cfg.cache_dir).resolve()),
-        "--num-tasks", str(num_tasks),
+        python,
+        "-m",
+        "flowprep",
+        "run",
+        str(recipe.resolve()),
+        "--out",
+        str(Path(cfg.out).resolve()),
+        "--cache-dir",
+        str(Path(cfg.cache_dir).resolve()),
+        "--num-tasks",
+        str(num_tasks),
         # a GPU task feeds one GPU from one process; a CPU task uses all its cores
-        "--jobs", str(1 if gpus else opts.cpus),
+        "--jobs",
+        str(1 if gpus else opts.cpus),
         "--no-progress",
     ]
     if backend is not None:
@@ -167,7 +185,7 @@ def render_script(
         "set -euo pipefail",
         f"cd {shlex.quote(str(workdir))}",
         'echo "flowprep task ${SLURM_ARRAY_TASK_ID} of ' + str(num_tasks) + ' on $(hostname), job ${SLURM_JOB_ID}"',
-        f"exec {shlex.join(cmd)} --task-index \"$SLURM_ARRAY_TASK_ID\"",
+        f'exec {shlex.join(cmd)} --task-index "$SLURM_ARRAY_TASK_ID"',
         "",
     ]
     return "\n".join(lines)
@@ -209,22 +227,37 @@ def _sbatch(args: list[str]) -> str:
 
 
 def submit(
-    cfg: Any, script: Path, num_tasks: int, task_indices: list[int], opts: SlurmOptions, *,
-    python: str | None = None, workdir: Path | None = None, ids_file: Path | None = None,
+    cfg: Any,
+    script: Path,
+    num_tasks: int,
+    task_indices: list[int],
+    opts: SlurmOptions,
+    *,
+    python: str | None = None,
+    workdir: Path | None = None,
+    ids_file: Path | None = None,
 ) -> dict[str, Any]:
     """Submit ``script``, queue ``flowprep finalize`` after it, and record both ids."""
     store = Path(cfg.out).resolve()
     job_id = _sbatch([str(script)])
     record: dict[str, Any] = {
-        "time": time.time(), "job_id": job_id, "array": array_spec(task_indices, opts.max_running),
-        "num_tasks": num_tasks, "script": str(script), "retry": ids_file is not None,
-        "ids_file": str(ids_file) if ids_file else None, "options": options_record(opts),
+        "time": time.time(),
+        "job_id": job_id,
+        "array": array_spec(task_indices, opts.max_running),
+        "num_tasks": num_tasks,
+        "script": str(script),
+        "retry": ids_file is not None,
+        "ids_file": str(ids_file) if ids_file else None,
+        "options": options_record(opts),
     }
     if opts.finalize:
         cmd = [python or sys.executable, "-m", "flowprep", "finalize", str(store)]
         fin = [
-            f"--dependency=afterany:{job_id}", f"--job-name=flowprep-{cfg.dataset}-finalize",
-            f"--output={logs_dir(store) / 'finalize-%j.out'}", "--ntasks=1", "--cpus-per-task=1",
+            f"--dependency=afterany:{job_id}",
+            f"--job-name=flowprep-{cfg.dataset}-finalize",
+            f"--output={logs_dir(store) / 'finalize-%j.out'}",
+            "--ntasks=1",
+            "--cpus-per-task=1",
             f"--chdir={(workdir or Path.cwd()).resolve()}",
         ]
         fin += [f"--{k}={getattr(opts, k)}" for k in ("partition", "account") if getattr(opts, k)]

@@ -76,9 +76,11 @@ class LedgerRecord:
     def to_json(self) -> dict[str, Any]:
         """The ledger line's fields: unset ones and ``staged`` (never written) left out."""
         return {
-            f.name: v for f in fields(self)
+            f.name: v
+            for f in fields(self)
             if (v := getattr(self, f.name)) is not None and v is not False and f.name != "staged"
         }
+
 
 # Failures that a rerun cannot fix: the row, the file or the video itself is the problem.
 # Everything else (network, timeouts, "internal" crashes, a full disk, out of memory, ...) is
@@ -370,14 +372,18 @@ def kept_failure(row: Any, previous: dict[str, Any] | None) -> LedgerRecord | No
     if previous is None or previous.get("status") != "failed" or is_retryable(previous.get("reason_class")):
         return None
     return LedgerRecord(
-        key=row.video_id, line=row.line, label=row.label, split=row.split, status="failed",
-        reason_class=previous["reason_class"], reason=previous.get("reason"), kept=True,
+        key=row.video_id,
+        line=row.line,
+        label=row.label,
+        split=row.split,
+        status="failed",
+        reason_class=previous["reason_class"],
+        reason=previous.get("reason"),
+        kept=True,
     )
 
 
-def write_index(
-    cfg: Any, rows: list[Any], row_errors: list[Any], dest: Path | None = None
-) -> dict[str, Any]:
+def write_index(cfg: Any, rows: list[Any], row_errors: list[Any], dest: Path | None = None) -> dict[str, Any]:
     """Rewrite ``index.json`` (or ``dest``, a task's part): every row with its status (done / failed / pending)."""
     rdir = run_dir(cfg.out)
     latest = read_latest(rdir)
@@ -406,10 +412,17 @@ def write_index(
         "format_version": FORMAT_VERSION,
         "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "counts": {s: sum(v["status"] == s for v in videos) for s in ("done", "failed", "pending")},
-        "config": {"decode": asdict(cfg.decode), "flow": {
-                "backend": cfg.flow.backend, "device": cfg.flow.device, "batch": cfg.flow.batch,
-                "bound": cfg.flow.bound, "params": dict(cfg.flow.params),
-            }, "write": asdict(cfg.write)},
+        "config": {
+            "decode": asdict(cfg.decode),
+            "flow": {
+                "backend": cfg.flow.backend,
+                "device": cfg.flow.device,
+                "batch": cfg.flow.batch,
+                "bound": cfg.flow.bound,
+                "params": dict(cfg.flow.params),
+            },
+            "write": asdict(cfg.write),
+        },
         "videos": videos,
     }
     if dest is not None:

@@ -161,7 +161,8 @@ def format_status(st: Status, now: float | None = None) -> str:
     lines.append(f"  done     {st.done:>8}  {pct(st.done)}")
     reasons = ", ".join(f"{k}: {v}" for k, v in st.failed_by_reason.items())
     lines.append(
-        f"  failed   {st.failed:>8}  {pct(st.failed)}" + (f"  ({reasons}; {st.retryable_failed} retryable)" if reasons else "")
+        f"  failed   {st.failed:>8}  {pct(st.failed)}"
+        + (f"  ({reasons}; {st.retryable_failed} retryable)" if reasons else "")
     )
     lines.append(f"  pending  {st.pending:>8}  {pct(st.pending)}")
     if st.videos_per_s:
@@ -173,7 +174,9 @@ def format_status(st: Status, now: float | None = None) -> str:
         lines.append(f"  last     video finished {_duration(max(0.0, now - st.last_done))} ago")
     todo = st.pending + st.retryable_failed
     if todo == 0:
-        lines.append("  left     nothing: every row is done or failed for good" + (" (see index.json)" if st.failed else ""))
+        lines.append(
+            "  left     nothing: every row is done or failed for good" + (" (see index.json)" if st.failed else "")
+        )
     elif st.eta_s is not None:
         lines.append(f"  left     {todo} video(s), about {_duration(st.eta_s)} at that rate (if tasks are running)")
     else:

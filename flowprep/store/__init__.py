@@ -16,6 +16,13 @@ from flowprep.store.zarr_store import (
 )
 
 __all__ = [
-    "FORMAT_NAME", "FORMAT_VERSION", "Store", "StoreError", "VideoWriter", "WriteConfig", "create_store",
-    "is_complete", "open_store",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "Store",
+    "StoreError",
+    "VideoWriter",
+    "WriteConfig",
+    "create_store",
+    "is_complete",
+    "open_store",
 ]

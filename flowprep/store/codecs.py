@@ -59,7 +59,9 @@ def _unpack(magic: bytes, data: bytes | memoryview) -> tuple[tuple[int, int, int
         out.append(view[pos : pos + s])
         pos += s
     if pos != len(view):
-        raise ValueError(f"{magic.decode()} chunk of {len(view)} bytes, its header accounts for {pos}: truncated or corrupt")
+        raise ValueError(
+            f"{magic.decode()} chunk of {len(view)} bytes, its header accounts for {pos}: truncated or corrupt"
+        )
     return shape, out
 
 
@@ -126,7 +128,10 @@ class JpegCodec(_FramesCodec):
     def encode_frames(self, frames_nhwc: np.ndarray) -> list[bytes]:
         import imagecodecs
 
-        return [imagecodecs.jpeg8_encode(f, level=self.quality, subsampling=self.subsampling, optimize=True) for f in frames_nhwc]
+        return [
+            imagecodecs.jpeg8_encode(f, level=self.quality, subsampling=self.subsampling, optimize=True)
+            for f in frames_nhwc
+        ]
 
     def decode_frames(self, payloads: list[memoryview], out_nhwc: np.ndarray) -> None:
         import imagecodecs
@@ -261,10 +266,14 @@ class Codec:
     kind: str  # "rgb" or "flow": the array it codes
     name: str  # the recipe value
     exact: bool  # reads back the values written (else: see max_error)
-    build: Callable[[int, int], dict[str, Any]]  # (quality, zstd_level) -> create_array's filters / serializer / compressors
+    build: Callable[
+        [int, int], dict[str, Any]
+    ]  # (quality, zstd_level) -> create_array's filters / serializer / compressors
     settings: tuple[str, ...] = ()  # the WriteConfig settings it uses: recorded with it (video attribute, fingerprint)
     zstd_level: int = 3  # its zstd level where the recipe sets none (the figures behind each: FORMAT.md)
-    max_error: int | None = None  # flow: the largest difference in int8 steps a read may show (None: exact or lossy RGB)
+    max_error: int | None = (
+        None  # flow: the largest difference in int8 steps a read may show (None: exact or lossy RGB)
+    )
     prepare: Callable[[np.ndarray], np.ndarray] = field(default=_same)  # what the writer does to values before encoding
     package: str | None = None  # what a reader needs beside zarr (None: zarr alone decodes it)
 
@@ -289,20 +298,56 @@ def _zstd(level: int) -> ZstdCodec:
     return ZstdCodec(level=level, checksum=True)
 
 
-CODECS: dict[tuple[str, str], Codec] = {(c.kind, c.name): c for c in (
-    Codec("rgb", "jpeg", False, lambda q, z: {"serializer": JpegCodec(quality=q), "compressors": Crc32cCodec()},
-          ("quality",), package="flowprep"),
-    Codec("rgb", "jpegxl", False, lambda q, z: {"serializer": JpegXlCodec(quality=q), "compressors": Crc32cCodec()},
-          ("quality",), package="flowprep"),
-    Codec("rgb", "lossless", True, lambda q, z: {"serializer": BytesCodec(), "compressors": _zstd(z)}, ("zstd_level",)),
-    # flow (T, H, W, 2) as planes (u of 8 fields, then v) before zstd: 5-10% smaller than interleaved u, v;
-    # level 6: 15% smaller than 3, where the whole store falls below rawframes on bikes (FORMAT.md)
-    Codec("flow", "zstd-near", False, lambda q, z: {
-        "filters": [TransposeCodec(order=(0, 3, 1, 2))], "serializer": BytesCodec(), "compressors": _zstd(z)},
-          ("zstd_level",), zstd_level=6, max_error=1, prepare=near_lossless_thw2),
-    Codec("flow", "ffv1", True, lambda q, z: {"serializer": Ffv1Codec(), "compressors": Crc32cCodec()}, package="flowprep"),
-    Codec("flow", "zstd", True, lambda q, z: {"serializer": BytesCodec(), "compressors": _zstd(z)}, ("zstd_level",)),
-)}
+CODECS: dict[tuple[str, str], Codec] = {
+    (c.kind, c.name): c
+    for c in (
+        Codec(
+            "rgb",
+            "jpeg",
+            False,
+            lambda q, z: {"serializer": JpegCodec(quality=q), "compressors": Crc32cCodec()},
+            ("quality",),
+            package="flowprep",
+        ),
+        Codec(
+            "rgb",
+            "jpegxl",
+            False,
+            lambda q, z: {"serializer": JpegXlCodec(quality=q), "compressors": Crc32cCodec()},
+            ("quality",),
+            package="flowprep",
+        ),
+        Codec(
+            "rgb", "lossless", True, lambda q, z: {"serializer": BytesCodec(), "compressors": _zstd(z)}, ("zstd_level",)
+        ),
+        # flow (T, H, W, 2) as planes (u of 8 fields, then v) before zstd: 5-10% smaller than interleaved u, v;
+        # level 6: 15% smaller than 3, where the whole store falls below rawframes on bikes (FORMAT.md)
+        Codec(
+            "flow",
+            "zstd-near",
+            False,
+            lambda q, z: {
+                "filters": [TransposeCodec(order=(0, 3, 1, 2))],
+                "serializer": BytesCodec(),
+                "compressors": _zstd(z),
+            },
+            ("zstd_level",),
+            zstd_level=6,
+            max_error=1,
+            prepare=near_lossless_thw2,
+        ),
+        Codec(
+            "flow",
+            "ffv1",
+            True,
+            lambda q, z: {"serializer": Ffv1Codec(), "compressors": Crc32cCodec()},
+            package="flowprep",
+        ),
+        Codec(
+            "flow", "zstd", True, lambda q, z: {"serializer": BytesCodec(), "compressors": _zstd(z)}, ("zstd_level",)
+        ),
+    )
+}
 
 
 def names(kind: str) -> tuple[str, ...]:

@@ -32,6 +32,7 @@ from flowprep.store.errors import StoreError
 
 def normal(settings: dict[str, Any]) -> dict[str, Any]:
     """JSON round trip, numbers as floats: 20 and 20.0 are the same bound."""
+
     def fix(v: Any) -> Any:
         if isinstance(v, dict):
             return {k: fix(x) for k, x in v.items()}
@@ -47,14 +48,24 @@ def from_video_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     flow = attrs.get("flow") or {}
     dec = attrs.get("decode") or {}
     q = flow.get("quantization") or {}
-    return normal({
-        "format_version": attrs.get("format_version"),
-        "decode": {"fps": dec.get("fps", attrs.get("fps")), "short_side": dec.get("short_side"),
-                   "interpolation": dec.get("interpolation")},
-        "flow": {"algorithm": flow.get("algorithm"), "backend": flow.get("backend"), "params": flow.get("params"),
-                 "bound_px": flow.get("bound_px"), "quantization": {"dtype": q.get("dtype"), "scale": q.get("scale")}},
-        "codecs": attrs.get("codecs"),
-    })
+    return normal(
+        {
+            "format_version": attrs.get("format_version"),
+            "decode": {
+                "fps": dec.get("fps", attrs.get("fps")),
+                "short_side": dec.get("short_side"),
+                "interpolation": dec.get("interpolation"),
+            },
+            "flow": {
+                "algorithm": flow.get("algorithm"),
+                "backend": flow.get("backend"),
+                "params": flow.get("params"),
+                "bound_px": flow.get("bound_px"),
+                "quantization": {"dtype": q.get("dtype"), "scale": q.get("scale")},
+            },
+            "codecs": attrs.get("codecs"),
+        }
+    )
 
 
 def digest(settings: dict[str, Any]) -> str:
@@ -151,7 +162,9 @@ def record(store_path: str | Path, settings: dict[str, Any]) -> None:
 
 
 def check(
-    store_path: str | Path, settings: dict[str, Any], overwrite: bool,
+    store_path: str | Path,
+    settings: dict[str, Any],
+    overwrite: bool,
     invalidate: Callable[[list[str]], None] | None = None,
 ) -> list[str]:
     """Refuse (StoreError) a run whose content settings differ from the store's, unless ``overwrite``;

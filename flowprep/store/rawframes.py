@@ -47,7 +47,12 @@ def _imwrite(path: Path, img: np.ndarray, params: list[int]) -> None:
 
 
 def export_rawframes(
-    store: Store, root: str | Path, *, video_ids: list[str] | None = None, quality: int = 95, flow: bool = True,
+    store: Store,
+    root: str | Path,
+    *,
+    video_ids: list[str] | None = None,
+    quality: int = 95,
+    flow: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, int]:
     """Write each video's rawframes folder (skipping complete ones) and the list files.  Returns counts."""
@@ -101,7 +106,11 @@ class RawframesVideo:
 
 
 def find_videos(
-    root: str | Path, *, list_file: str | Path | None = None, classes_file: str | Path | None = None, split: str = "train",
+    root: str | Path,
+    *,
+    list_file: str | Path | None = None,
+    classes_file: str | Path | None = None,
+    split: str = "train",
 ) -> list[RawframesVideo]:
     """The folders to import: those named by an mmaction2 list file (``<dir> <frames> <label>``; label
     indices mapped through ``classes_file`` when given), else every folder under ``root`` holding
@@ -121,7 +130,9 @@ def find_videos(
             label = parts[2]
             if names is not None:
                 if not label.isdigit() or int(label) >= len(names):
-                    raise StoreError(f"{list_file}:{n}: label {label!r} is not an index into {classes_file} ({len(names)} classes)")
+                    raise StoreError(
+                        f"{list_file}:{n}: label {label!r} is not an index into {classes_file} ({len(names)} classes)"
+                    )
                 label = names[int(label)]
             folder = root / parts[0]
             out.append(RawframesVideo(folder, _video_id(parts[0]), label, split))
@@ -132,7 +143,9 @@ def find_videos(
             name = rel.name or root.resolve().name  # root is itself one video's folder
             out.append(RawframesVideo(img.parent, _video_id(name), label, split))
     if not out:
-        raise StoreError(f"{root}: no rawframes folders (no img_00001.jpg below it{', none listed' if list_file else ''})")
+        raise StoreError(
+            f"{root}: no rawframes folders (no img_00001.jpg below it{', none listed' if list_file else ''})"
+        )
     return out
 
 
@@ -155,7 +168,9 @@ def _read(path: Path, flags: int, size: tuple[int, int] | None = None) -> np.nda
     if img is None:
         raise StoreError(f"{path}: not a readable JPEG")
     if size is not None and img.shape[:2] != size:
-        raise StoreError(f"{path}: frame of {img.shape[1]}x{img.shape[0]}, the video's first frame is {size[1]}x{size[0]}")
+        raise StoreError(
+            f"{path}: frame of {img.shape[1]}x{img.shape[0]}, the video's first frame is {size[1]}x{size[0]}"
+        )
     return img
 
 
@@ -168,7 +183,9 @@ def _read_text(path: str | Path, what: str) -> str:
     except IsADirectoryError:
         raise StoreError(f"{what} {path}: is a folder, not a text file") from None
     except UnicodeDecodeError as e:
-        raise StoreError(f"{what} {path}: not a text file (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+        raise StoreError(
+            f"{what} {path}: not a text file (byte 0x{e.object[e.start]:02x} at offset {e.start})"
+        ) from None
 
 
 def _blocks(paths: list[Path], n: int, read: Callable[[Path], np.ndarray]) -> Iterator[np.ndarray]:
@@ -177,8 +194,14 @@ def _blocks(paths: list[Path], n: int, read: Callable[[Path], np.ndarray]) -> It
 
 
 def import_video(
-    video: RawframesVideo, store_path: str | Path, staging: Path, cfg: WriteConfig, *, bound_px: float = 20.0,
-    fps: float = 25.0, overwrite: bool = False,
+    video: RawframesVideo,
+    store_path: str | Path,
+    staging: Path,
+    cfg: WriteConfig,
+    *,
+    bound_px: float = 20.0,
+    fps: float = 25.0,
+    overwrite: bool = False,
 ) -> int:
     """Write one rawframes folder as a store video (frames and flow from its JPEGs).  Returns frames."""
     imgs = _frames(video.folder, "img")
@@ -187,7 +210,9 @@ def import_video(
     if n < 2:
         raise StoreError(f"{video.folder}: {n} frame(s); a store video needs at least 2")
     if len(fx) != len(fy) or len(fx) not in (n - 1, n):  # some tools write a last, duplicated field
-        raise StoreError(f"{video.folder}: {n} img, {len(fx)} flow_x and {len(fy)} flow_y files; need {n - 1} flow pairs")
+        raise StoreError(
+            f"{video.folder}: {n} img, {len(fx)} flow_x and {len(fy)} flow_y files; need {n - 1} flow pairs"
+        )
     first = _read(imgs[0], cv2.IMREAD_COLOR)
     h, w = first.shape[:2]
     writer = VideoWriter(store_path, video.video_id, h, w, cfg, staging)
@@ -210,22 +235,44 @@ def import_video(
 
 def _attrs(video: RawframesVideo, h: int, w: int, bound_px: float, fps: float) -> dict[str, Any]:
     return {
-        "video_id": video.video_id, "label": video.label, "split": video.split, "source": f"rawframes:{video.folder}",
-        "manifest_line": None, "time_start": None, "time_end": None, "fps": fps, "height": h, "width": w,
+        "video_id": video.video_id,
+        "label": video.label,
+        "split": video.split,
+        "source": f"rawframes:{video.folder}",
+        "manifest_line": None,
+        "time_start": None,
+        "time_end": None,
+        "fps": fps,
+        "height": h,
+        "width": w,
         "rgb": {"dtype": "uint8", "to_float": "x / 127.5 - 1", "range": [-1, 1]},
         "flow": {
-            "algorithm": "imported from rawframes", "bound_px": bound_px,
-            "quantization": {"dtype": "int8", "scale": 127, "encode": "q = round((v8 / 127.5 - 1) * 127) of the 8-bit flow images",
-                             "decode": "q / 127 (in [-1, 1]); x bound for pixels"},
-            "channels": ["u (right)", "v (down)"], "pairing": "flow[t] maps frame t to frame t+1",
+            "algorithm": "imported from rawframes",
+            "bound_px": bound_px,
+            "quantization": {
+                "dtype": "int8",
+                "scale": 127,
+                "encode": "q = round((v8 / 127.5 - 1) * 127) of the 8-bit flow images",
+                "decode": "q / 127 (in [-1, 1]); x bound for pixels",
+            },
+            "channels": ["u (right)", "v (down)"],
+            "pairing": "flow[t] maps frame t to frame t+1",
         },
-        "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "format_version": FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
 def import_rawframes(
-    videos: list[RawframesVideo], store_path: str | Path, staging: Callable[[str], Path], cfg: WriteConfig = WriteConfig(),
-    *, bound_px: float = 20.0, fps: float = 25.0, overwrite: bool = False, progress: Callable[[str], None] | None = None,
+    videos: list[RawframesVideo],
+    store_path: str | Path,
+    staging: Callable[[str], Path],
+    cfg: WriteConfig = WriteConfig(),
+    *,
+    bound_px: float = 20.0,
+    fps: float = 25.0,
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Import folders into a store (created beforehand); complete videos are skipped.  A folder that
     cannot be read is reported in ``failed`` (id -> reason) and does not stop the others."""
@@ -240,7 +287,9 @@ def import_rawframes(
             skipped += 1
             continue
         try:
-            import_video(video, store_path, staging(video.video_id), cfg, bound_px=bound_px, fps=fps, overwrite=overwrite)
+            import_video(
+                video, store_path, staging(video.video_id), cfg, bound_px=bound_px, fps=fps, overwrite=overwrite
+            )
             done += 1
         except (StoreError, OSError, ValueError) as e:
             failed[video.video_id] = str(e)

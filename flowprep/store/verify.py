@@ -194,11 +194,15 @@ def _digest_problems(video_dir: Path, recorded: Any, full: bool) -> list[str]:
         except FileNotFoundError:
             continue  # reported by the shard check
         if not isinstance(want, dict) or size != want.get("bytes"):
-            problems.append(f"{rel.replace('/', ': shard file ', 1)} has {size} bytes, {want.get('bytes') if isinstance(want, dict) else '?'} "
-                            "recorded at commit (replaced or rewritten)")
+            problems.append(
+                f"{rel.replace('/', ': shard file ', 1)} has {size} bytes, {want.get('bytes') if isinstance(want, dict) else '?'} "
+                "recorded at commit (replaced or rewritten)"
+            )
         elif full and _sha256(path) != want.get("sha256"):
-            problems.append(f"{rel.replace('/', ': shard file ', 1)} differs from the digest recorded at commit "
-                            "(swapped with another video's or rewritten)")
+            problems.append(
+                f"{rel.replace('/', ': shard file ', 1)} differs from the digest recorded at commit "
+                "(swapped with another video's or rewritten)"
+            )
     return problems
 
 
@@ -241,7 +245,9 @@ def check_read(video_id: str, name: str, layout: ArrayLayout, expected: int, sta
             raise StoreError(f"video {video_id!r}: {name} {why} (flowprep verify; run --repair)")
 
 
-def decode_error(video_id: str, name: str, array: Any, layout: ArrayLayout, start: int, stop: int, e: Exception) -> StoreError:
+def decode_error(
+    video_id: str, name: str, array: Any, layout: ArrayLayout, start: int, stop: int, e: Exception
+) -> StoreError:
     """A read failed inside zarr: name the first chunk that does not decode."""
     why = _decode_problem(array, layout, start, stop) or f"frames {start}-{stop - 1}: {type(e).__name__}: {e}"
     return StoreError(f"video {video_id!r}: {name} {why} (flowprep verify; run --repair)")
@@ -264,8 +270,10 @@ def verify_store(store_path: str | Path, full: bool = True, ids: list[str] | Non
         if settings is not None and not problems:
             diff = fingerprint.differences(settings, fingerprint.video_settings(video_attrs(videos / vid)))
             if diff:
-                problems = ["made with other settings than the store's: " + "; ".join(
-                    d.replace(", this run ", ", video ") for d in diff)]
+                problems = [
+                    "made with other settings than the store's: "
+                    + "; ".join(d.replace(", this run ", ", video ") for d in diff)
+                ]
         if problems:
             damaged[vid] = problems
     return damaged

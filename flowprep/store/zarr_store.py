@@ -45,10 +45,13 @@ DIMENSIONS = {"rgb": ("t", "y", "x", "c"), "flow": ("t_flow", "y", "x", "uv")}
 # what read_rgb / read_flow give: RGB x / 127.5 - 1 and flow q / 127, both in [-1, 1] (flow in
 # [-1, 1], not pixels: the model input; pixels = x the video's flow.bound_px).
 CF_ATTRIBUTES = {
-    "rgb": {"scale_factor": 1 / 127.5, "add_offset": -1.0, "units": "1",
-            "long_name": "RGB in [-1, 1] (x / 127.5 - 1)"},
-    "flow": {"scale_factor": 1 / 127, "add_offset": 0.0, "units": "1",
-             "long_name": "TV-L1 flow (u right, v down) in [-1, 1] (q / 127); x the video's flow.bound_px for pixels"},
+    "rgb": {"scale_factor": 1 / 127.5, "add_offset": -1.0, "units": "1", "long_name": "RGB in [-1, 1] (x / 127.5 - 1)"},
+    "flow": {
+        "scale_factor": 1 / 127,
+        "add_offset": 0.0,
+        "units": "1",
+        "long_name": "TV-L1 flow (u right, v down) in [-1, 1] (q / 127); x the video's flow.bound_px for pixels",
+    },
 }
 
 
@@ -67,12 +70,16 @@ class WriteConfig:
     def __post_init__(self) -> None:
         if not (isinstance(self.chunk_frames, int) and self.chunk_frames >= 1):
             raise ValueError(f"write.chunk_frames={self.chunk_frames!r}: must be an integer >= 1")
-        if not (isinstance(self.shard_frames, int) and self.shard_frames % self.chunk_frames == 0 and self.shard_frames > 0):
+        if not (
+            isinstance(self.shard_frames, int) and self.shard_frames % self.chunk_frames == 0 and self.shard_frames > 0
+        ):
             raise ValueError(
                 f"write.shard_frames={self.shard_frames!r}: must be a positive multiple of chunk_frames ({self.chunk_frames})"
             )
         if not (self.zstd_level is None or (isinstance(self.zstd_level, int) and 1 <= self.zstd_level <= 22)):
-            raise ValueError(f"write.zstd_level={self.zstd_level!r}: must be an integer in [1, 22] (or unset: each codec's own)")
+            raise ValueError(
+                f"write.zstd_level={self.zstd_level!r}: must be an integer in [1, 22] (or unset: each codec's own)"
+            )
         store_codecs.lookup("rgb", self.rgb_codec)
         store_codecs.lookup("flow", self.flow_codec)
         if not (isinstance(self.rgb_quality, int) and 50 <= self.rgb_quality <= 100):
@@ -80,7 +87,10 @@ class WriteConfig:
 
     def codecs(self) -> dict[str, dict[str, Any]]:
         """The video attribute ``codecs``: per array, its codec's name and settings."""
-        return {kind: self.codec(kind).record(quality=self.rgb_quality, zstd_level=self.zstd_level) for kind in ("rgb", "flow")}
+        return {
+            kind: self.codec(kind).record(quality=self.rgb_quality, zstd_level=self.zstd_level)
+            for kind in ("rgb", "flow")
+        }
 
     def codec(self, kind: str) -> store_codecs.Codec:
         """The codec table's row for array ``kind`` ("rgb" or "flow")."""
@@ -98,7 +108,9 @@ def create_store(path: str | Path, dataset: str) -> None:
     if (path / "zarr.json").exists():
         _check_writable(path, _check_root(path))
         return
-    if path.exists() and any(path.iterdir()) and not (path / "zarr.json").exists():  # re-check: a task may have won meanwhile
+    if (
+        path.exists() and any(path.iterdir()) and not (path / "zarr.json").exists()
+    ):  # re-check: a task may have won meanwhile
         raise StoreError(f"{path} exists and is not a flowprep store; choose another --out")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.creating")
@@ -227,9 +239,15 @@ class VideoWriter:
             raise StoreError(f"{self.video_id}: {self.n_frames} frames but {self.n_flow} flow fields")
         # each shard file's size and SHA-256 (verify.shard_digests): ties the files to this video
         digests = verify.shard_digests(self.tmp)
-        self.group.attrs.update({
-            **attrs, "n_frames": self.n_frames, "n_flow": self.n_flow, "codecs": self.cfg.codecs(), "shard_digests": digests,
-        })
+        self.group.attrs.update(
+            {
+                **attrs,
+                "n_frames": self.n_frames,
+                "n_flow": self.n_flow,
+                "codecs": self.cfg.codecs(),
+                "shard_digests": digests,
+            }
+        )
         problems = verify.video_problems(self.tmp, full=True)
         if problems:
             raise StoreError(f"{self.video_id}: written data do not read back: {'; '.join(problems)}")
@@ -270,9 +288,13 @@ class Store:
             raise StoreError(f"{self.path}: no store here (no zarr.json); build one with `flowprep run`")
         self.meta = _check_root(self.path)
         videos = self.path / "videos"
-        self.video_ids: list[str] = sorted(
-            e.name for e in os.scandir(videos) if e.is_dir() and os.path.exists(os.path.join(e.path, "zarr.json"))
-        ) if videos.is_dir() else []
+        self.video_ids: list[str] = (
+            sorted(
+                e.name for e in os.scandir(videos) if e.is_dir() and os.path.exists(os.path.join(e.path, "zarr.json"))
+            )
+            if videos.is_dir()
+            else []
+        )
         self._known = set(self.video_ids)
         self._groups: dict[str, zarr.Group] = {}
         self._arrays: dict[tuple[str, str], tuple[zarr.Array, verify.ArrayLayout, int]] = {}
@@ -291,8 +313,9 @@ class Store:
             try:
                 g = zarr.open_group(str(self.path / "videos" / video_id), mode="r")
             except Exception as e:  # damaged zarr.json: a message, not a traceback
-                raise StoreError(f"video {video_id!r}: metadata unreadable ({type(e).__name__}: {e}); "
-                                 "flowprep verify; run --repair") from None
+                raise StoreError(
+                    f"video {video_id!r}: metadata unreadable ({type(e).__name__}: {e}); flowprep verify; run --repair"
+                ) from None
             self._groups[video_id] = g
         return g
 
@@ -326,13 +349,25 @@ class Store:
         return dict(self._group(video_id).attrs)
 
     def read_rgb_uint8(
-        self, video_id: str, start: int = 0, stop: int | None = None, *, ys: slice = slice(None), xs: slice = slice(None)
+        self,
+        video_id: str,
+        start: int = 0,
+        stop: int | None = None,
+        *,
+        ys: slice = slice(None),
+        xs: slice = slice(None),
     ) -> np.ndarray:
         """Raw frames ``start:stop`` (rows ``ys``, columns ``xs``): only the chunks of those frames are read."""
         return self._read(video_id, "rgb", start, stop, ys, xs)
 
     def read_flow_int8(
-        self, video_id: str, start: int = 0, stop: int | None = None, *, ys: slice = slice(None), xs: slice = slice(None)
+        self,
+        video_id: str,
+        start: int = 0,
+        stop: int | None = None,
+        *,
+        ys: slice = slice(None),
+        xs: slice = slice(None),
     ) -> np.ndarray:
         return self._read(video_id, "flow", start, stop, ys, xs)
 

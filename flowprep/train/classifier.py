@@ -94,12 +94,16 @@ def initialise(model: Classifier, init: str, cache_dir: Path | None = None) -> s
     channels = state[FIRST_CONV].shape[1] if FIRST_CONV in state else None
     if channels is not None and channels != model.config.in_channels:
         if channels != 3:
-            raise ValueError(f"{init} has {channels} input channels; only RGB weights can start a {model.config.in_channels}-channel stream")
+            raise ValueError(
+                f"{init} has {channels} input channels; only RGB weights can start a {model.config.in_channels}-channel stream"
+            )
         state = flow_state_dict_from_rgb(state, model.config.in_channels)
     take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = sorted(k for k in own if k not in take and not k.startswith("logits."))
     if missing:
-        raise ValueError(f"{init} does not fit this model: missing or mis-shaped {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        raise ValueError(
+            f"{init} does not fit this model: missing or mis-shaped {missing[:8]}{' ...' if len(missing) > 8 else ''}"
+        )
     model.load_state_dict(take, strict=False)
     new_head = not all(k in take for k in own if k.startswith("logits."))
     return f"initialised from {init}" + (f"; new logits for {model.config.num_classes} classes" if new_head else "")
@@ -131,7 +135,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a flowprep training checkpoint (written by `flowprep train`)")
     if blob.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {blob.get('version')!r}; this flowprep reads {CHECKPOINT_VERSION}")
+        raise ValueError(
+            f"{path}: checkpoint version {blob.get('version')!r}; this flowprep reads {CHECKPOINT_VERSION}"
+        )
     return blob
 
 

@@ -91,7 +91,9 @@ def rgb_thwc_to_cthw(raw_thwc: np.ndarray, y: int, x: int, size: int, flip: bool
 FLOW_UNIT_PX = 20.0
 
 
-def flow_thw2_to_cthw(raw_thw2: np.ndarray, y: int, x: int, size: int, flip: bool, bound_px: float = FLOW_UNIT_PX) -> torch.Tensor:
+def flow_thw2_to_cthw(
+    raw_thw2: np.ndarray, y: int, x: int, size: int, flip: bool, bound_px: float = FLOW_UNIT_PX
+) -> torch.Tensor:
     """int8 flow (T, H, W, 2) -> float32 (2, T, size, size), 1.0 = 20 px ([-1, 1] for the usual bound
     of 20 px); ``bound_px``: the video's own bound.  A flip mirrors and negates u."""
     out = thwc_to_cthw_float(crop_flip_thwc(raw_thw2, y, x, size, flip)).mul_(float(bound_px) / FLOW_UNIT_PX / 127)
@@ -145,8 +147,10 @@ def empty_split_message(paths: Sequence[str | Path], split: str | None) -> str:
     counts = ", ".join(f"{k}: {n}" for k, n in sorted(have.items()))
     hint = ""
     if "none" in have:  # e.g. built by `run DIR` before folder runs assigned train/val
-        hint = ("; videos without a split get train/val when `flowprep run DIR` runs again with --overwrite, "
-                "or from DIR/train/<class>/ and DIR/val/<class>/ folders")
+        hint = (
+            "; videos without a split get train/val when `flowprep run DIR` runs again with --overwrite, "
+            "or from DIR/train/<class>/ and DIR/val/<class>/ folders"
+        )
     return f"no videos of split {split!r} in {where} (its videos by split: {counts}); choose one with --split, or --split all{hint}"
 
 
@@ -217,7 +221,9 @@ class VideoClips(Dataset):
         for s, vid, info in found:
             label = str(info.get("label"))
             if label not in index:
-                raise ValueError(f"video {vid} has label {label!r}, not among the {len(self.classes)} classes of the model")
+                raise ValueError(
+                    f"video {vid} has label {label!r}, not among the {len(self.classes)} classes of the model"
+                )
             bound = float((info.get("flow") or {}).get("bound_px", FLOW_UNIT_PX))
             ref = VideoRef(s, vid, index[label], int(info["n_frames"]), int(info["height"]), int(info["width"]), bound)
             if min(ref.height, ref.width) < sampler.crop:
@@ -288,8 +294,12 @@ class VideoClips(Dataset):
         length = self.length(ref)
         info = self.sampler.draw(length, self.span, k, ref.height, ref.width, rng)
         out: dict[str, Any] = {
-            "label": ref.label, "video": v, "start": torch.from_numpy(np.asarray(info.starts, np.int64)),
-            "y": info.y, "x": info.x, "flip": info.flip,
+            "label": ref.label,
+            "video": v,
+            "start": torch.from_numpy(np.asarray(info.starts, np.int64)),
+            "y": info.y,
+            "x": info.x,
+            "flip": info.flip,
         }
         if "flow" in self.streams:  # model units per int8 step / (1 / 127): this video's own bound
             out["flow_scale"] = ref.bound_px / FLOW_UNIT_PX
@@ -330,7 +340,9 @@ def raw_to_model(
     if any(flips):
         # mirror only the flipped samples, and their raw bytes (a quarter of float32's), one sample
         # at a time: on a CPU, torch's advanced indexing and flipping float32 cost 10x a uint8 flip
-        raw_bthwc = torch.stack([r.flip(2) if f else r for r, f in zip(raw_bthwc, flips, strict=True)])  # W: dim 2 of (T, H, W, C)
+        raw_bthwc = torch.stack(
+            [r.flip(2) if f else r for r, f in zip(raw_bthwc, flips, strict=True)]
+        )  # W: dim 2 of (T, H, W, C)
     if stream == "rgb":
         x = dequantize_rgb_(_float32(raw_bthwc))
     else:
@@ -371,7 +383,9 @@ class TrainSampler(Sampler):
     so resuming at step ``s`` continues with exactly the clips an uninterrupted run would draw.
     """
 
-    def __init__(self, n_videos: int, *, batch_size: int, seed: int = 0, start_step: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, n_videos: int, *, batch_size: int, seed: int = 0, start_step: int = 0, rank: int = 0, world_size: int = 1
+    ):
         self.n = n_videos
         self.batch_size = batch_size
         self.seed = seed
@@ -380,7 +394,9 @@ class TrainSampler(Sampler):
         self.world_size = world_size
 
     def _epoch(self, epoch: int) -> list[int]:
-        ds = DistributedSampler(range(self.n), num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=self.seed)
+        ds = DistributedSampler(
+            range(self.n), num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=self.seed
+        )
         ds.set_epoch(epoch)
         return list(ds)
 

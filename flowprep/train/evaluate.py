@@ -38,8 +38,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 @torch.inference_mode()
 def evaluate(
-    models: dict[str, torch.nn.Module], loader: DataLoader, n_videos: int, n_classes: int, *, device: torch.device, amp: bool,
-    channels_last: bool = False, progress: bool = False,
+    models: dict[str, torch.nn.Module],
+    loader: DataLoader,
+    n_videos: int,
+    n_classes: int,
+    *,
+    device: torch.device,
+    amp: bool,
+    channels_last: bool = False,
+    progress: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Video logits per stream: (n_videos, n_classes), the mean over each video's samples, each
     sample's logits the mean over its views (the loader's ``VideoClips`` sampler shapes the input)."""
@@ -49,11 +56,19 @@ def evaluate(
     sums = {s: torch.zeros(n_videos, n_classes, dtype=torch.float64) for s in models}
     counts = torch.zeros(n_videos, dtype=torch.float64)
     whole = loader.batch_size == 1  # whole videos (or one many-view sample): one per batch
-    bar = tqdm(loader, total=len(loader), unit="video" if whole else "batch",
-               desc=f"{'+'.join(models)} {'videos' if whole else 'clips'}", disable=not progress, leave=False)
+    bar = tqdm(
+        loader,
+        total=len(loader),
+        unit="video" if whole else "batch",
+        desc=f"{'+'.join(models)} {'videos' if whole else 'clips'}",
+        disable=not progress,
+        leave=False,
+    )
     for batch in bar:
         for stream, model in models.items():
-            x = to_memory_format(sampler.model_input(clips_to_model(batch, stream, device)), channels_last)  # uint8/int8 until here
+            x = to_memory_format(
+                sampler.model_input(clips_to_model(batch, stream, device)), channels_last
+            )  # uint8/int8 until here
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = consensus(model(x).float(), batch[stream].shape[1]).cpu().double()
             sums[stream].index_add_(0, batch["video"], logits)
@@ -70,7 +85,8 @@ def metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> d
     confusion = torch.zeros(n, n, dtype=torch.int64)
     confusion.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
     per_class = {
-        c: (confusion[i, i].item() / confusion[i].sum().item() if confusion[i].sum() else None) for i, c in enumerate(classes)
+        c: (confusion[i, i].item() / confusion[i].sum().item() if confusion[i].sum() else None)
+        for i, c in enumerate(classes)
     }
     return {
         "top1": (pred == labels).double().mean().item(),
@@ -88,7 +104,9 @@ def format_per_class(streams: dict[str, dict[str, Any]], classes: list[str], con
     title = "per-class accuracy"
     if len(classes) > limit:
         acc = streams[confusion_of]["per_class"]
-        order = sorted(order, key=lambda i: (acc[classes[i]] is None, acc[classes[i]] if acc[classes[i]] is not None else 0))[:limit]
+        order = sorted(
+            order, key=lambda i: (acc[classes[i]] is None, acc[classes[i]] if acc[classes[i]] is not None else 0)
+        )[:limit]
         title += f" (the {limit} worst of {len(classes)} by {confusion_of}; all in report.json)"
     width = max(12, min(40, max(len(classes[i]) for i in order)))
     lines = [title + ":", f"  {'class':<{width}} {'videos':>6} " + " ".join(f"{s:>7}" for s in streams)]
@@ -120,8 +138,15 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], title: str, p
             for i in range(n):
                 for j in range(n):
                     if confusion[i][j]:
-                        ax.text(j, i, str(confusion[i][j]), ha="center", va="center", fontsize=7,
-                                color="white" if m[i, j] > 0.5 else "black")
+                        ax.text(
+                            j,
+                            i,
+                            str(confusion[i][j]),
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                            color="white" if m[i, j] > 0.5 else "black",
+                        )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
@@ -136,8 +161,12 @@ def _sampler(blob: dict[str, Any], crop: int, clip_len: int | None, views: int |
     if count is None and views is not None:
         raise ValueError("--views is for tsn, stacked and slowfast checkpoints; dense evaluation takes --clip-len")
     if count is not None and clip_len is not None:
-        raise ValueError(f"--clip-len is for dense checkpoints; a {trained['name']} model takes the view length it was trained on")
-    return eval_sampler(trained, crop=crop, clip_len=clip_len if count is None else None, **({count: views} if count else {}))
+        raise ValueError(
+            f"--clip-len is for dense checkpoints; a {trained['name']} model takes the view length it was trained on"
+        )
+    return eval_sampler(
+        trained, crop=crop, clip_len=clip_len if count is None else None, **({count: views} if count else {})
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -150,7 +179,10 @@ def main(args: argparse.Namespace) -> int:
     if any(c != classes for c in class_lists.values()):
         raise ValueError("the RGB and flow checkpoints were trained on different class lists")
     crop = args.crop or next(iter(ckpts.values()))["clip"]["crop"]
-    clip_lens = {s: getattr(args, f"{s}_clip_len") if getattr(args, f"{s}_clip_len") is not None else args.clip_len for s in ckpts}
+    clip_lens = {
+        s: getattr(args, f"{s}_clip_len") if getattr(args, f"{s}_clip_len") is not None else args.clip_len
+        for s in ckpts
+    }
     samplers = {s: _sampler(blob, crop, clip_lens[s], args.views) for s, blob in ckpts.items()}
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     amp = device.type == "cuda" if args.amp == "auto" else args.amp == "on"
@@ -163,34 +195,63 @@ def main(args: argparse.Namespace) -> int:
         streams = tuple(s for s in ckpts if samplers[s] == sampler)
         dataset = VideoClips(args.store, streams=streams, sampler=sampler, split=args.split, classes=classes)
         # whole videos differ in length: one per batch; a sample of many views is a batch of its own
-        loader = DataLoader(dataset, batch_size=1 if sampler.steps(streams[0]) == 0 or sampler.views > 1 else 4, num_workers=args.workers,
-                            pin_memory=device.type == "cuda", collate_fn=collate_clips)
-        logits |= evaluate({s: models[s] for s in streams}, loader, len(dataset.videos), len(classes), device=device, amp=amp,
-                            channels_last=channels_last, progress=not args.no_progress)
+        loader = DataLoader(
+            dataset,
+            batch_size=1 if sampler.steps(streams[0]) == 0 or sampler.views > 1 else 4,
+            num_workers=args.workers,
+            pin_memory=device.type == "cuda",
+            collate_fn=collate_clips,
+        )
+        logits |= evaluate(
+            {s: models[s] for s in streams},
+            loader,
+            len(dataset.videos),
+            len(classes),
+            device=device,
+            amp=amp,
+            channels_last=channels_last,
+            progress=not args.no_progress,
+        )
     logits = {s: logits[s] for s in ckpts}
     if len(logits) == 2:
         logits["fused"] = logits["rgb"] + logits["flow"]
     labels = torch.tensor([v.label for v in dataset.videos])
     report: dict[str, Any] = {
-        "stores": dataset.store_paths, "split": args.split, "videos": len(dataset.videos), "classes": classes,
-        "chance": 1 / len(classes), "clip_len": {s: samplers[s].steps(s) for s in samplers}, "crop": crop,
+        "stores": dataset.store_paths,
+        "split": args.split,
+        "videos": len(dataset.videos),
+        "classes": classes,
+        "chance": 1 / len(classes),
+        "clip_len": {s: samplers[s].steps(s) for s in samplers},
+        "crop": crop,
         "sampling": {s: sampler.to_dict() for s, sampler in samplers.items()},
         "checkpoints": {s: {"path": str(getattr(args, s)), "step": blob["step"]} for s, blob in ckpts.items()},
         "streams": {s: metrics(v, labels, classes) for s, v in logits.items()},
         "predictions": [
-            {"video": v.video_id, "label": classes[v.label], **{s: classes[int(lg[i].argmax())] for s, lg in logits.items()}}
+            {
+                "video": v.video_id,
+                "label": classes[v.label],
+                **{s: classes[int(lg[i].argmax())] for s, lg in logits.items()},
+            }
             for i, v in enumerate(dataset.videos)
         ],
     }
     out = Path(args.out) if args.out else Path(getattr(args, next(iter(ckpts)))).parent
     out.mkdir(parents=True, exist_ok=True)
     best = "fused" if "fused" in logits else next(iter(logits))
-    plot_confusion(report["streams"][best]["confusion"], classes, f"{best}: top-1 {report['streams'][best]['top1']:.3f}", out / "confusion.png")
+    plot_confusion(
+        report["streams"][best]["confusion"],
+        classes,
+        f"{best}: top-1 {report['streams'][best]['top1']:.3f}",
+        out / "confusion.png",
+    )
     write_json(out / "report.json", report, indent=1)
     k = min(5, len(classes))
-    print(f"{len(dataset.videos)} videos, {len(classes)} classes (chance {1 / len(classes):.3f}); "
-          + ", ".join(f"{s}: {samplers[s].name} {samplers[s].describe(s)}" for s in samplers)
-          + f", centre crop {crop}")
+    print(
+        f"{len(dataset.videos)} videos, {len(classes)} classes (chance {1 / len(classes):.3f}); "
+        + ", ".join(f"{s}: {samplers[s].name} {samplers[s].describe(s)}" for s in samplers)
+        + f", centre crop {crop}"
+    )
     if k < 5:  # say why the column is not top-5
         print(f"top-{k}: top-5 capped at the number of classes ({len(classes)})")
     print(f"{'stream':<8} {'top-1':>7} {f'top-{k}':>7}")
@@ -209,14 +270,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rgb", metavar="CKPT", help="checkpoint of the RGB stream (flowprep train --stream rgb)")
     p.add_argument("--flow", metavar="CKPT", help="checkpoint of the flow stream")
     p.add_argument("--split", default="val", help="videos of this split (default: val; 'all' for every video)")
-    p.add_argument("--clip-len", type=int, help="dense sampling: 0 (default) whole videos; N: average over consecutive N-step windows")
+    p.add_argument(
+        "--clip-len",
+        type=int,
+        help="dense sampling: 0 (default) whole videos; N: average over consecutive N-step windows",
+    )
     p.add_argument("--rgb-clip-len", type=int, help="the RGB stream's clip length (default: --clip-len)")
     p.add_argument("--flow-clip-len", type=int, help="the flow stream's clip length (default: --clip-len)")
-    p.add_argument("--views", type=int, help="tsn, stacked, slowfast: views averaged per video (default: the papers' 25, 25, 10)")
+    p.add_argument(
+        "--views", type=int, help="tsn, stacked, slowfast: views averaged per video (default: the papers' 25, 25, 10)"
+    )
     p.add_argument("--crop", type=int, help="centre crop, px (default: the training crop of the checkpoint)")
     p.add_argument("--out", help="folder for report.json and confusion.png (default: beside the first checkpoint)")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                   help="DataLoader processes reading the stores (default: min(4, CPUs) = %(default)s; 0 = in this process)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="DataLoader processes reading the stores (default: min(4, CPUs) = %(default)s; 0 = in this process)",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="bf16 autocast (auto: on CUDA)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -36,7 +36,9 @@ def _import(module: str, spec: str) -> Any:
         return importlib.import_module(module)
     except ModuleNotFoundError as e:
         if e.name and (module == e.name or module.startswith(e.name + ".")):
-            raise ValueError(f"--model {spec}: no module named {e.name!r} (install it, or run from the folder that holds it)") from None
+            raise ValueError(
+                f"--model {spec}: no module named {e.name!r} (install it, or run from the folder that holds it)"
+            ) from None
         raise ValueError(f"--model {spec}: importing {module} failed: {e}") from None
     except Exception as e:  # the user's module raised while importing: say what, in one line
         first = (str(e).strip().splitlines() or [""])[0]
@@ -47,7 +49,9 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
     """The callable named by ``package.module:factory``, checked to take (num_classes, in_channels)."""
     m = _SPEC.match(spec)
     if not m:
-        raise ValueError(f"--model {spec!r}: give {I3D} or package.module:factory (factory(num_classes, in_channels) -> nn.Module)")
+        raise ValueError(
+            f"--model {spec!r}: give {I3D} or package.module:factory (factory(num_classes, in_channels) -> nn.Module)"
+        )
     obj: Any = _import(m["module"], spec)
     for part in m["attr"].split("."):
         if not hasattr(obj, part):
@@ -62,7 +66,9 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
     try:
         sig.bind(1, 1)
     except TypeError:
-        raise ValueError(f"--model {spec}: factory{sig} cannot be called as factory(num_classes, in_channels)") from None
+        raise ValueError(
+            f"--model {spec}: factory{sig} cannot be called as factory(num_classes, in_channels)"
+        ) from None
     return obj
 
 
@@ -73,7 +79,9 @@ def build_model(spec: str, num_classes: int, in_channels: int) -> nn.Module:
         model = factory(num_classes, in_channels)
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0]
-        raise ValueError(f"--model {spec}: factory({num_classes}, {in_channels}) raised {type(e).__name__}: {first[:200]}") from None
+        raise ValueError(
+            f"--model {spec}: factory({num_classes}, {in_channels}) raised {type(e).__name__}: {first[:200]}"
+        ) from None
     if not isinstance(model, nn.Module):
         raise ValueError(f"--model {spec}: factory returned a {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -45,7 +45,11 @@ from flowprep.models.weights import CONVERTED_FILES, FIRST_CONV, pretrained_labe
 from flowprep.train.classifier import Classifier, classifier_from_checkpoint, load_checkpoint
 from flowprep.train.data import CHANNELS, centre_crop, flow_thw2_to_cthw, rgb_thwc_to_cthw
 
-DEFAULT_WEIGHTS = {"rgb": "kinetics400-rgb", "two-stream-rgb": "kinetics400-rgb-imagenet", "flow": "kinetics400-flow-imagenet"}
+DEFAULT_WEIGHTS = {
+    "rgb": "kinetics400-rgb",
+    "two-stream-rgb": "kinetics400-rgb-imagenet",
+    "flow": "kinetics400-flow-imagenet",
+}
 LABELS_HINT = (
     "give --labels FILE: DeepMind's data/label_map_600.txt, or a Kinetics-600 annotation CSV "
     "(`flowprep manifests fetch kinetics600`)"
@@ -79,8 +83,9 @@ def load_stream(
     blob = load_checkpoint(weights)
     if blob["stream"] != stream:
         raise ValueError(f"{weights} is a {blob['stream']} checkpoint; it cannot run the {stream} stream")
-    return StreamModel(classifier_from_checkpoint(blob), list(blob["classes"]), int(blob["clip"]["crop"]),
-                       blob.get("store_settings"))
+    return StreamModel(
+        classifier_from_checkpoint(blob), list(blob["classes"]), int(blob["clip"]["crop"]), blob.get("store_settings")
+    )
 
 
 def load_stream_model(
@@ -111,8 +116,13 @@ def rgb_clip(frames_thwc: np.ndarray, crop: int) -> torch.Tensor:
 
 
 def window_flow_int8(
-    frames_thwc: np.ndarray, backend: str = "auto", device: str | None = None, *, bound: float = FLOW_BOUND,
-    progress: bool = False, **params,
+    frames_thwc: np.ndarray,
+    backend: str = "auto",
+    device: str | None = None,
+    *,
+    bound: float = FLOW_BOUND,
+    progress: bool = False,
+    **params,
 ) -> np.ndarray:
     """TV-L1 flow of consecutive frames, quantized as stores keep it (``bound`` px): int8 (T-1, H, W, 2).
 
@@ -157,9 +167,17 @@ class Prediction:
 
 
 def two_stream(
-    rgb_model: Classifier, flow_model: Classifier, frames_thwc: np.ndarray, labels: list[str], *,
-    crop: int = 224, device: torch.device = torch.device("cpu"), flow_backend: str = "auto", bound: float = FLOW_BOUND,
-    progress: bool = False, **flow_params,
+    rgb_model: Classifier,
+    flow_model: Classifier,
+    frames_thwc: np.ndarray,
+    labels: list[str],
+    *,
+    crop: int = 224,
+    device: torch.device = torch.device("cpu"),
+    flow_backend: str = "auto",
+    bound: float = FLOW_BOUND,
+    progress: bool = False,
+    **flow_params,
 ) -> Prediction:
     """RGB, flow and fused logits of ``frames_thwc`` (T >= 2 frames -> T - 1 time steps each).
 
@@ -191,7 +209,9 @@ class InputSettings:
     fps: float = 25.0
     short_side: int = 256
     preset: str | None = None
-    flow_params: dict[str, Any] = dataclasses.field(default_factory=dict)  # TV-L1 parameters (all of them, or overrides)
+    flow_params: dict[str, Any] = dataclasses.field(
+        default_factory=dict
+    )  # TV-L1 parameters (all of them, or overrides)
     bound: float = FLOW_BOUND
     source: str = "defaults"  # where they came from, for the console
 
@@ -205,12 +225,26 @@ def input_settings(args: argparse.Namespace, trained: dict[str, Any] | None, whe
         preset, params = args.preset, dict(get_preset(args.preset).params)
     params.update(parse_flow_params(args.flow_param or []))
     side = args.short_side or int(dec.get("short_side") or 256)
-    given = [o for o, v in (("--short-side", args.short_side), ("--fps", args.fps), ("--preset", args.preset),
-                            ("--flow-param", args.flow_param)) if v]
-    source = (f"the stores {where} was trained on" if trained else "defaults") + (f", {', '.join(given)} given" if given else "")
+    given = [
+        o
+        for o, v in (
+            ("--short-side", args.short_side),
+            ("--fps", args.fps),
+            ("--preset", args.preset),
+            ("--flow-param", args.flow_param),
+        )
+        if v
+    ]
+    source = (f"the stores {where} was trained on" if trained else "defaults") + (
+        f", {', '.join(given)} given" if given else ""
+    )
     return InputSettings(
-        fps=float(args.fps or dec.get("fps") or 25.0), short_side=side, preset=preset, flow_params=params,
-        bound=float(flow.get("bound_px") or FLOW_BOUND), source=source,
+        fps=float(args.fps or dec.get("fps") or 25.0),
+        short_side=side,
+        preset=preset,
+        flow_params=params,
+        bound=float(flow.get("bound_px") or FLOW_BOUND),
+        source=source,
     )
 
 
@@ -265,31 +299,52 @@ def main(args: argparse.Namespace) -> int:
     if flow is not None and flow.labels != rgb.labels:
         raise ValueError(f"{rgb_weights} and {flow_weights} have different class lists: their logits cannot be fused")
     if flow is not None and flow.crop != rgb.crop:
-        raise ValueError(f"{rgb_weights} was trained on {rgb.crop} px crops and {flow_weights} on {flow.crop}: give models of one crop")
+        raise ValueError(
+            f"{rgb_weights} was trained on {rgb.crop} px crops and {flow_weights} on {flow.crop}: give models of one crop"
+        )
     # the flow stream's stores say how its flow was made; both streams see the same decoded frames
-    trained, where = (flow.settings, flow_weights) if flow is not None and flow.settings else (rgb.settings, rgb_weights)
+    trained, where = (
+        (flow.settings, flow_weights) if flow is not None and flow.settings else (rgb.settings, rgb_weights)
+    )
     st = input_settings(args, trained, where)
     if flow is not None and rgb.settings and flow.settings:
         from flowprep.store.fingerprint import differences
 
         diff = [d for d in differences(rgb.settings.get("decode") or {}, flow.settings.get("decode") or {})]
         if diff and not (args.short_side or args.fps):
-            print(f"note: the streams were trained on stores decoded differently ({'; '.join(diff)}); using the flow stream's")
+            print(
+                f"note: the streams were trained on stores decoded differently ({'; '.join(diff)}); using the flow stream's"
+            )
     cfg = DecodeConfig(fps=st.fps, short_side=st.short_side)
     want = args.frames + (1 if args.two_stream else 0)  # flow needs one frame past the window
     frames = _decode(str(Path(args.video).resolve()), cfg, args.start, want, progress)
     crop = rgb.crop
-    print(f"input as {st.source}: {st.fps:g} fps, short side {st.short_side}"
-          + (f"; flow: {describe_flow(st)}" if flow is not None else ""))
+    print(
+        f"input as {st.source}: {st.fps:g} fps, short side {st.short_side}"
+        + (f"; flow: {describe_flow(st)}" if flow is not None else "")
+    )
     where = f"{args.video}: {{n}} frames from {args.start:g} s at {st.fps:g} fps, {frames.shape[1]}x{frames.shape[2]} (HxW), centre crop {crop}"
     if flow is None:
         logits = stream_logits(rgb.model, rgb_clip(frames, crop), device)
         print(where.format(n=len(frames)))
         print_top(f"rgb ({rgb_weights})", logits, rgb.labels, args.top)
         return 0
-    result = two_stream(rgb.model, flow.model, frames, rgb.labels, crop=crop, device=device, flow_backend=args.flow_backend,
-                        bound=st.bound, progress=progress, **st.flow_params)
-    print(where.format(n=result.frames) + f"; TV-L1 flow ({pick_backend(args.flow_backend)} backend) of {result.frames} frame pairs")
+    result = two_stream(
+        rgb.model,
+        flow.model,
+        frames,
+        rgb.labels,
+        crop=crop,
+        device=device,
+        flow_backend=args.flow_backend,
+        bound=st.bound,
+        progress=progress,
+        **st.flow_params,
+    )
+    print(
+        where.format(n=result.frames)
+        + f"; TV-L1 flow ({pick_backend(args.flow_backend)} backend) of {result.frames} frame pairs"
+    )
     for stream, name in (("rgb", rgb_weights), ("flow", flow_weights), ("fused", "sum of logits")):
         print_top(f"{stream} ({name})", result.logits[stream], rgb.labels, args.top)
     return 0
@@ -306,26 +361,49 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("video", help="a video file (any format ffmpeg reads)")
-    p.add_argument("--weights", help="RGB stream: kinetics400-rgb (default), kinetics400-rgb-imagenet (default with "
-                   "--two-stream), kinetics600-rgb, or an RGB checkpoint of flowprep train")
-    p.add_argument("--two-stream", action="store_true", help="also compute the window's TV-L1 flow, run the flow stream, fuse")
-    p.add_argument("--flow-weights", help="flow stream: kinetics400-flow-imagenet (default), kinetics400-flow, or a flow checkpoint")
+    p.add_argument(
+        "--weights",
+        help="RGB stream: kinetics400-rgb (default), kinetics400-rgb-imagenet (default with "
+        "--two-stream), kinetics600-rgb, or an RGB checkpoint of flowprep train",
+    )
+    p.add_argument(
+        "--two-stream", action="store_true", help="also compute the window's TV-L1 flow, run the flow stream, fuse"
+    )
+    p.add_argument(
+        "--flow-weights",
+        help="flow stream: kinetics400-flow-imagenet (default), kinetics400-flow, or a flow checkpoint",
+    )
     p.add_argument("--flow-backend", default="auto", help="TV-L1 backend: auto (torch), torch, opencv")
-    p.add_argument("--preset", choices=tuple(PRESETS), metavar="NAME",
-                   help=f"flow preset, one of {', '.join(PRESETS)} (default: the one the flow checkpoint's stores used)")
-    p.add_argument("--flow-param", action="append", metavar="KEY=VALUE",
-                   help="a TV-L1 parameter over the checkpoint's (repeat), e.g. warps=5 (default: the parameters of the stores "
-                   "a checkpoint was trained on, recorded in it; DeepMind's models: flowprep's defaults)")
-    p.add_argument("--short-side", type=int, help="decode the smallest side to N px (default: the checkpoint's stores', else 256)")
+    p.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        metavar="NAME",
+        help=f"flow preset, one of {', '.join(PRESETS)} (default: the one the flow checkpoint's stores used)",
+    )
+    p.add_argument(
+        "--flow-param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a TV-L1 parameter over the checkpoint's (repeat), e.g. warps=5 (default: the parameters of the stores "
+        "a checkpoint was trained on, recorded in it; DeepMind's models: flowprep's defaults)",
+    )
+    p.add_argument(
+        "--short-side", type=int, help="decode the smallest side to N px (default: the checkpoint's stores', else 256)"
+    )
     p.add_argument("--fps", type=float, help="decode frame rate (default: the checkpoint's stores', else 25)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (decode frames, flow pairs)")
-    p.add_argument("--labels", help="class names for a model imported without them (kinetics600-rgb): label_map_600.txt "
-                   "or a Kinetics annotation CSV")
+    p.add_argument(
+        "--labels",
+        help="class names for a model imported without them (kinetics600-rgb): label_map_600.txt "
+        "or a Kinetics annotation CSV",
+    )
     p.add_argument("--frames", type=int, default=250, help="use up to N frames from --start (default: 250)")
     p.add_argument("--start", type=float, default=0.0, help="seconds into the video (default: 0)")
     p.add_argument("--top", type=int, default=5, help="classes to print per stream (default: 5)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N (also for the flow)")
-    p.add_argument("--cache-dir", help="pretrained weights cache (default: $FLOWPREP_CACHE/weights or ~/.cache/flowprep/weights)")
+    p.add_argument(
+        "--cache-dir", help="pretrained weights cache (default: $FLOWPREP_CACHE/weights or ~/.cache/flowprep/weights)"
+    )
 
 
 def command(args: argparse.Namespace) -> int:

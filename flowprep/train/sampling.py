@@ -192,7 +192,9 @@ class ClipSampler:
         y, x = centre_crop(height, width, self.crop)
         return y, x, False
 
-    def draw(self, length: int, span: int, item: int, height: int, width: int, rng: np.random.Generator | None) -> ClipInfo:
+    def draw(
+        self, length: int, span: int, item: int, height: int, width: int, rng: np.random.Generator | None
+    ) -> ClipInfo:
         # time first, then space: a sample's seed fixes both, in this order
         starts = self.starts(length, span, item, rng)
         return ClipInfo(starts, *self.place(height, width, rng))
@@ -428,7 +430,9 @@ def train_sampler(name: str, **settings: Any) -> ClipSampler:
     given = {k: v for k, v in settings.items() if v is not None}
     extra = sorted(set(given) - field_names(cls))
     if extra:
-        raise ValueError(f"--sampling {name} has no {', '.join(extra)} (its settings: {', '.join(sorted(field_names(cls)))})")
+        raise ValueError(
+            f"--sampling {name} has no {', '.join(extra)} (its settings: {', '.join(sorted(field_names(cls)))})"
+        )
     return cls(**given)
 
 
@@ -444,5 +448,7 @@ def eval_sampler(trained: dict[str, Any], **overrides: Any) -> ClipSampler:
     given = {k: v for k, v in overrides.items() if v is not None}
     extra = sorted(set(given) - names)
     if extra:
-        raise ValueError(f"sampling {cls.name} has no {', '.join(extra)} at evaluation (its settings: {', '.join(sorted(names))})")
+        raise ValueError(
+            f"sampling {cls.name} has no {', '.join(extra)} at evaluation (its settings: {', '.join(sorted(names))})"
+        )
     return cls(**(kw | given))

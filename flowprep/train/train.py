@@ -93,8 +93,14 @@ def _auto(flag: str, device: torch.device) -> bool:
 
 
 def train_step(
-    model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor | list[torch.Tensor],
-    y: torch.Tensor, *, amp: bool, views: int = 1,
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor | list[torch.Tensor],
+    y: torch.Tensor,
+    *,
+    amp: bool,
+    views: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step on a batch of B samples of ``views`` views each (``x``: B*views inputs, or
     SlowFast's two pathways); the loss is on the views' mean logits.  Returns (loss, number correct), detached."""
@@ -134,7 +140,9 @@ def train_one_epoch(
         y = batch["label"].to(device, non_blocking=True)
         lr = optimizer.param_groups[0]["lr"]
         views = batch[stream].shape[1]
-        loss, correct = train_step(model, criterion, optimizer, to_memory_format(x, channels_last), y, amp=amp, views=views)
+        loss, correct = train_step(
+            model, criterion, optimizer, to_memory_format(x, channels_last), y, amp=amp, views=views
+        )
         scheduler.step()
         step += 1
         stats = torch.stack([loss.float() * len(y), correct.float(), torch.tensor(float(len(y)), device=device)])
@@ -229,12 +237,20 @@ def _model(
     """(model, its config for the checkpoint, how it was initialised, what it is) for ``--model``."""
     if args.model != I3D:
         model = build_model(args.model, num_classes, in_channels)
-        return model, {"num_classes": num_classes, "in_channels": in_channels}, "its factory's initialisation", args.model
+        return (
+            model,
+            {"num_classes": num_classes, "in_channels": in_channels},
+            "its factory's initialisation",
+            args.model,
+        )
     if blob:
         config = I3DConfig(**blob["model_config"])
     else:
         config = I3DConfig(
-            num_classes=num_classes, in_channels=in_channels, dropout=args.dropout, final_endpoint=args.endpoint,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            dropout=args.dropout,
+            final_endpoint=args.endpoint,
             bn_momentum=args.bn_momentum,
         )
     model = Classifier(config)
@@ -258,7 +274,10 @@ def main(args: argparse.Namespace) -> int:
     # bare --resume: continue <out>/checkpoint.pt when there is one, else start (a requeued job reruns one command)
     resume = (str(ckpt_path) if ckpt_path.exists() else None) if args.resume == "auto" else args.resume
     if resume is None and ckpt_path.exists() and args.resume != "auto":
-        print(f"flowprep train: error: {ckpt_path} exists; continue it with --resume, or choose another --out", file=sys.stderr)
+        print(
+            f"flowprep train: error: {ckpt_path} exists; continue it with --resume, or choose another --out",
+            file=sys.stderr,
+        )
         return 2
     d, device = init_distributed(args.device)
     try:
@@ -268,15 +287,22 @@ def main(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
 
 
-def _train(args: argparse.Namespace, out: Path, ckpt_path: Path, resume: str | None, d: Dist, device: torch.device) -> int:
+def _train(
+    args: argparse.Namespace, out: Path, ckpt_path: Path, resume: str | None, d: Dist, device: torch.device
+) -> int:
     torch.manual_seed(args.seed + d.rank)
     blob = load_checkpoint(resume) if resume else None
     classes = blob["classes"] if blob else (Path(args.classes).read_text().split("\n") if args.classes else None)
     if classes is not None:
         classes = [c for c in classes if c.strip()]
     sampling = train_sampler(
-        args.sampling, crop=args.crop, flip=False if args.no_flip else None, clip_len=args.clip_len, segments=args.segments,
-        stride=args.stride, alpha=args.alpha,
+        args.sampling,
+        crop=args.crop,
+        flip=False if args.no_flip else None,
+        clip_len=args.clip_len,
+        segments=args.segments,
+        stride=args.stride,
+        alpha=args.alpha,
     )
     dataset = VideoClips(args.store, streams=(args.stream,), sampler=sampling, split=args.split, classes=classes)
     if blob:
@@ -290,7 +316,9 @@ def _train(args: argparse.Namespace, out: Path, ckpt_path: Path, resume: str | N
     to_device(model, device, channels_last)
     ddp_model: nn.Module = model
     if d.world_size > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     milestones = sorted({max(1, round(f * args.steps)) for f in args.lr_drops})
@@ -302,11 +330,24 @@ def _train(args: argparse.Namespace, out: Path, ckpt_path: Path, resume: str | N
         step = int(blob["step"])
     criterion = nn.CrossEntropyLoss()
 
-    sampler = TrainSampler(len(dataset.videos), batch_size=args.batch_size, seed=args.seed, start_step=step, rank=d.rank, world_size=d.world_size)
+    sampler = TrainSampler(
+        len(dataset.videos),
+        batch_size=args.batch_size,
+        seed=args.seed,
+        start_step=step,
+        rank=d.rank,
+        world_size=d.world_size,
+    )
     loader = DataLoader(
-        dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers, collate_fn=collate_clips,
-        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(args.seed),
-        persistent_workers=False, prefetch_factor=4 if args.workers else None,
+        dataset,
+        batch_size=args.batch_size,
+        sampler=sampler,
+        num_workers=args.workers,
+        collate_fn=collate_clips,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(args.seed),
+        persistent_workers=False,
+        prefetch_factor=4 if args.workers else None,
     )
     batches = iter(loader)
     if blob:  # after everything that draws random numbers, so dropout continues where it stopped
@@ -333,26 +374,45 @@ def _train(args: argparse.Namespace, out: Path, ckpt_path: Path, resume: str | N
     while step < end:
         stop = min(end, (step // args.save_every + 1) * args.save_every)
         step = train_one_epoch(
-            ddp_model, criterion, optimizer, scheduler, batches, stream=args.stream, sampler=sampling, device=device, step=step, stop=stop,
-            amp=amp, channels_last=channels_last, d=d, log_file=log_file if d.main else None, total_steps=args.steps,
+            ddp_model,
+            criterion,
+            optimizer,
+            scheduler,
+            batches,
+            stream=args.stream,
+            sampler=sampling,
+            device=device,
+            step=step,
+            stop=stop,
+            amp=amp,
+            channels_last=channels_last,
+            d=d,
+            log_file=log_file if d.main else None,
+            total_steps=args.steps,
         )
-        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None}
+        rng = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+        }
         if d.main:
-            save_checkpoint(ckpt_path, {
-                "model": {k: v.cpu() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "step": step,
-                "stream": args.stream,
-                "classes": list(dataset.classes),
-                "model_factory": args.model,
-                "model_config": model_config,
-                "sampling": sampling.to_dict(),
-                "clip": {"crop": sampling.crop, "clip_len": sampling.steps(args.stream)},  # read by predict
-                "args": cfg,
-                "store_settings": settings,  # how the input was made: predict makes it the same way
-                "rng": rng,
-            })
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "model": {k: v.cpu() for k, v in model.state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "step": step,
+                    "stream": args.stream,
+                    "classes": list(dataset.classes),
+                    "model_factory": args.model,
+                    "model_config": model_config,
+                    "sampling": sampling.to_dict(),
+                    "clip": {"crop": sampling.crop, "clip_len": sampling.steps(args.stream)},  # read by predict
+                    "args": cfg,
+                    "store_settings": settings,  # how the input was made: predict makes it the same way
+                    "rng": rng,
+                },
+            )
             plot_curves(read_log(log_file), out / "curves.png")
             print(f"checkpoint: {ckpt_path} (step {step})", flush=True)
     del batches
@@ -364,45 +424,99 @@ def _train(args: argparse.Namespace, out: Path, ckpt_path: Path, resume: str | N
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``flowprep train`` (also ``python -m flowprep.train.train``); see flowprep/train.py for the defaults' reasons."""
-    p.add_argument("--store", action="append", required=True, help="a store built by `flowprep run` (repeat for several)")
+    p.add_argument(
+        "--store", action="append", required=True, help="a store built by `flowprep run` (repeat for several)"
+    )
     p.add_argument("--stream", choices=("rgb", "flow"), required=True, help="which stream to train")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.jsonl, curves.png")
     p.add_argument("--split", default="train", help="videos of this split (default: train; 'all' for every video)")
-    p.add_argument("--model", default=I3D, metavar="i3d|package.module:factory",
-                   help="i3d (default: flowprep's two-stream I3D), or factory(num_classes, in_channels) -> nn.Module "
-                   "(e.g. a wrapper of torchvision's r2plus1d_18); the current folder is importable")
-    p.add_argument("--sampling", choices=tuple(SAMPLINGS), default="dense",
-                   help="what a sample holds: dense clips (default; I3D, C3D, R(2+1)D), tsn segments, stacked two-stream "
-                   "snippets, slowfast pathways (README: one section per family)")
-    p.add_argument("--init", help="--model i3d only: kinetics400-rgb (default; flow: first conv averaged over RGB), kinetics400-rgb-imagenet, "
-                   "kinetics400-flow[-imagenet], kinetics600-rgb (after `flowprep weights import`), none, or a .pt file")
+    p.add_argument(
+        "--model",
+        default=I3D,
+        metavar="i3d|package.module:factory",
+        help="i3d (default: flowprep's two-stream I3D), or factory(num_classes, in_channels) -> nn.Module "
+        "(e.g. a wrapper of torchvision's r2plus1d_18); the current folder is importable",
+    )
+    p.add_argument(
+        "--sampling",
+        choices=tuple(SAMPLINGS),
+        default="dense",
+        help="what a sample holds: dense clips (default; I3D, C3D, R(2+1)D), tsn segments, stacked two-stream "
+        "snippets, slowfast pathways (README: one section per family)",
+    )
+    p.add_argument(
+        "--init",
+        help="--model i3d only: kinetics400-rgb (default; flow: first conv averaged over RGB), kinetics400-rgb-imagenet, "
+        "kinetics400-flow[-imagenet], kinetics600-rgb (after `flowprep weights import`), none, or a .pt file",
+    )
     p.add_argument("--classes", help="file with one class name per line, in logit order (default: sorted labels)")
-    p.add_argument("--resume", nargs="?", const="auto", help="continue from a checkpoint; bare --resume: <out>/checkpoint.pt if it exists, else start")
-    p.add_argument("--clip-len", type=int, help="time steps per view: dense clip (default 64), flow fields per snippet "
-                   "(tsn 5, stacked 10; RGB snippets are one frame), slowfast fast frames (32)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        help="continue from a checkpoint; bare --resume: <out>/checkpoint.pt if it exists, else start",
+    )
+    p.add_argument(
+        "--clip-len",
+        type=int,
+        help="time steps per view: dense clip (default 64), flow fields per snippet "
+        "(tsn 5, stacked 10; RGB snippets are one frame), slowfast fast frames (32)",
+    )
     p.add_argument("--segments", type=int, help="tsn: segments per video (default 3)")
     p.add_argument("--stride", type=int, help="dense, slowfast: steps between a clip's frames (default 1; slowfast 2)")
     p.add_argument("--alpha", type=int, help="slowfast: the slow pathway takes every alpha-th fast frame (default 8)")
     p.add_argument("--crop", type=int, default=224, help="random square crop, px (default: 224)")
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flip (for direction-labelled classes)")
-    p.add_argument("--endpoint", default="Mixed_5c", help="--model i3d: last I3D block before the logits (default: Mixed_5c, the whole I3D)")
+    p.add_argument(
+        "--endpoint",
+        default="Mixed_5c",
+        help="--model i3d: last I3D block before the logits (default: Mixed_5c, the whole I3D)",
+    )
     p.add_argument("--steps", type=int, default=5000, help="optimizer steps (default: 5000)")
-    p.add_argument("--stop-after", type=int, help="end this run after N steps (checkpoint written); the schedule still follows --steps")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        help="end this run after N steps (checkpoint written); the schedule still follows --steps",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="clips per step per process (default: 8)")
-    p.add_argument("--lr", type=float, default=0.01, help="initial learning rate (default: 0.01; DeepMind: 0.1 from scratch)")
-    p.add_argument("--lr-drops", type=float, nargs="*", default=[0.6, 0.9], help="fractions of --steps where lr is multiplied by --lr-gamma")
+    p.add_argument(
+        "--lr", type=float, default=0.01, help="initial learning rate (default: 0.01; DeepMind: 0.1 from scratch)"
+    )
+    p.add_argument(
+        "--lr-drops",
+        type=float,
+        nargs="*",
+        default=[0.6, 0.9],
+        help="fractions of --steps where lr is multiplied by --lr-gamma",
+    )
     p.add_argument("--lr-gamma", type=float, default=0.1, help="step decay factor (default: 0.1)")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
     p.add_argument("--weight-decay", type=float, default=1e-7, help="default: 1e-7 (DeepMind)")
     p.add_argument("--dropout", type=float, default=0.5, help="before the logits (default: 0.5)")
-    p.add_argument("--bn-momentum", type=float, default=0.01, help="BatchNorm running-statistics momentum (default: 0.01)")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader processes reading the stores, per training process (default: min(8, CPUs) = %(default)s; 0 = read in the main process)")
+    p.add_argument(
+        "--bn-momentum", type=float, default=0.01, help="BatchNorm running-statistics momentum (default: 0.01)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="DataLoader processes reading the stores, per training process (default: min(8, CPUs) = %(default)s; 0 = read in the main process)",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="bf16 autocast (auto: on CUDA)")
-    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto", help="channels-last 3D memory (auto: on CUDA)")
-    p.add_argument("--save-every", type=int, default=500, help="write checkpoint.pt and curves.png every N steps and at the end (default: 500)")
+    p.add_argument(
+        "--channels-last", choices=("auto", "on", "off"), default="auto", help="channels-last 3D memory (auto: on CUDA)"
+    )
+    p.add_argument(
+        "--save-every",
+        type=int,
+        default=500,
+        help="write checkpoint.pt and curves.png every N steps and at the end (default: 500)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of clip sampling, crops, flips and dropout (default: 0)")
-    p.add_argument("--cache-dir", help="pretrained weights cache (default: $FLOWPREP_CACHE/weights or ~/.cache/flowprep/weights)")
+    p.add_argument(
+        "--cache-dir", help="pretrained weights cache (default: $FLOWPREP_CACHE/weights or ~/.cache/flowprep/weights)"
+    )
 
 
 def command(args: argparse.Namespace) -> int:
@@ -416,7 +530,9 @@ def command(args: argparse.Namespace) -> int:
     from flowprep.train.classifier import TRUNK_ENDPOINTS
 
     if args.model == I3D and args.sampling != "dense":
-        return usage_error(f"--model i3d takes dense clips; --sampling {args.sampling} needs a 2D or two-pathway model: --model package.module:factory")
+        return usage_error(
+            f"--model i3d takes dense clips; --sampling {args.sampling} needs a 2D or two-pathway model: --model package.module:factory"
+        )
     if args.model != I3D and args.init is not None:
         return usage_error(f"--init is for --model i3d; {args.model} initialises itself in its factory")
     if args.endpoint not in TRUNK_ENDPOINTS:
