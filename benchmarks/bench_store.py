@@ -248,6 +248,7 @@ def flow_candidates() -> dict[str, tuple]:
             lambda p: imagecodecs.jpegxl_encode(p, lossless=True, effort=e, numthreads=1),  # noqa: E731
             lambda b: imagecodecs.jpegxl_decode(b, numthreads=1),
         )
+
     near = store_codecs.near_lossless_thw2
     return {
         "rawframes: 2 gray JPEG q95": _rawframes_flow(),
