@@ -5,6 +5,7 @@ VideoClips reads it from a real store, and the shapes the model receives."""
 import numpy as np
 import pytest
 import torch
+from conftest import Clip
 from synthetic_store import build_store
 
 from flowprep import open_store
@@ -168,7 +169,7 @@ def test_consensus_averages_each_samples_views():
 def store(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sampling")
     return build_store(
-        folder, [("right", Motion(dx=2), 24, "r", "train", 1), ("tiny", Motion(dy=1), 4, "d", "train", 2)]
+        folder, [Clip("right", Motion(dx=2), 24, "r", "train", 1), Clip("tiny", Motion(dy=1), 4, "d", "train", 2)]
     )
 
 

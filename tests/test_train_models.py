@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import Clip
 from synthetic_store import build_store
 from torch import nn
 from torch.utils.data import DataLoader
@@ -79,7 +80,7 @@ def raises(num_classes, in_channels):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
-    videos = [(f"v{i}", Motion(dy=2 if i % 2 else -2), 12, "down" if i % 2 else "up", "train", i) for i in range(4)]
+    videos = [Clip(f"v{i}", Motion(dy=2 if i % 2 else -2), 12, "down" if i % 2 else "up", "train", i) for i in range(4)]
     return build_store(folder, videos)
 
 

@@ -149,10 +149,17 @@ def masked_iteration(
     state.  Returns ``(u, p, active, count)``: ``active`` cleared for pairs whose update was small
     (OpenCV's rule: the converging iteration's update is kept), ``count`` (int (B,)) plus one
     for each pair this iteration updated."""
+    i1wx, i1wy, nig, rho_c = consts
     if len(u) == 3:
-        out = tt.tvl1_iteration_gamma(*u, *p, *consts, l_t, theta, taut, gamma)
+        u1, u2, u3 = u
+        p11, p12, p21, p22, p31, p32 = p
+        out = tt.tvl1_iteration_gamma(
+            u1, u2, u3, p11, p12, p21, p22, p31, p32, i1wx, i1wy, nig, rho_c, l_t, theta, taut, gamma
+        )
     else:
-        out = fused_iteration(*u, *p, *consts, l_t, theta, taut)
+        u1, u2 = u
+        p11, p12, p21, p22 = p
+        out = fused_iteration(u1, u2, p11, p12, p21, p22, i1wx, i1wy, nig, rho_c, l_t, theta, taut)
     a = active[:, None, None]
     nu = len(u)
     new_u = [torch.where(a, n, o) for n, o in zip(out[:nu], u, strict=True)]

@@ -331,7 +331,8 @@ def iterate_warp(state: TVL1State, consts: WarpConsts, params: TVL1Params, thres
     arrays = [x.numpy() for x in (*state.u, *state.p, *consts)]
     counts = np.zeros(len(arrays[0]), np.int32)
     f32 = np.float32
-    _batch_warp(
+    # mypy reads numba's Dispatcher (its __call__ lives in a C base) as taking no arguments
+    _batch_warp(  # type: ignore[call-arg]
         *arrays, f32(params.l_t), f32(params.theta), f32(params.taut), float(thresh), params.n_iter,
         params.inner_iterations, params.median_filtering, counts,
     )  # fmt: skip

@@ -364,11 +364,14 @@ class EagerIteration:
                     )
                 )
                 # forward differences of the new u; gy's last image row is 0
+                gy_last: torch.Tensor | None
                 if y1 < h:
-                    gy_views = (u[b0:b1, y0 + 1 : y1 + 1], u_, gy, None)
+                    u_next, u_cur, gy_dst, gy_last = u[b0:b1, y0 + 1 : y1 + 1], u_, gy, None
                 else:
-                    gy_views = (u[b0:b1, y0 + 1 : y1], u_[:, :-1], gy[:, :-1], gy[:, -1:])
-                for_p.append(_PViews(u_[:, :, 1:], u_[:, :, :-1], gx[:, :, :-1], *gy_views, pa_, pb[sl]))
+                    u_next, u_cur, gy_dst, gy_last = u[b0:b1, y0 + 1 : y1], u_[:, :-1], gy[:, :-1], gy[:, -1:]
+                for_p.append(
+                    _PViews(u_[:, :, 1:], u_[:, :, :-1], gx[:, :, :-1], u_next, u_cur, gy_dst, gy_last, pa_, pb[sl])
+                )
             blocks.append(
                 _BlockViews(
                     step,
@@ -536,6 +539,8 @@ def _median_of_padded(xp: torch.Tensor, size: int, pool: dict | None = None) -> 
     if pool is None:
         for i, j, keep_min, keep_max in net:
             a, b = wires[i], wires[j]
+            if a is None or b is None:
+                raise RuntimeError(f"median network of size {size} reads a dropped wire ({i}, {j})")
             wires[i] = torch.minimum(a, b) if keep_min else None
             wires[j] = torch.maximum(a, b) if keep_max else None
     else:
@@ -546,6 +551,8 @@ def _median_of_padded(xp: torch.Tensor, size: int, pool: dict | None = None) -> 
         owned = [False] * len(wires)
         for i, j, keep_min, keep_max in net:
             a, b = wires[i], wires[j]
+            if a is None or b is None:
+                raise RuntimeError(f"median network of size {size} reads a dropped wire ({i}, {j})")
             lo = hi = None
             if keep_min:
                 lo = torch.minimum(a, b, out=free.pop() if free else xp.new_empty((xp.shape[0], h, w)))
@@ -695,7 +702,7 @@ class WarpConsts(NamedTuple):
 class Level(NamedTuple):
     """One pyramid level as the schedules see it."""
 
-    index: int  # 0 = finest
+    number: int  # 0 = finest (not `index`: a NamedTuple field may not shadow tuple.index)
     h: int
     w: int
     thresh: float  # epsilon^2 h w: a pair stops once its sum |u_new - u|^2 is at most this
@@ -858,6 +865,11 @@ _COMPILED = {fn.__name__: _CompiledOrEager(fn) for fn in (tvl1_iteration, tvl1_i
 class _Kernels:
     """The functional iteration, its gamma variant and the median: compiled (falling back to
     eager) or eager."""
+
+    # called with a flat argument list (the compiled wrappers take the eager fallback first)
+    iteration: Callable[..., tuple[torch.Tensor, ...]]
+    iteration_gamma: Callable[..., tuple[torch.Tensor, ...]]
+    median: Callable[..., torch.Tensor]
 
     def __init__(self, compile: bool):
         pool: dict = {}

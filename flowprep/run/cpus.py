@@ -119,7 +119,8 @@ def set_solver_threads(n: int) -> None:
         import numba
     except ImportError:
         return
-    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    # numba.config defines its settings inside a function (from the environment), out of mypy's sight
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
 
 
 def quiet_openmp() -> None:

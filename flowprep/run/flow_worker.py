@@ -217,7 +217,7 @@ def _flow_main(device: str, cfg_blob: bytes, requests: Any, replies: list[Any], 
         start = 0
         for wid, seq, gray in batch:
             n = len(gray) - 1
-            replies[wid].put((seq, error if error else flow_q[start : start + n]))
+            replies[wid].put((seq, error if flow_q is None else flow_q[start : start + n]))
             start += n
         pairs += len(i0)
         batches += 1

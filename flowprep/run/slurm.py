@@ -295,7 +295,8 @@ def recorded_options(store: Path) -> dict[str, Any]:
 
 def merge_options(given: dict[str, Any], recorded: dict[str, Any], finalize: bool) -> SlurmOptions:
     """The command line's options (None = not given) over the recorded ones, over the defaults."""
-    merged = {k: given[k] if given.get(k) is not None else recorded.get(k) for k in _KEPT}
+    # values checked by SlurmOptions.__post_init__ (recorded ones come from JSON)
+    merged: dict[str, Any] = {k: given[k] if given.get(k) is not None else recorded.get(k) for k in _KEPT}
     merged["extra"] = tuple(merged["extra"] or ())
     if merged["cpus"] is None:
         merged["cpus"] = 1

@@ -37,15 +37,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from flowprep.atomic import write_json
 from flowprep.run.lease import Lease, live_owner
 from flowprep.run.shard import read_manifest
 from flowprep.store.zarr_store import FORMAT_VERSION, is_complete
 
-STATUSES = ("done", "failed", "skipped")
 Status = Literal["done", "failed", "skipped"]
+STATUSES: tuple[Status, ...] = get_args(Status)
 
 
 @dataclass

@@ -24,7 +24,7 @@ import asyncio
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from zarr.abc.codec import ArrayBytesCodec
@@ -34,13 +34,14 @@ from zarr.registry import register_codec
 if TYPE_CHECKING:
     from typing import Self
 
+    import av
     from zarr.core.array_spec import ArraySpec
     from zarr.core.buffer import Buffer, NDBuffer
 
 _HEADER = struct.Struct("<4sIIII")  # magic, payloads, height, width, channels; then payload sizes (uint32)
 
 
-def _pack(magic: bytes, shape: tuple[int, ...], payloads: list[bytes]) -> bytes:
+def _pack(magic: bytes, shape: tuple[int, ...], payloads: list[bytes | bytearray]) -> bytes:
     _, h, w, c = shape
     n = len(payloads)
     sizes = struct.pack(f"<{len(payloads)}I", *map(len, payloads))
@@ -90,7 +91,7 @@ class _FramesCodec(ArrayBytesCodec):
     def compute_encoded_size(self, _input_byte_length: int, _chunk_spec: ArraySpec) -> int:
         raise NotImplementedError  # variable-size output
 
-    def encode_frames(self, frames_nhwc: np.ndarray) -> list[bytes]:
+    def encode_frames(self, frames_nhwc: np.ndarray) -> list[bytes | bytearray]:
         raise NotImplementedError
 
     def decode_frames(self, payloads: list[memoryview], out_nhwc: np.ndarray) -> None:
@@ -125,7 +126,7 @@ class JpegCodec(_FramesCodec):
     quality: int = 95
     subsampling: str = "420"  # as OpenCV's imwrite and so mmaction2 / denseflow rawframes
 
-    def encode_frames(self, frames_nhwc: np.ndarray) -> list[bytes]:
+    def encode_frames(self, frames_nhwc: np.ndarray) -> list[bytes | bytearray]:
         import imagecodecs
 
         return [
@@ -139,7 +140,8 @@ class JpegCodec(_FramesCodec):
         if len(payloads) != len(out_nhwc):
             raise ValueError(f"jpeg chunk: {len(payloads)} frames for a chunk of {len(out_nhwc)}")
         for i, p in enumerate(payloads):
-            imagecodecs.jpeg8_decode(p, out=out_nhwc[i])
+            # imagecodecs reads any buffer; its stub only lists bytes, bytearray and mmap
+            imagecodecs.jpeg8_decode(p, out=out_nhwc[i])  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,7 @@ class JpegXlCodec(_FramesCodec):
     quality: int = 95
     effort: int = 3
 
-    def encode_frames(self, frames_nhwc: np.ndarray) -> list[bytes]:
+    def encode_frames(self, frames_nhwc: np.ndarray) -> list[bytes | bytearray]:
         import imagecodecs
 
         return [imagecodecs.jpegxl_encode(f, level=self.quality, effort=self.effort, numthreads=1) for f in frames_nhwc]
@@ -162,7 +164,8 @@ class JpegXlCodec(_FramesCodec):
         if len(payloads) != len(out_nhwc):
             raise ValueError(f"jpegxl chunk: {len(payloads)} frames for a chunk of {len(out_nhwc)}")
         for i, p in enumerate(payloads):
-            out_nhwc[i] = imagecodecs.jpegxl_decode(p, numthreads=1)
+            # imagecodecs reads any buffer; its stub only lists bytes, bytearray and mmap
+            out_nhwc[i] = imagecodecs.jpegxl_decode(p, numthreads=1)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -177,7 +180,7 @@ class Ffv1Codec(_FramesCodec):
     magic = b"FPF1"
     context: int = 1  # FFV1's large context model: 2% smaller than the small one on flow
 
-    def _open(self, mode: str, h: int, w: int):
+    def _open(self, mode: Literal["r", "w"], h: int, w: int) -> av.VideoCodecContext:
         import av
 
         cc = av.CodecContext.create("ffv1", mode)
@@ -192,7 +195,7 @@ class Ffv1Codec(_FramesCodec):
             cc.options = {"coder": "1", "context": str(self.context), "g": "1000"}
         return cc
 
-    def encode_frames(self, frames_nhwc: np.ndarray) -> list[bytes]:
+    def encode_frames(self, frames_nhwc: np.ndarray) -> list[bytes | bytearray]:
         import av
 
         n, h, w, c = frames_nhwc.shape
@@ -226,7 +229,7 @@ class Ffv1Codec(_FramesCodec):
             frames = cc.decode(av.Packet(bytes(p)))
             if len(frames) != 1:
                 raise ValueError(f"ffv1 chunk: field {i} decoded to {len(frames)} frames")
-            plane = frames[0].to_ndarray(format="gray")
+            plane: np.ndarray = frames[0].to_ndarray(format="gray")  # uint8; the stub allows any dtype
             if flip:
                 plane = plane ^ np.uint8(0x80)
             out_nhwc[i] = plane.reshape(c, h, w).transpose(1, 2, 0).view(out_nhwc.dtype)

@@ -27,7 +27,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -37,6 +37,9 @@ from flowprep.store import codecs as store_codecs
 from flowprep.store import verify
 from flowprep.store.errors import StoreError
 
+if TYPE_CHECKING:
+    from zarr.core.common import JSON
+
 FORMAT_NAME = "flowprep"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # 1: zstd only, flow dims named like RGB's (xarray cannot open a video group)
@@ -44,7 +47,7 @@ DIMENSIONS = {"rgb": ("t", "y", "x", "c"), "flow": ("t_flow", "y", "x", "uv")}
 # CF packing attributes of each array, so xarray's decode_cf (on by default in open_zarr) gives
 # what read_rgb / read_flow give: RGB x / 127.5 - 1 and flow q / 127, both in [-1, 1] (flow in
 # [-1, 1], not pixels: the model input; pixels = x the video's flow.bound_px).
-CF_ATTRIBUTES = {
+CF_ATTRIBUTES: dict[str, dict[str, JSON]] = {
     "rgb": {"scale_factor": 1 / 127.5, "add_offset": -1.0, "units": "1", "long_name": "RGB in [-1, 1] (x / 127.5 - 1)"},
     "flow": {
         "scale_factor": 1 / 127,
@@ -335,12 +338,15 @@ class Store:
                 arr = g[name]
             except Exception as e:
                 raise StoreError(f"video {video_id!r}: {name} array unreadable ({type(e).__name__}: {e})") from None
+            if not isinstance(arr, zarr.Array):
+                raise StoreError(f"video {video_id!r}: {name} is a group, not an array; flowprep verify; run --repair")
             got = self._arrays[(video_id, name)] = (arr, layout, expected)
         arr, layout, expected = got
         a, b, _ = slice(start, stop).indices(expected)
         verify.check_read(video_id, name, layout, expected, a, b)
         try:
-            return arr[start:stop, ys, xs]
+            # slices in every axis: always an array (zarr's type also allows the scalars an int index gives)
+            return np.asarray(arr[start:stop, ys, xs])
         except Exception as e:
             raise verify.decode_error(video_id, name, arr, layout, a, b, e) from None
 

@@ -21,10 +21,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from flowprep.atomic import default_mode, write_atomic
-from flowprep.models.i3d import ENDPOINTS, I3D, I3DConfig
+from flowprep.models.i3d import ENDPOINTS, I3D, I3DConfig, LogitsHead
 from flowprep.models.weights import (
     CONVERTED_FILES,
     FIRST_CONV,
@@ -38,13 +37,14 @@ CHECKPOINT_VERSION = 1
 INITS = (*CONVERTED_FILES, "none")  # DeepMind's models (flowprep weights import for all but kinetics400-rgb)
 
 
-class ClampedLogits(nn.Module):
-    """Average pool (at most 2x7x7, VALID, stride 1), dropout, 1x1x1 conv, mean over what is left."""
+class ClampedLogits(LogitsHead):
+    """Average pool (at most 2x7x7, VALID, stride 1), dropout, 1x1x1 conv, mean over what is left.
+
+    A ``LogitsHead`` (same ``dropout`` and ``conv`` parts, so ``I3D``'s head code and state dict
+    names apply) whose pool fits the map instead of needing 1x1 logits."""
 
     def __init__(self, in_channels: int, num_classes: int, *, dropout: float) -> None:
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.conv = nn.Conv3d(in_channels, num_classes, kernel_size=1, bias=True)
+        super().__init__(in_channels, num_classes, dropout=dropout, spatial_squeeze=False)
 
     def forward(self, x_bcthw: torch.Tensor) -> torch.Tensor:
         t, h, w = x_bcthw.shape[2:]
@@ -57,6 +57,8 @@ class Classifier(I3D):
 
     A smaller ``final_endpoint`` (e.g. ``"Mixed_3c"``) gives a shallow I3D for tests and CPU.
     """
+
+    logits: ClampedLogits  # always present here (I3D's is None below the Logits endpoint)
 
     def __init__(self, config: I3DConfig) -> None:
         trunk_end = "Mixed_5c" if config.final_endpoint == "Logits" else config.final_endpoint

@@ -38,7 +38,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -394,8 +394,10 @@ class TrainSampler(Sampler):
         self.world_size = world_size
 
     def _epoch(self, epoch: int) -> list[int]:
-        ds = DistributedSampler(
-            range(self.n), num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=self.seed
+        # DistributedSampler only takes len() of its dataset; torch types it as a Dataset
+        indices = cast("Dataset[int]", range(self.n))
+        ds: DistributedSampler[int] = DistributedSampler(
+            indices, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=self.seed
         )
         ds.set_epoch(epoch)
         return list(ds)

@@ -187,6 +187,8 @@ class ClipSampler:
     def place(self, height: int, width: int, rng: np.random.Generator | None) -> tuple[int, int, bool]:
         """(y, x, flip) of the sample's crop: random crop and flip to train, centre crop to evaluate."""
         if self.random:
+            if rng is None:
+                raise ValueError(f"{type(self).__name__} crops at random: place() needs an rng")
             y, x = sample_crop(height, width, self.crop, rng)
             return y, x, bool(getattr(self, "flip", False) and rng.random() < 0.5)
         y, x = centre_crop(height, width, self.crop)

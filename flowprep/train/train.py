@@ -227,8 +227,10 @@ def store_settings(paths: list[str]) -> dict[str, Any] | None:
 
     found = [fingerprint.recorded(p) for p in paths]
     first = found[0]
+    if first is None:
+        return None
     same = all(f is not None and not fingerprint.differences(first, f) for f in found)
-    return fingerprint.normal(first) if first is not None and same else None
+    return fingerprint.normal(first) if same else None
 
 
 def _model(
@@ -305,7 +307,7 @@ def _train(
         alpha=args.alpha,
     )
     dataset = VideoClips(args.store, streams=(args.stream,), sampler=sampling, split=args.split, classes=classes)
-    if blob:
+    if blob and resume:  # blob is only loaded from resume
         _check_resume(blob, args, sampling, resume)
     model, model_config, how, what = _model(args, blob, len(dataset.classes), sampling.in_channels(args.stream))
     if blob:
