@@ -10,7 +10,7 @@ in_channels)`` (``flowprep.train.plugins``) fed by the sampler ``--sampling`` na
 
 One script for one CPU, one GPU and many (torchrun sets WORLD_SIZE; DistributedDataParallel
 and a distributed sampler only start when it is > 1).  Training counts steps, not epochs;
-``train_one_epoch`` runs the steps up to the next checkpoint.  Writes into ``--out``:
+``train_steps`` runs the steps up to the next checkpoint.  Writes into ``--out``:
 ``checkpoint.pt`` (atomic; model, optimizer, scheduler, RNG, step, config, class list, the
 stores' content settings),
 ``log.jsonl`` (one line per step) and ``curves.png``.  ``--resume`` continues exactly.
@@ -113,7 +113,7 @@ def train_step(
     return loss.detach(), (logits.argmax(1) == y).sum()
 
 
-def train_one_epoch(
+def train_steps(
     model: nn.Module,
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -163,15 +163,20 @@ def train_one_epoch(
         if not math.isfinite(rec["loss"]):
             raise FloatingPointError(f"step {step}: loss is {rec['loss']}; lower --lr")
         if d.main:
-            print(
-                f"step {step:>6}/{total_steps}  loss {rec['loss']:.4f}  acc {rec['acc']:.3f}  "
-                f"lr {lr:.2e}  {rec['clips_per_s']:.1f} clips/s",
-                flush=True,
-            )
-            if log_file is not None:
-                with open(log_file, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(rec) + "\n")
+            _report_step(rec, total_steps, log_file)
     return step
+
+
+def _report_step(rec: dict[str, Any], total_steps: int, log_file: Path | None) -> None:
+    """One step's line on stdout and in ``log_file``."""
+    print(
+        f"step {rec['step']:>6}/{total_steps}  loss {rec['loss']:.4f}  acc {rec['acc']:.3f}  "
+        f"lr {rec['lr']:.2e}  {rec['clips_per_s']:.1f} clips/s",
+        flush=True,
+    )
+    if log_file is not None:
+        with open(log_file, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
 
 
 # --- logs and pictures -------------------------------------------------------------------------
@@ -375,7 +380,7 @@ def _train(
     settings = store_settings(args.store)
     while step < end:
         stop = min(end, (step // args.save_every + 1) * args.save_every)
-        step = train_one_epoch(
+        step = train_steps(
             ddp_model,
             criterion,
             optimizer,
