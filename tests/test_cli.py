@@ -10,7 +10,8 @@ import pytest
 from conftest import make_clip, write_recipe
 from PIL import Image
 
-from flowprep.cli.main import COMMANDS, build_parser, main
+from flowprep import open_store
+from flowprep.cli.main import COMMANDS, build_parser, flow_stats, main
 
 
 def test_help_lists_commands(capsys):
@@ -61,3 +62,16 @@ def test_run_then_inspect_with_preview(tmp_path):
     assert "a " in proc.stdout and "walk" in proc.stdout and "file not found" in proc.stdout
     img = np.asarray(Image.open(png))
     assert img.ndim == 3 and img.shape[0] > 100 and img.std() > 10
+
+    # the figures inspect prints: against the stored flow read back whole (4 frames: one window)
+    store = open_store(out)
+    (vid,) = store.video_ids
+    px = store.read_flow(vid) * float(store.info(vid)["flow"]["bound_px"])
+    mag = np.hypot(px[..., 0], px[..., 1])
+    stats = flow_stats(store, vid)
+    assert stats.mean_px == pytest.approx(float(mag.mean()), rel=1e-5)
+    assert stats.p95_px == pytest.approx(float(np.percentile(mag, 95)), rel=1e-5)
+    assert stats.max_px == pytest.approx(float(mag.max()), rel=1e-5)
+    assert stats.clipped == 0.0  # 2 px of motion is far inside the bound
+    # the clip moves (2, 1) px per frame: the interior's median magnitude is sqrt(5)
+    assert float(np.median(mag[:, 8:-8, 8:-8])) == pytest.approx(5**0.5, abs=0.3)

@@ -100,27 +100,73 @@ def _remove_generated(out: str) -> None:
     shutil.rmtree(run_dir(out), ignore_errors=True)
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
+class FlowStats(NamedTuple):
+    """A video's stored flow magnitude |flow| in pixels, measured over windows of 64 pairs."""
+
+    mean_px: float  # mean of the windows' means
+    p95_px: float  # the largest window's 95th percentile
+    max_px: float
+    clipped: float  # fraction of pixels with a component at the bound (|q| = 127)
+
+
+def flow_stats(store, vid: str) -> FlowStats:
+    """``vid``'s flow figures for ``inspect``, from its int8 flow (read 64 pairs at a time); all
+    zero for a video without pairs (one frame)."""
     import numpy as np
 
+    info = store.info(vid)
+    bound = float(info["flow"]["bound_px"])
+    windows, clipped, n = [], 0, 0
+    for start in range(0, info["n_flow"], 64):
+        q = store.read_flow_int8(vid, start, start + 64)
+        px = q.astype(np.float32) * (bound / 127)
+        m = np.hypot(px[..., 0], px[..., 1])
+        windows.append((float(m.mean()), float(np.percentile(m, 95)), float(m.max())))
+        clipped += int((np.abs(q) == 127).any(-1).sum())
+        n += m.size
+    if not windows:
+        return FlowStats(0.0, 0.0, 0.0, 0.0)
+    means, p95s, maxes = zip(*windows, strict=True)
+    return FlowStats(float(np.mean(means)), max(p95s), max(maxes), clipped / max(n, 1))
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
     from flowprep import open_store
-    from flowprep.run.state import run_dir
-    from flowprep.store.verify import video_problems
+    from flowprep.run.state import read_index, run_dir
     from flowprep.store.zarr_store import StoreError
 
     try:
         store = open_store(args.store)
     except StoreError as e:
         return usage_error(str(e))
-    from flowprep.run.state import read_index
-
     index = read_index(run_dir(args.store)) or {"videos": []}  # index.json + cluster tasks' parts
-    ids = [args.video] if args.video else store.video_ids
     if args.video and args.video not in store:
         return usage_error(f"video {args.video!r} is not in {args.store}; videos: {', '.join(store.video_ids[:20])}")
     print(
         f"{args.store}: {len(store)} complete video(s); dataset {store.meta.get('dataset')}, format v{store.meta['format_version']}"
     )
+    motion, damaged = _inspect_videos(store, [args.video] if args.video else store.video_ids, full=args.verify)
+    failed = [v for v in index["videos"] if v["status"] != "done"]
+    for v in failed:
+        print(f"{v['status']:<8} {v.get('id') or 'line ' + str(v['line'])}: {v.get('reason', '')}")
+    if args.preview and (rc := _inspect_preview(store, args, motion)):
+        return rc
+    if damaged:
+        print(
+            f"{len(damaged)} damaged video(s): {', '.join(sorted(damaged))}; redo them with "
+            f"`flowprep run RECIPE --out {args.store} --repair`",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _inspect_videos(store, ids: list[str], *, full: bool) -> tuple[dict[str, float], dict[str, list[str]]]:
+    """A row per video (DAMAGED with the reasons when its files or values are wrong).  Returns
+    (mean |flow| of each sound video, problems of each damaged one)."""
+    from flowprep.store.verify import video_problems
+    from flowprep.store.zarr_store import StoreError
+
     header = (
         f"{'video':<28} {'label':<14} {'frames':>6} {'HxW':>9} {'|flow| mean':>11} {'p95':>6} {'max':>6} {'clipped':>7}"
     )
@@ -130,63 +176,48 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     damaged: dict[str, list[str]] = {}
     for vid in ids:
         # both arrays: files, shard indexes and shapes; --verify also decodes every chunk
-        problems = video_problems(store.path / "videos" / vid, full=args.verify)
+        problems = video_problems(store.path / "videos" / vid, full=full)
+        if not problems:
+            try:
+                info = store.info(vid)
+                stats = flow_stats(store, vid)
+            except (StoreError, KeyError, TypeError, ValueError) as e:
+                problems = [str(e)]
         if problems:
             damaged[vid] = problems
             print(f"{vid:<28} DAMAGED: {'; '.join(problems)}")
             continue
-        try:
-            info = store.info(vid)
-            bound = float(info["flow"]["bound_px"])
-            mags, clipped, n = [], 0, 0
-            for start in range(0, info["n_flow"], 64):
-                q = store.read_flow_int8(vid, start, start + 64)
-                px = q.astype(np.float32) * (bound / 127)
-                m = np.hypot(px[..., 0], px[..., 1])
-                mags.append(np.percentile(m, [50, 95]).tolist() + [float(m.mean()), float(m.max())])
-                clipped += int((np.abs(q) == 127).any(-1).sum())
-                n += m.size
-        except (StoreError, KeyError, TypeError, ValueError) as e:
-            damaged[vid] = [str(e)]
-            print(f"{vid:<28} DAMAGED: {e}")
-            continue
-        a = np.array(mags)
-        motion[vid] = float(a[:, 2].mean())
+        motion[vid] = stats.mean_px
         print(
             f"{vid:<28} {str(info.get('label'))[:14]:<14} {info['n_frames']:>6} "
-            f"{info['height']:>4}x{info['width']:<4} {a[:, 2].mean():>9.2f}px {a[:, 1].max():>6.2f} "
-            f"{a[:, 3].max():>6.2f} {100 * clipped / max(n, 1):>6.2f}%"
+            f"{info['height']:>4}x{info['width']:<4} {stats.mean_px:>9.2f}px {stats.p95_px:>6.2f} "
+            f"{stats.max_px:>6.2f} {100 * stats.clipped:>6.2f}%"
         )
         src = str(info.get("source") or "")
         if src.startswith("synthetic:"):
             print(
                 f"{'':<28} known motion: end-point error {_synthetic_epe(store, vid, src):.3f} px (interior, all pairs)"
             )
-    failed = [v for v in index["videos"] if v["status"] != "done"]
-    for v in failed:
-        print(f"{v['status']:<8} {v.get('id') or 'line ' + str(v['line'])}: {v.get('reason', '')}")
-    if args.preview:
-        from flowprep.flow.viz import save_preview
+    return motion, damaged
 
-        # without --video, show the video with the most motion: the most telling picture
-        vid = args.video or (max(motion, key=motion.__getitem__) if motion else None)
-        if vid is None:
-            return usage_error("no complete video to preview")
-        why = "" if args.video else " (the video with the most motion; choose one with --video)"
-        try:
-            print(f"preview of {vid}{why}: {save_preview(store, vid, args.preview)}")
-        except StoreError as e:
-            return usage_error(str(e))
-        except OSError as e:  # a missing or read-only folder
-            return usage_error(f"--preview {args.preview}: cannot write ({e.strerror or e})")
-    if damaged:
-        print(
-            f"{len(damaged)} damaged video(s): {', '.join(sorted(damaged))}; redo them with "
-            f"`flowprep run RECIPE --out {args.store} --repair`",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+
+def _inspect_preview(store, args: argparse.Namespace, motion: dict[str, float]) -> int | None:
+    """Writes ``--preview``; an exit status when it cannot, else None."""
+    from flowprep.flow.viz import save_preview
+    from flowprep.store.zarr_store import StoreError
+
+    # without --video, show the video with the most motion: the most telling picture
+    vid = args.video or (max(motion, key=motion.__getitem__) if motion else None)
+    if vid is None:
+        return usage_error("no complete video to preview")
+    why = "" if args.video else " (the video with the most motion; choose one with --video)"
+    try:
+        print(f"preview of {vid}{why}: {save_preview(store, vid, args.preview)}")
+    except StoreError as e:
+        return usage_error(str(e))
+    except OSError as e:  # a missing or read-only folder
+        return usage_error(f"--preview {args.preview}: cannot write ({e.strerror or e})")
+    return None
 
 
 def _synthetic_epe(store, vid: str, source: str) -> float:
