@@ -97,7 +97,7 @@ RENAMES_ALLOWED = {
     "atomic.py: publish_file": "a finished file (a download) moved into place, fsynced first",
     "store/zarr_store.py: create_store": "a new store's root folder, built aside, appears in one rename",
     "store/zarr_store.py: publish": "a staged video folder moves into videos/ (the old one aside first with --overwrite)",
-    "run/pipeline.py: _repair_rows": "a damaged video folder leaves the store at once, then is deleted",
+    "run/pipeline.py: _take_out": "a damaged video folder leaves the store at once, then is deleted",
     "run/lease.py: acquire": "a stale lease is moved aside so only one contender deletes it",
 }
 
@@ -159,3 +159,20 @@ def test_the_weights_cache_folder_is_worked_out_in_one_place():
         if p.name != "cache.py" and re.search(r"""environ(\.get\(|\[)["']FLOWPREP_CACHE""", p.read_text())
     ]
     assert spelled == []
+
+
+def test_a_blocks_flow_is_worked_out_in_one_place():
+    # block_flow_int8 (flow/api.py): fewer than 2 frames -> no fields, else TV-L1 then int8, for
+    # the pipeline, video_flow and predict alike (the flow worker quantizes on its device instead)
+    found = []
+    for p in sorted(ROOT.rglob("*.py")):
+        rel = p.relative_to(ROOT).as_posix()
+        if rel == "flow/api.py":
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) in (
+                "compute_flow",
+                "quantize_flow",
+            ):
+                found.append(f"{rel}:{node.lineno}")
+    assert found == []

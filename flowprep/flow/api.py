@@ -27,6 +27,7 @@ from flowprep.flow.params import DEFAULT_TVL1_PARAMS
 
 FLOW_BOUND = 20.0
 QUANT_LEVELS = 127
+RGB_SCALE = 1 / 127.5  # uint8 RGB x -> x * RGB_SCALE - 1 in [-1, 1] (I3D's input range)
 
 # DEFAULT_TVL1_PARAMS (the one table of TV-L1 defaults) lives in flowprep.flow.params, which the
 # solvers import without importing this module (no cycle); it is re-exported here.
@@ -207,6 +208,32 @@ def quantize_flow(flow_px: np.ndarray, bound: float = FLOW_BOUND) -> np.ndarray:
     return np.rint(scaled).astype(np.int8)
 
 
+def block_flow_int8(
+    gray_thw: np.ndarray,
+    *,
+    backend: str,
+    device: str | None,
+    bound: float = FLOW_BOUND,
+    batch: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    **params: Any,
+) -> np.ndarray:
+    """int8 flow (n - 1, H, W, 2) of one ``gray_blocks`` block (uint8 (n, H, W)), as a store holds
+    it: none for fewer than 2 frames, else TV-L1 then ``quantize_flow``.  ``batch``: pairs per
+    solver call (all at once when None); ``progress(pairs)`` after each call.  The one rule for a
+    block's flow, shared by the pipeline and ``video_flow``."""
+    if len(gray_thw) < 2:
+        return np.zeros((0, *gray_thw.shape[1:3], 2), np.int8)
+    step = batch or len(gray_thw) - 1
+    parts = []
+    for i in range(0, len(gray_thw) - 1, step):
+        flow_px = compute_flow(gray_thw[i : i + step + 1], backend=backend, device=device, **params)
+        parts.append(quantize_flow(flow_px, bound))
+        if progress:
+            progress(len(flow_px))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 def dequantize_flow(q: np.ndarray) -> np.ndarray:
     """int8 -> float32 in [-1, 1] (multiply by the bound for pixels)."""
     return q.astype(np.float32) * np.float32(1.0 / QUANT_LEVELS)
@@ -215,7 +242,7 @@ def dequantize_flow(q: np.ndarray) -> np.ndarray:
 def dequantize_rgb_(x: Any) -> Any:
     """RGB values 0..255 held in a float32 array or tensor -> [-1, 1] in place (``x / 127.5 - 1``,
     I3D's input range); returns ``x``.  In place so a training batch is scaled without a copy."""
-    x *= 1 / 127.5
+    x *= RGB_SCALE
     x -= 1.0
     return x
 

@@ -18,12 +18,11 @@ import numpy as np
 
 from flowprep.flow.api import (
     FLOW_BOUND,
-    compute_flow,
+    block_flow_int8,
     dequantize_flow,
     dequantize_rgb,
     gray_blocks,
     pick_backend,
-    quantize_flow,
 )
 
 
@@ -52,11 +51,7 @@ def iter_video_flow(
     backend = pick_backend(backend, device)
     cfg = DecodeConfig(fps=fps, short_side=short_side, block_frames=block_frames)
     for block, gray in gray_blocks(decode_blocks(str(path), cfg, start, end)):
-        if len(gray) >= 2:
-            flow_q = quantize_flow(compute_flow(gray, backend=backend, device=device, **params), bound)
-        else:
-            flow_q = np.zeros((0, *block.shape[1:3], 2), np.int8)
-        yield block, flow_q
+        yield block, block_flow_int8(gray, backend=backend, device=device, bound=bound, **params)
 
 
 def video_flow(

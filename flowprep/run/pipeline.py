@@ -107,22 +107,20 @@ def _flow_blocks(
     """(RGB block, its int8 flow) for each decoded block; flow across blocks by ``gray_blocks``."""
     batch = _flow_batch(cfg, backend)
     for block, gray in flowmod.gray_blocks(blocks):
-        if len(gray) < 2:
-            flow_q = np.zeros((0, *block.shape[1:3], 2), np.int8)
-        elif flow_fn is not None:  # the whole block at once, in a flow worker
+        if flow_fn is not None and len(gray) >= 2:  # the whole block at once, in a flow worker
             flow_q = flow_fn(gray)
             if progress:
                 progress(len(gray) - 1)
         else:
-            flows = []
-            for i in range(0, len(gray) - 1, batch):
-                f = flowmod.compute_flow(
-                    gray[i : i + batch + 1], backend=backend, device=cfg.flow.device, **cfg.flow.params
-                )
-                flows.append(flowmod.quantize_flow(f, cfg.flow.bound))
-                if progress:
-                    progress(len(f))
-            flow_q = np.concatenate(flows)
+            flow_q = flowmod.block_flow_int8(
+                gray,
+                backend=backend,
+                device=cfg.flow.device,
+                bound=cfg.flow.bound,
+                batch=batch,
+                progress=progress,
+                **cfg.flow.params,
+            )
         yield block, flow_q
 
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
-from flowprep.flow.api import dequantize_flow, dequantize_rgb
+from flowprep.flow.api import RGB_SCALE, dequantize_flow, dequantize_rgb
 from flowprep.store import codecs as store_codecs
 from flowprep.store import verify
 from flowprep.store.errors import StoreError
@@ -48,7 +48,7 @@ DIMENSIONS = {"rgb": ("t", "y", "x", "c"), "flow": ("t_flow", "y", "x", "uv")}
 # what read_rgb / read_flow give: RGB x / 127.5 - 1 and flow q / 127, both in [-1, 1] (flow in
 # [-1, 1], not pixels: the model input; pixels = x the video's flow.bound_px).
 CF_ATTRIBUTES: dict[str, dict[str, JSON]] = {
-    "rgb": {"scale_factor": 1 / 127.5, "add_offset": -1.0, "units": "1", "long_name": "RGB in [-1, 1] (x / 127.5 - 1)"},
+    "rgb": {"scale_factor": RGB_SCALE, "add_offset": -1.0, "units": "1", "long_name": "RGB in [-1, 1] (x / 127.5 - 1)"},
     "flow": {
         "scale_factor": 1 / 127,
         "add_offset": 0.0,

@@ -36,7 +36,7 @@ import torch
 
 from flowprep.console import usage_error
 from flowprep.dataset.decode import DecodeConfig, decode_blocks
-from flowprep.flow.api import FLOW_BOUND, compute_flow, pick_backend, quantize_flow, rgb_to_gray
+from flowprep.flow.api import FLOW_BOUND, block_flow_int8, pick_backend, rgb_to_gray
 from flowprep.flow.presets import PRESETS, get_preset, parse_flow_params
 from flowprep.models.cache import weights_cache_dir
 from flowprep.models.i3d import I3DConfig
@@ -132,13 +132,16 @@ def window_flow_int8(
 
     backend = pick_backend(backend, device)
     gray = rgb_to_gray(frames_thwc)
-    out = []
     with tqdm(total=len(gray) - 1, unit="pair", desc="flow", disable=not progress, leave=False) as bar:
-        for i in range(0, len(gray) - 1, 16):
-            f = compute_flow(gray[i : i + 17], backend=backend, device=device if backend == "torch" else None, **params)
-            out.append(quantize_flow(f, bound))
-            bar.update(len(f))
-    return np.concatenate(out)
+        return block_flow_int8(
+            gray,
+            backend=backend,
+            device=device if backend == "torch" else None,
+            bound=bound,
+            batch=16,
+            progress=bar.update,
+            **params,
+        )
 
 
 def flow_clip(flow_thw2: np.ndarray, crop: int) -> torch.Tensor:
