@@ -143,14 +143,8 @@ def check_cluster_overrides(overrides: Mapping[str, Any]) -> tuple[int, int, str
     return num_tasks, task_index, executor, scheduler
 
 
-def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
-    """Read a recipe; ``overrides`` (from the command line) win over the file.
-
-    Recognised overrides: out, cache_dir, jobs, overwrite, limit, task, progress, backend, device, devices,
-    retry_failed, repair, allow_partial, fetch (a dict of [fetch] keys; None values are ignored),
-    num_tasks, task_index, only_keys, executor, scheduler.
-    """
-    path = Path(path)
+def _read_recipe(path: Path) -> dict[str, Any]:
+    """The recipe's TOML table, its top-level keys checked."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -164,12 +158,14 @@ def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
         raise RecipeError(f"{path}: unknown key(s) {unknown}; known: {sorted(_TOP_KEYS)}")
     if "unsupported" in data:
         raise RecipeError(f"{path}: {data['unsupported']}")
-    dataset = data.get("dataset", path.stem)
-    if not isinstance(dataset, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", dataset):
-        raise RecipeError(f"{path}: dataset={dataset!r}: 1-64 characters of letters, digits, '_', '-'")
-    if "manifest" not in data:
-        raise RecipeError(f"{path}: missing key 'manifest' (path of the manifest CSV, relative to the recipe)")
-    manifest = _manifest_path(path, data["manifest"])
+    return data
+
+
+def _stage_configs(
+    data: Mapping[str, Any], path: Path, overrides: Mapping[str, Any]
+) -> tuple[DecodeConfig, FlowConfig, WriteConfig]:
+    """[decode], [flow] (the command line's backend / device / devices over the file's) and [write],
+    checked and made consistent with each other."""
     decode = _section(data, "decode", DecodeConfig, path)
     flow_section = dict(data.get("flow", {}))
     for key in ("backend", "device", "devices"):
@@ -184,18 +180,21 @@ def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
         decode = replace(decode, allow_partial=True)
     if decode.block_frames != write.shard_frames:
         decode = replace(decode, block_frames=write.shard_frames)  # one decoded block = one shard
-    out = Path(overrides.get("out") or f"out/{dataset}.zarr")
-    cache_dir = Path(overrides.get("cache_dir") or out.parent / "cache")
+    return decode, flow, write
+
+
+def _check_jobs_and_limit(overrides: Mapping[str, Any]) -> tuple[int, int | None]:
     jobs = overrides.get("jobs") or 1
     if not isinstance(jobs, int) or jobs < 1:
         raise RecipeError(f"--jobs {jobs!r}: must be an integer >= 1")
     limit = overrides.get("limit")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise RecipeError(f"--limit {limit!r}: must be an integer >= 1")
-    num_tasks, task_index, executor, scheduler = check_cluster_overrides(overrides)
-    task = overrides.get("task") or (task_tag(task_index) if num_tasks > 1 else "local")
-    if not re.fullmatch(r"[A-Za-z0-9_]{1,32}", task):
-        raise RecipeError(f"task tag {task!r}: 1-32 characters of letters, digits, '_'")
+    return jobs, limit
+
+
+def _fetch_section(data: Mapping[str, Any], path: Path, overrides: Mapping[str, Any]) -> dict[str, Any] | None:
+    """[fetch] with the command line's fetch keys over it (None: no fetch stage), every key checked."""
     fetch = data.get("fetch")
     if fetch is not None and not isinstance(fetch, dict):
         raise RecipeError(f"{path}: [fetch] must be a table")
@@ -206,6 +205,33 @@ def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
         from flowprep.dataset.fetch import FetchConfig
 
         _section({"fetch": fetch}, "fetch", FetchConfig, path)  # check every key now, not per row
+    return fetch
+
+
+def load_recipe(path: str | Path, **overrides: Any) -> RunConfig:
+    """Read a recipe; ``overrides`` (from the command line) win over the file.
+
+    Recognised overrides: out, cache_dir, jobs, overwrite, limit, task, progress, backend, device, devices,
+    retry_failed, repair, allow_partial, fetch (a dict of [fetch] keys; None values are ignored),
+    num_tasks, task_index, only_keys, executor, scheduler.
+    """
+    path = Path(path)
+    data = _read_recipe(path)
+    dataset = data.get("dataset", path.stem)
+    if not isinstance(dataset, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", dataset):
+        raise RecipeError(f"{path}: dataset={dataset!r}: 1-64 characters of letters, digits, '_', '-'")
+    if "manifest" not in data:
+        raise RecipeError(f"{path}: missing key 'manifest' (path of the manifest CSV, relative to the recipe)")
+    manifest = _manifest_path(path, data["manifest"])
+    decode, flow, write = _stage_configs(data, path, overrides)
+    out = Path(overrides.get("out") or f"out/{dataset}.zarr")
+    cache_dir = Path(overrides.get("cache_dir") or out.parent / "cache")
+    jobs, limit = _check_jobs_and_limit(overrides)
+    num_tasks, task_index, executor, scheduler = check_cluster_overrides(overrides)
+    task = overrides.get("task") or (task_tag(task_index) if num_tasks > 1 else "local")
+    if not re.fullmatch(r"[A-Za-z0-9_]{1,32}", task):
+        raise RecipeError(f"task tag {task!r}: 1-32 characters of letters, digits, '_'")
+    fetch = _fetch_section(data, path, overrides)
     return RunConfig(
         dataset=dataset,
         manifest=manifest,
