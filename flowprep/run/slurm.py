@@ -120,21 +120,55 @@ def render_script(
     each task, so the script stays right when only the recipe changes)."""
     python = python or sys.executable
     workdir = (workdir or Path.cwd()).resolve()
-    rdir = run_dir(Path(cfg.out).resolve())
-    # #SBATCH lines cannot be quoted, and a newline in a path would start a new shell line: refuse
-    for what, value in (
+    _refuse_control_characters(
         ("--out", cfg.out),
         ("--cache-dir", cfg.cache_dir),
         ("recipe", recipe),
         ("working directory", workdir),
         ("python", python),
         ("--ids-from", ids_file or ""),
-    ):
+    )
+    gpus = opts.gpus_per_task if opts.gpus_per_task is not None else int(uses_gpu(cfg))
+    cmd = _task_command(
+        cfg, recipe, num_tasks, python, jobs=1 if gpus else opts.cpus, backend=backend, device=device, ids_file=ids_file
+    )
+    sb = _sbatch_options(cfg, task_indices, opts, gpus, workdir)
+    lines = [
+        "#!/bin/bash",
+        f"# flowprep: {cfg.dataset} -> {Path(cfg.out).resolve()}, task(s) {array_spec(task_indices)} of {num_tasks}",
+        f"# written by `flowprep slurm submit` on {time.strftime('%Y-%m-%d %H:%M:%S')}; resubmit as is: sbatch <this file>",
+        *(f"#SBATCH {s}" for s in sb),
+        *opts.extra,
+        "set -euo pipefail",
+        f"cd {shlex.quote(str(workdir))}",
+        'echo "flowprep task ${SLURM_ARRAY_TASK_ID} of ' + str(num_tasks) + ' on $(hostname), job ${SLURM_JOB_ID}"',
+        f'exec {shlex.join(cmd)} --task-index "$SLURM_ARRAY_TASK_ID"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _refuse_control_characters(*named_values: tuple[str, Any]) -> None:
+    # #SBATCH lines cannot be quoted, and a newline in a path would start a new shell line: refuse
+    for what, value in named_values:
         if re.search(r"[\x00-\x1f\x7f]", str(value)):
             raise ValueError(
                 f"{what} {str(value)!r}: a path with a newline or control character cannot go into an sbatch script"
             )
-    gpus = opts.gpus_per_task if opts.gpus_per_task is not None else int(uses_gpu(cfg))
+
+
+def _task_command(
+    cfg: Any,
+    recipe: Path,
+    num_tasks: int,
+    python: str,
+    *,
+    jobs: int,
+    backend: str | None,
+    device: str | None,
+    ids_file: Path | None,
+) -> list[str]:
+    """The ``flowprep run`` each array task runs (its --task-index comes from SLURM)."""
     cmd = [
         python,
         "-m",
@@ -149,7 +183,7 @@ def render_script(
         str(num_tasks),
         # a GPU task feeds one GPU from one process; a CPU task uses all its cores
         "--jobs",
-        str(1 if gpus else opts.cpus),
+        str(jobs),
         "--no-progress",
     ]
     if backend is not None:
@@ -160,6 +194,12 @@ def render_script(
         cmd += ["--limit", str(cfg.limit)]
     if ids_file is not None:
         cmd += ["--ids-from", str(ids_file.resolve())]
+    return cmd
+
+
+def _sbatch_options(cfg: Any, task_indices: list[int], opts: SlurmOptions, gpus: int, workdir: Path) -> list[str]:
+    """The #SBATCH options of the array."""
+    rdir = run_dir(Path(cfg.out).resolve())
     sb = [
         f"--job-name=flowprep-{cfg.dataset}",
         f"--array={array_spec(task_indices, opts.max_running)}",
@@ -176,19 +216,7 @@ def render_script(
         value = getattr(opts, flag)
         if value is not None:
             sb.append(f"--{flag}={value}")
-    lines = [
-        "#!/bin/bash",
-        f"# flowprep: {cfg.dataset} -> {Path(cfg.out).resolve()}, task(s) {array_spec(task_indices)} of {num_tasks}",
-        f"# written by `flowprep slurm submit` on {time.strftime('%Y-%m-%d %H:%M:%S')}; resubmit as is: sbatch <this file>",
-        *(f"#SBATCH {s}" for s in sb),
-        *opts.extra,
-        "set -euo pipefail",
-        f"cd {shlex.quote(str(workdir))}",
-        'echo "flowprep task ${SLURM_ARRAY_TASK_ID} of ' + str(num_tasks) + ' on $(hostname), job ${SLURM_JOB_ID}"',
-        f'exec {shlex.join(cmd)} --task-index "$SLURM_ARRAY_TASK_ID"',
-        "",
-    ]
-    return "\n".join(lines)
+    return sb
 
 
 def next_number(store: Path, kind: str) -> int:
