@@ -9,9 +9,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowprep.console import usage_error
+
+if TYPE_CHECKING:
+    from flowprep.run.slurm import SlurmOptions
 
 
 def _load_target(
@@ -94,25 +97,10 @@ def cmd_finalize(args: argparse.Namespace) -> int:
 
 
 def cmd_slurm(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from flowprep.cli.recipes import FolderSettings
     from flowprep.dataset.manifest import ManifestError
     from flowprep.run.recipe import RecipeError
-    from flowprep.run.slurm import (
-        SlurmError,
-        merge_options,
-        queued,
-        read_jobs,
-        record_options,
-        recorded_options,
-        render_script,
-        submit,
-        write_ids_file,
-        write_script,
-    )
-    from flowprep.run.state import logs_dir, record_run, run_dir
-    from flowprep.run.status import store_status
+    from flowprep.run.slurm import SlurmError, merge_options, read_jobs, submit
 
     try:
         given = {
@@ -125,14 +113,7 @@ def cmd_slurm(args: argparse.Namespace) -> int:
         )
         store = Path(cfg.out).resolve()
         if args.retry_failed:  # the first submission's resources, unless given again
-            kept = recorded_options(store)
-            opts = merge_options(given, kept, finalize=not args.no_finalize)
-            reused = sorted(k for k in kept if given.get(k) is None and kept[k] not in (None, []))
-            if reused:
-                print(
-                    f"retry keeps the recorded {', '.join(f'--{k.replace(chr(95), chr(45))}' for k in reused)} "
-                    f"({', '.join(f'{k}={kept[k]}' for k in reused)}); give one to change it"
-                )
+            opts = _retry_options(given, store, finalize=not args.no_finalize)
         jobs = read_jobs(store)
         num_tasks = (
             args.tasks or (jobs[-1]["num_tasks"] if jobs else None) or (recorded_tasks if args.retry_failed else None)
@@ -142,42 +123,13 @@ def cmd_slurm(args: argparse.Namespace) -> int:
         ids_file = None
         indices = list(range(num_tasks))
         if args.retry_failed:
-            busy = queued(store) if jobs else {}
-            if busy:
-                return usage_error(
-                    f"job(s) {', '.join(busy)} of this store are still queued or running; wait for them "
-                    "(or scancel them) before --retry-failed, so no task runs twice at once"
-                )
-            st = store_status(cfg, num_tasks)
-            if not st.retry_keys:
-                print(
-                    f"{cfg.dataset}: nothing to retry: {st.done} done, {st.failed} failed for good "
-                    f"({', '.join(f'{k}: {v}' for k, v in st.failed_by_reason.items()) or 'none'})"
-                )
+            retry = _retry_tasks(cfg, store, num_tasks, queued_before=bool(jobs))
+            if retry is None:
                 return 0
-            indices = list(st.retry_tasks)
-            ids_file = write_ids_file(store, st.retry_keys)  # retry-NNN.ids; its script is retry-NNN.sbatch
-            print(
-                f"retrying {len(st.retry_keys)} row(s) ({st.pending} pending, {st.retryable_failed} retryable failures) "
-                f"in {len(indices)} task(s); ids: {ids_file}"
-            )
-        # rendered first: it refuses paths no sbatch script can hold before anything is written
-        text = render_script(
-            cfg, recipe, num_tasks, indices, opts, ids_file=ids_file, backend=args.backend, device=args.device
-        )
-        # so `flowprep status STORE` works from the moment the array is queued
-        record_run(run_dir(store), recipe, replace(cfg, num_tasks=num_tasks))
-        number = int(ids_file.stem.split("-")[1]) if ids_file is not None else None
-        script = write_script(store, text, "retry" if args.retry_failed else "array", number)
-        record_options(store, opts)
+            indices, ids_file = retry
+        text, script = _write_array(args, cfg, recipe, num_tasks, indices, opts, ids_file)
         if args.dry_run:
-            print(text, end="")
-            print(f"# dry run: written to {script}, not submitted (submit it with: sbatch {script})")
-            if opts.finalize:
-                print(
-                    f"# `flowprep finalize {store}` is queued only by `flowprep slurm submit`: after a hand-submitted "
-                    f"array, run it (or: sbatch --dependency=afterany:<job id> --wrap 'flowprep finalize {store}')"
-                )
+            _print_dry_run(text, script, store, opts)
             return 0
         rec = submit(cfg, script, num_tasks, indices, opts, ids_file=ids_file)
     except (RecipeError, ManifestError, FileNotFoundError, ValueError, OSError) as e:
@@ -185,12 +137,98 @@ def cmd_slurm(args: argparse.Namespace) -> int:
     except SlurmError as e:
         print(f"flowprep: error: {e}", file=sys.stderr)
         return 1
+    _print_submitted(rec, num_tasks, script, store)
+    return 0
+
+
+def _write_array(
+    args: argparse.Namespace,
+    cfg: Any,
+    recipe: Path,
+    num_tasks: int,
+    indices: list[int],
+    opts: SlurmOptions,
+    ids_file: Path | None,
+) -> tuple[str, Path]:
+    """The array's script (text, file), with the run record and the resources it asks for."""
+    from dataclasses import replace
+
+    from flowprep.run.slurm import record_options, render_script, write_script
+    from flowprep.run.state import record_run, run_dir
+
+    store = Path(cfg.out).resolve()
+    # rendered first: it refuses paths no sbatch script can hold before anything is written
+    text = render_script(
+        cfg, recipe, num_tasks, indices, opts, ids_file=ids_file, backend=args.backend, device=args.device
+    )
+    # so `flowprep status STORE` works from the moment the array is queued
+    record_run(run_dir(store), recipe, replace(cfg, num_tasks=num_tasks))
+    number = int(ids_file.stem.split("-")[1]) if ids_file is not None else None
+    script = write_script(store, text, "retry" if args.retry_failed else "array", number)
+    record_options(store, opts)
+    return text, script
+
+
+def _retry_options(given: dict[str, Any], store: Path, *, finalize: bool) -> SlurmOptions:
+    """The command line's resources over the first submission's (recorded ones reused are named)."""
+    from flowprep.run.slurm import merge_options, recorded_options
+
+    kept = recorded_options(store)
+    opts = merge_options(given, kept, finalize=finalize)
+    reused = sorted(k for k in kept if given.get(k) is None and kept[k] not in (None, []))
+    if reused:
+        print(
+            f"retry keeps the recorded {', '.join(f'--{k.replace(chr(95), chr(45))}' for k in reused)} "
+            f"({', '.join(f'{k}={kept[k]}' for k in reused)}); give one to change it"
+        )
+    return opts
+
+
+def _retry_tasks(cfg: Any, store: Path, num_tasks: int, *, queued_before: bool) -> tuple[list[int], Path] | None:
+    """(task indices, ids file) of a --retry-failed array; None when nothing is left to retry.
+    ValueError while jobs of the store are still queued or running."""
+    from flowprep.run.slurm import queued, write_ids_file
+    from flowprep.run.status import store_status
+
+    busy = queued(store) if queued_before else {}
+    if busy:
+        raise ValueError(
+            f"job(s) {', '.join(busy)} of this store are still queued or running; wait for them "
+            "(or scancel them) before --retry-failed, so no task runs twice at once"
+        )
+    st = store_status(cfg, num_tasks)
+    if not st.retry_keys:
+        print(
+            f"{cfg.dataset}: nothing to retry: {st.done} done, {st.failed} failed for good "
+            f"({', '.join(f'{k}: {v}' for k, v in st.failed_by_reason.items()) or 'none'})"
+        )
+        return None
+    indices = list(st.retry_tasks)
+    ids_file = write_ids_file(store, st.retry_keys)  # retry-NNN.ids; its script is retry-NNN.sbatch
+    print(
+        f"retrying {len(st.retry_keys)} row(s) ({st.pending} pending, {st.retryable_failed} retryable failures) "
+        f"in {len(indices)} task(s); ids: {ids_file}"
+    )
+    return indices, ids_file
+
+
+def _print_dry_run(text: str, script: Path, store: Path, opts: SlurmOptions) -> None:
+    print(text, end="")
+    print(f"# dry run: written to {script}, not submitted (submit it with: sbatch {script})")
+    if opts.finalize:
+        print(
+            f"# `flowprep finalize {store}` is queued only by `flowprep slurm submit`: after a hand-submitted "
+            f"array, run it (or: sbatch --dependency=afterany:<job id> --wrap 'flowprep finalize {store}')"
+        )
+
+
+def _print_submitted(rec: dict[str, Any], num_tasks: int, script: Path, store: Path) -> None:
+    from flowprep.run.state import logs_dir
 
     print(f"submitted array job {rec['job_id']} (tasks {rec['array']} of {num_tasks}): {script}")
     if rec.get("finalize_job_id"):
         print(f"finalize job {rec['finalize_job_id']} runs after it")
     print(f"logs: {logs_dir(store)}/{rec['job_id']}_<task>.out   progress: flowprep status {store}")
-    return 0
 
 
 def _add_status(p: argparse.ArgumentParser) -> None:
