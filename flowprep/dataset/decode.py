@@ -28,7 +28,8 @@ import subprocess
 import threading
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import IO
 
 import ffmpeg
 import numpy as np
@@ -125,6 +126,30 @@ def expected_frames(duration: float | None, fps: float, start: float | None, end
     return max(0.0, hi - lo) * fps
 
 
+@dataclass
+class _FfmpegLog:
+    """What ``decode_blocks`` learns from ffmpeg's stderr, read on a thread while frames stream in."""
+
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=400))
+    size: tuple[int, int] | None = None  # (width, height) of the output stream
+    duration: float | None = None  # the container's, in seconds
+    damage: list[str] = field(default_factory=list)  # the first 3 lines reporting damage
+    size_known: threading.Event = field(default_factory=threading.Event)  # set at the size or at EOF
+
+    def read(self, stderr: IO[bytes]) -> None:
+        for raw in stderr:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self.tail.append(line)
+            if self.duration is None and (d := _DURATION.match(line)):
+                self.duration = int(d.group(1)) * 3600 + int(d.group(2)) * 60 + float(d.group(3))
+            if _DAMAGE.search(line) and len(self.damage) < 3:
+                self.damage.append(line.strip())
+            if self.size is None and (m := _OUT_STREAM.search(line)):
+                self.size = (int(m.group(1)), int(m.group(2)))
+                self.size_known.set()
+        self.size_known.set()  # EOF: unblock the reader whatever happened
+
+
 def decode_blocks(
     path: str,
     cfg: DecodeConfig = DecodeConfig(),
@@ -139,92 +164,89 @@ def decode_blocks(
     writes the reason to ``report["partial"]``, before the last block).  The ffmpeg process is
     always reaped, also when the caller stops early.
     """
-    if not os.path.exists(path):
-        raise DecodeError(f"file not found: {path}")
-    if os.path.isdir(path):
-        raise DecodeError(f"is a directory, not a video file: {path}")
-    if os.path.getsize(path) == 0:
-        raise DecodeError(f"empty file (0 bytes): {path}")
+    _check_file(path)
     cmd = _build_command(path, cfg, start, end, ffmpeg_exe())
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    tail: deque[str] = deque(maxlen=400)
-    size: list[tuple[int, int]] = []
-    duration: list[float] = []
-    damage: list[str] = []
-    size_known = threading.Event()
-
-    def read_stderr() -> None:
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip()
-            tail.append(line)
-            if not duration:
-                d = _DURATION.match(line)
-                if d:
-                    duration.append(int(d.group(1)) * 3600 + int(d.group(2)) * 60 + float(d.group(3)))
-            if _DAMAGE.search(line) and len(damage) < 3:
-                damage.append(line.strip())
-            if not size:
-                m = _OUT_STREAM.search(line)
-                if m:
-                    size.append((int(m.group(1)), int(m.group(2))))
-                    size_known.set()
-        size_known.set()  # EOF: unblock the reader whatever happened
-
-    reader = threading.Thread(target=read_stderr, daemon=True)
+    assert proc.stdout is not None and proc.stderr is not None  # both PIPE
+    log = _FfmpegLog()
+    reader = threading.Thread(target=log.read, args=(proc.stderr,), daemon=True)
     reader.start()
     n_total = 0
     try:
-        size_known.wait()
-        if not size:
+        log.size_known.wait()
+        if log.size is None:
             proc.wait()
             reader.join()
-            _check_signal(proc.returncode, tail)
-            no_video = any("matches no streams" in ln for ln in tail)
-            what = "the file has no video stream" if no_video else "ffmpeg could not read the file"
-            raise DecodeError(_explain(proc.returncode, tail, what))
-        width, height = size[0]
-        frame_bytes = width * height * 3
-        assert proc.stdout is not None
+            raise _no_output_error(proc.returncode, log.tail)
         block: list[np.ndarray] = []
-        while True:
-            buf = proc.stdout.read(frame_bytes)
-            if len(buf) < frame_bytes:
-                break
-            block.append(np.frombuffer(buf, np.uint8).reshape(height, width, 3))
+        for frame in _raw_frames(proc.stdout, *log.size):
+            block.append(frame)
             if len(block) == cfg.block_frames:
                 n_total += len(block)
                 yield np.stack(block)
                 block = []
         proc.wait()
         reader.join()
-        _check_signal(proc.returncode, tail)
+        _check_signal(proc.returncode, log.tail)
         if proc.returncode != 0:
-            raise DecodeError(_explain(proc.returncode, tail, "ffmpeg failed"))
-        n_all = n_total + len(block)
-        want = expected_frames(duration[0] if duration else None, cfg.fps, start, end)
-        why = []
-        if damage:
-            why.append("ffmpeg reported damage: " + "; ".join(damage))
-        if want is not None and n_all > 0 and n_all < 0.9 * want and want - n_all >= 3:
-            why.append(f"{n_all} frames decoded, the container's duration says {want:.0f}")
-        if why:
-            if not cfg.allow_partial:
-                raise DecodeError("partial decode: " + "; ".join(why) + " (run --allow-partial keeps such videos)")
-            if report is not None:
-                report["partial"] = "; ".join(why)
+            raise DecodeError(_explain(proc.returncode, log.tail, "ffmpeg failed"))
+        partial = _check_whole(log, n_total + len(block), cfg, start, end)
+        if partial and report is not None:
+            report["partial"] = partial
         if block:
             n_total += len(block)
             yield np.stack(block)
         if n_total == 0:
-            raise DecodeError(_explain(proc.returncode, tail, "no video frames decoded"))
+            raise DecodeError(_explain(proc.returncode, log.tail, "no video frames decoded"))
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for f in (proc.stdout, proc.stderr):
-            if f is not None:
-                f.close()
+        _reap(proc)
+
+
+def _check_file(path: str) -> None:
+    if not os.path.exists(path):
+        raise DecodeError(f"file not found: {path}")
+    if os.path.isdir(path):
+        raise DecodeError(f"is a directory, not a video file: {path}")
+    if os.path.getsize(path) == 0:
+        raise DecodeError(f"empty file (0 bytes): {path}")
+
+
+def _raw_frames(stdout: IO[bytes], width: int, height: int) -> Iterator[np.ndarray]:
+    """uint8 (H, W, 3) frames of ffmpeg's rawvideo output, up to the first short read."""
+    frame_bytes = width * height * 3
+    while len(buf := stdout.read(frame_bytes)) == frame_bytes:
+        yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
+
+
+def _no_output_error(returncode: int | None, tail: deque[str]) -> DecodeError:
+    """Why ffmpeg ended without an output stream (DecodeInterrupted raised when a signal ended it)."""
+    _check_signal(returncode, tail)
+    no_video = any("matches no streams" in ln for ln in tail)
+    what = "the file has no video stream" if no_video else "ffmpeg could not read the file"
+    return DecodeError(_explain(returncode, tail, what))
+
+
+def _check_whole(log: _FfmpegLog, n_all: int, cfg: DecodeConfig, start: float | None, end: float | None) -> str | None:
+    """Why a decode that ended without error is partial, when ``cfg.allow_partial`` keeps it
+    (DecodeError when it does not); None when it is whole."""
+    want = expected_frames(log.duration, cfg.fps, start, end)
+    why = []
+    if log.damage:
+        why.append("ffmpeg reported damage: " + "; ".join(log.damage))
+    if want is not None and n_all > 0 and n_all < 0.9 * want and want - n_all >= 3:
+        why.append(f"{n_all} frames decoded, the container's duration says {want:.0f}")
+    if why and not cfg.allow_partial:
+        raise DecodeError("partial decode: " + "; ".join(why) + " (run --allow-partial keeps such videos)")
+    return "; ".join(why) or None
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for f in (proc.stdout, proc.stderr):
+        if f is not None:
+            f.close()
 
 
 def _explain(returncode: int | None, tail: deque[str], what: str) -> str:
