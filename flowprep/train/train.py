@@ -299,19 +299,7 @@ def _train(
 ) -> int:
     torch.manual_seed(args.seed + d.rank)
     blob = load_checkpoint(resume) if resume else None
-    classes = blob["classes"] if blob else (Path(args.classes).read_text().split("\n") if args.classes else None)
-    if classes is not None:
-        classes = [c for c in classes if c.strip()]
-    sampling = train_sampler(
-        args.sampling,
-        crop=args.crop,
-        flip=False if args.no_flip else None,
-        clip_len=args.clip_len,
-        segments=args.segments,
-        stride=args.stride,
-        alpha=args.alpha,
-    )
-    dataset = VideoClips(args.store, streams=(args.stream,), sampler=sampling, split=args.split, classes=classes)
+    dataset, sampling = _dataset(args, blob)
     if blob and resume:  # blob is only loaded from resume
         _check_resume(blob, args, sampling, resume)
     model, model_config, how, what = _model(args, blob, len(dataset.classes), sampling.in_channels(args.stream))
@@ -320,64 +308,21 @@ def _train(
         how = f"resumed from {resume} at step {blob['step']}"
     amp = _auto(args.amp, device)
     channels_last = _auto(args.channels_last, device)
-    to_device(model, device, channels_last)
-    ddp_model: nn.Module = model
-    if d.world_size > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    milestones = sorted({max(1, round(f * args.steps)) for f in args.lr_drops})
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=args.lr_gamma)
-    step = 0
-    if blob:
-        optimizer.load_state_dict(blob["optimizer"])
-        scheduler.load_state_dict(blob["scheduler"])
-        step = int(blob["step"])
+    ddp_model = _place(model, device, channels_last, d)
+    optimizer, scheduler, step = _optimizer(args, model, blob)
     criterion = nn.CrossEntropyLoss()
-
-    sampler = TrainSampler(
-        len(dataset.videos),
-        batch_size=args.batch_size,
-        seed=args.seed,
-        start_step=step,
-        rank=d.rank,
-        world_size=d.world_size,
-    )
-    loader = DataLoader(
-        dataset,
-        batch_size=args.batch_size,
-        sampler=sampler,
-        num_workers=args.workers,
-        collate_fn=collate_clips,
-        pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(args.seed),
-        persistent_workers=False,
-        prefetch_factor=4 if args.workers else None,
-    )
-    batches = iter(loader)
+    batches = iter(_loader(args, dataset, step, d, device))
     if blob:  # after everything that draws random numbers, so dropout continues where it stopped
-        torch.set_rng_state(blob["rng"]["torch"])
-        if device.type == "cuda" and blob["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(blob["rng"]["cuda"][d.local_rank % len(blob["rng"]["cuda"])])
-
+        _restore_rng(blob["rng"], device, d)
     log_file = out / "log.jsonl"
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         rewrite_log(log_file, read_log(log_file, up_to_step=step))
         n_params = sum(p.numel() for p in model.parameters())
-        print(
-            f"train {args.stream}: {len(dataset.videos)} videos, {len(dataset.classes)} classes, "
-            f"{sampling.name} sampling: {sampling.describe(args.stream)}, crop {sampling.crop}, "
-            f"batch {args.batch_size} x {d.world_size} process(es), "
-            f"{what} ({n_params / 1e6:.1f} M parameters), {how}; "
-            f"device {device}, bf16 {'on' if amp else 'off'}, channels-last {'on' if channels_last else 'off'}",
-            flush=True,
-        )
-    cfg = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in vars(args).items() if k != "handler"}
+        model_line = f"{what} ({n_params / 1e6:.1f} M parameters), {how}"
+        _announce(args, dataset, sampling, model_line, d, device, amp=amp, channels_last=channels_last)
     end = min(args.steps, step + args.stop_after) if args.stop_after else args.steps
-    settings = store_settings(args.store)
+    training = _run_record(args, dataset, sampling, model_config)
     while step < end:
         stop = min(end, (step // args.save_every + 1) * args.save_every)
         step = train_steps(
@@ -397,33 +342,144 @@ def _train(
             log_file=log_file if d.main else None,
             total_steps=args.steps,
         )
-        rng = {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-        }
         if d.main:
-            save_checkpoint(
-                ckpt_path,
-                {
-                    "model": {k: v.cpu() for k, v in model.state_dict().items()},
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "step": step,
-                    "stream": args.stream,
-                    "classes": list(dataset.classes),
-                    "model_factory": args.model,
-                    "model_config": model_config,
-                    "sampling": sampling.to_dict(),
-                    "clip": {"crop": sampling.crop, "clip_len": sampling.steps(args.stream)},  # read by predict
-                    "args": cfg,
-                    "store_settings": settings,  # how the input was made: predict makes it the same way
-                    "rng": rng,
-                },
-            )
+            save_checkpoint(ckpt_path, _checkpoint(model, optimizer, scheduler, step, training, device))
             plot_curves(read_log(log_file), out / "curves.png")
             print(f"checkpoint: {ckpt_path} (step {step})", flush=True)
     del batches
     return 0
+
+
+def _announce(
+    args: argparse.Namespace,
+    dataset: VideoClips,
+    sampling: ClipSampler,
+    model_line: str,
+    d: Dist,
+    device: torch.device,
+    *,
+    amp: bool,
+    channels_last: bool,
+) -> None:
+    """The run's one-line summary before the first step."""
+    print(
+        f"train {args.stream}: {len(dataset.videos)} videos, {len(dataset.classes)} classes, "
+        f"{sampling.name} sampling: {sampling.describe(args.stream)}, crop {sampling.crop}, "
+        f"batch {args.batch_size} x {d.world_size} process(es), {model_line}; "
+        f"device {device}, bf16 {'on' if amp else 'off'}, channels-last {'on' if channels_last else 'off'}",
+        flush=True,
+    )
+
+
+def _place(model: nn.Module, device: torch.device, channels_last: bool, d: Dist) -> nn.Module:
+    """``model`` moved to ``device``; what to train: it, or its DistributedDataParallel wrapper."""
+    to_device(model, device, channels_last)
+    if d.world_size > 1:
+        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model
+
+
+def _run_record(
+    args: argparse.Namespace, dataset: VideoClips, sampling: ClipSampler, model_config: Any
+) -> dict[str, Any]:
+    """What a checkpoint records of the run besides its state (``evaluate`` and ``predict`` read it)."""
+    cfg = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in vars(args).items() if k != "handler"}
+    return {
+        "stream": args.stream,
+        "classes": list(dataset.classes),
+        "model_factory": args.model,
+        "model_config": model_config,
+        "sampling": sampling.to_dict(),
+        "clip": {"crop": sampling.crop, "clip_len": sampling.steps(args.stream)},  # read by predict
+        "args": cfg,
+        "store_settings": store_settings(args.store),  # how the input was made: predict makes it the same way
+    }
+
+
+def _checkpoint(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    step: int,
+    training: dict[str, Any],
+    device: torch.device,
+) -> dict[str, Any]:
+    """What checkpoint.pt holds: the state to continue from and ``training``, what the run was."""
+    rng = {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+    }
+    return {
+        "model": {k: v.cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": step,
+        **training,
+        "rng": rng,
+    }
+
+
+def _restore_rng(rng: dict[str, Any], device: torch.device, d: Dist) -> None:
+    torch.set_rng_state(rng["torch"])
+    if device.type == "cuda" and rng.get("cuda") is not None:
+        torch.cuda.set_rng_state(rng["cuda"][d.local_rank % len(rng["cuda"])])
+
+
+def _dataset(args: argparse.Namespace, blob: dict[str, Any] | None) -> tuple[VideoClips, ClipSampler]:
+    """The training videos (the checkpoint's class list on resume, else --classes or the store's)
+    and the --sampling sampler that cuts them."""
+    classes = blob["classes"] if blob else (Path(args.classes).read_text().split("\n") if args.classes else None)
+    if classes is not None:
+        classes = [c for c in classes if c.strip()]
+    sampling = train_sampler(
+        args.sampling,
+        crop=args.crop,
+        flip=False if args.no_flip else None,
+        clip_len=args.clip_len,
+        segments=args.segments,
+        stride=args.stride,
+        alpha=args.alpha,
+    )
+    dataset = VideoClips(args.store, streams=(args.stream,), sampler=sampling, split=args.split, classes=classes)
+    return dataset, sampling
+
+
+def _optimizer(
+    args: argparse.Namespace, model: nn.Module, blob: dict[str, Any] | None
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, int]:
+    """SGD, its step schedule and the first step (the checkpoint's on resume)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    milestones = sorted({max(1, round(f * args.steps)) for f in args.lr_drops})
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=args.lr_gamma)
+    step = 0
+    if blob:
+        optimizer.load_state_dict(blob["optimizer"])
+        scheduler.load_state_dict(blob["scheduler"])
+        step = int(blob["step"])
+    return optimizer, scheduler, step
+
+
+def _loader(args: argparse.Namespace, dataset: VideoClips, step: int, d: Dist, device: torch.device) -> DataLoader:
+    """Batches from ``step`` on: this rank's share of a fresh permutation per epoch."""
+    sampler = TrainSampler(
+        len(dataset.videos),
+        batch_size=args.batch_size,
+        seed=args.seed,
+        start_step=step,
+        rank=d.rank,
+        world_size=d.world_size,
+    )
+    return DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        sampler=sampler,
+        num_workers=args.workers,
+        collate_fn=collate_clips,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(args.seed),
+        persistent_workers=False,
+        prefetch_factor=4 if args.workers else None,
+    )
 
 
 # --- command line (registered in flowprep.cli.main) -----------------------------------------
