@@ -170,49 +170,14 @@ def _sampler(blob: dict[str, Any], crop: int, clip_len: int | None, views: int |
 
 
 def main(args: argparse.Namespace) -> int:
-    ckpts = {s: load_checkpoint(p) for s, p in (("rgb", args.rgb), ("flow", args.flow)) if p}
-    for stream, blob in ckpts.items():
-        if blob["stream"] != stream:
-            raise ValueError(f"--{stream} {getattr(args, stream)} is a checkpoint of the {blob['stream']} stream")
-    class_lists = {s: blob["classes"] for s, blob in ckpts.items()}
-    classes = next(iter(class_lists.values()))
-    if any(c != classes for c in class_lists.values()):
-        raise ValueError("the RGB and flow checkpoints were trained on different class lists")
+    ckpts, classes = _checkpoints(args)
     crop = args.crop or next(iter(ckpts.values()))["clip"]["crop"]
     clip_lens = {
         s: getattr(args, f"{s}_clip_len") if getattr(args, f"{s}_clip_len") is not None else args.clip_len
         for s in ckpts
     }
     samplers = {s: _sampler(blob, crop, clip_lens[s], args.views) for s, blob in ckpts.items()}
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    amp = device.type == "cuda" if args.amp == "auto" else args.amp == "on"
-    channels_last = device.type == "cuda"  # as the trainer's auto setting
-    models = {s: model_from_checkpoint(blob) for s, blob in ckpts.items()}
-    for model in models.values():
-        to_device(model, device, channels_last)
-    logits: dict[str, torch.Tensor] = {}
-    for sampler in dict.fromkeys(samplers.values()):  # streams with the same sampler share their reads
-        streams = tuple(s for s in ckpts if samplers[s] == sampler)
-        dataset = VideoClips(args.store, streams=streams, sampler=sampler, split=args.split, classes=classes)
-        # whole videos differ in length: one per batch; a sample of many views is a batch of its own
-        loader = DataLoader(
-            dataset,
-            batch_size=1 if sampler.steps(streams[0]) == 0 or sampler.views > 1 else 4,
-            num_workers=args.workers,
-            pin_memory=device.type == "cuda",
-            collate_fn=collate_clips,
-        )
-        logits |= evaluate(
-            {s: models[s] for s in streams},
-            loader,
-            len(dataset.videos),
-            len(classes),
-            device=device,
-            amp=amp,
-            channels_last=channels_last,
-            progress=not args.no_progress,
-        )
-    logits = {s: logits[s] for s in ckpts}
+    logits, dataset = _stream_logits(args, ckpts, samplers, classes)
     if len(logits) == 2:
         logits["fused"] = logits["rgb"] + logits["flow"]
     labels = torch.tensor([v.label for v in dataset.videos])
@@ -246,20 +211,75 @@ def main(args: argparse.Namespace) -> int:
         out / "confusion.png",
     )
     write_json(out / "report.json", report, indent=1)
-    k = min(5, len(classes))
     print(
         f"{len(dataset.videos)} videos, {len(classes)} classes (chance {1 / len(classes):.3f}); "
         + ", ".join(f"{s}: {samplers[s].name} {samplers[s].describe(s)}" for s in samplers)
         + f", centre crop {crop}"
     )
+    _print_scores(report["streams"], classes, best)
+    print(f"report: {out / 'report.json'}   confusion matrix ({best}): {out / 'confusion.png'}")
+    return 0
+
+
+def _checkpoints(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The --rgb / --flow checkpoints by stream, checked to be of that stream and of one class list."""
+    ckpts = {s: load_checkpoint(p) for s, p in (("rgb", args.rgb), ("flow", args.flow)) if p}
+    for stream, blob in ckpts.items():
+        if blob["stream"] != stream:
+            raise ValueError(f"--{stream} {getattr(args, stream)} is a checkpoint of the {blob['stream']} stream")
+    class_lists = {s: blob["classes"] for s, blob in ckpts.items()}
+    classes = next(iter(class_lists.values()))
+    if any(c != classes for c in class_lists.values()):
+        raise ValueError("the RGB and flow checkpoints were trained on different class lists")
+    return ckpts, classes
+
+
+def _stream_logits(
+    args: argparse.Namespace,
+    ckpts: dict[str, dict[str, Any]],
+    samplers: dict[str, ClipSampler],
+    classes: list[str],
+) -> tuple[dict[str, torch.Tensor], VideoClips]:
+    """(video-level logits of each stream, in the checkpoints' order; the videos read)."""
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    amp = device.type == "cuda" if args.amp == "auto" else args.amp == "on"
+    channels_last = device.type == "cuda"  # as the trainer's auto setting
+    models = {s: model_from_checkpoint(blob) for s, blob in ckpts.items()}
+    for model in models.values():
+        to_device(model, device, channels_last)
+    logits: dict[str, torch.Tensor] = {}
+    for sampler in dict.fromkeys(samplers.values()):  # streams with the same sampler share their reads
+        streams = tuple(s for s in ckpts if samplers[s] == sampler)
+        dataset = VideoClips(args.store, streams=streams, sampler=sampler, split=args.split, classes=classes)
+        # whole videos differ in length: one per batch; a sample of many views is a batch of its own
+        loader = DataLoader(
+            dataset,
+            batch_size=1 if sampler.steps(streams[0]) == 0 or sampler.views > 1 else 4,
+            num_workers=args.workers,
+            pin_memory=device.type == "cuda",
+            collate_fn=collate_clips,
+        )
+        logits |= evaluate(
+            {s: models[s] for s in streams},
+            loader,
+            len(dataset.videos),
+            len(classes),
+            device=device,
+            amp=amp,
+            channels_last=channels_last,
+            progress=not args.no_progress,
+        )
+    return {s: logits[s] for s in ckpts}, dataset
+
+
+def _print_scores(streams: dict[str, dict[str, Any]], classes: list[str], best: str) -> None:
+    k = min(5, len(classes))
     if k < 5:  # say why the column is not top-5
         print(f"top-{k}: top-5 capped at the number of classes ({len(classes)})")
     print(f"{'stream':<8} {'top-1':>7} {f'top-{k}':>7}")
-    for s, m in report["streams"].items():
+    for s, m in streams.items():
         print(f"{s:<8} {m['top1']:>7.3f} {m[f'top{k}']:>7.3f}")
-    print(format_per_class(report["streams"], classes, confusion_of=best))
-    print(f"report: {out / 'report.json'}   confusion matrix ({best}): {out / 'confusion.png'}")
-    return 0
+    print(format_per_class(streams, classes, confusion_of=best))
 
 
 # --- command line (registered in flowprep.cli.main) -----------------------------------------
