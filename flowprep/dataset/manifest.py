@@ -25,6 +25,7 @@ import io
 import math
 import re
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -217,6 +218,30 @@ def _not_utf8(rec: dict) -> tuple[str | None, str] | None:
 def parse_manifest(path: str | Path) -> tuple[list[ManifestRow], list[RowError]]:
     """Read a manifest CSV.  Raises ManifestError only when the file as a whole is unusable."""
     path = Path(path)
+    reader = _open_csv(path)
+    rows: list[ManifestRow] = []
+    errors: list[RowError] = []
+    seen: dict[str, int] = {}
+    # Ids that differ only in case are one folder on a case-folding file system (macOS, Windows,
+    # SMB, some NFS exports) and a store may be copied to one later: refused everywhere.
+    folded: dict[str, tuple[str, int]] = {}
+    for line, rec in _records(reader, path, errors):
+        row, error = _parse_row(rec, line, str(path))  # a row or an error, never both
+        if row is not None:
+            error = _id_clash(row.video_id, line, seen, folded, path)
+        if error is not None:
+            errors.append(error)
+            continue
+        if row is None:
+            raise RuntimeError(f"{path}:{line}: _parse_row gave neither a row nor an error")
+        seen[row.video_id] = line
+        folded[row.video_id.casefold()] = (row.video_id, line)
+        rows.append(row)
+    return rows, errors
+
+
+def _open_csv(path: Path) -> csv.DictReader:
+    """A reader over the manifest's rows, its header checked (ManifestError when unusable)."""
     try:
         # bytes that are not UTF-8 become lone surrogates here and fail only their own row (_not_utf8)
         text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
@@ -241,18 +266,17 @@ def parse_manifest(path: str | Path) -> tuple[list[ManifestRow], list[RowError]]
     if "path" not in header and "youtube_id" not in header:
         raise ManifestError(f"{path}:1: header needs a 'path' or a 'youtube_id' column, got {header}")
     reader.fieldnames = header
-    rows: list[ManifestRow] = []
-    errors: list[RowError] = []
-    seen: dict[str, int] = {}
-    # Ids that differ only in case are one folder on a case-folding file system (macOS, Windows,
-    # SMB, some NFS exports) and a store may be copied to one later: refused everywhere.
-    folded: dict[str, tuple[str, int]] = {}
+    return reader
+
+
+def _records(reader: csv.DictReader, path: Path, errors: list[RowError]) -> Iterator[tuple[int, dict]]:
+    """(line, record) of each non-blank row; rows that are not CSV or not UTF-8 go to ``errors``."""
     while True:
         before = reader.line_num
         try:
             rec = next(reader)
         except StopIteration:
-            break
+            return
         except csv.Error as e:  # e.g. a field over csv's limit of 131,072 characters: this row only
             errors.append(RowError(str(path), before + 1, None, f"not a CSV row: {e}"))
             continue
@@ -263,31 +287,22 @@ def parse_manifest(path: str | Path) -> tuple[list[ManifestRow], list[RowError]]
         if bad:
             errors.append(RowError(str(path), line, bad[0], f"not UTF-8 text ({bad[1]}); save the manifest as UTF-8"))
             continue
-        row, error = _parse_row(rec, line, str(path))
-        if error:
-            errors.append(error)
-            continue
-        assert row is not None
-        if row.video_id in seen:
-            errors.append(
-                RowError(
-                    str(path), line, "id", f"duplicate video id {row.video_id!r} (first on line {seen[row.video_id]})"
-                )
-            )
-            continue
-        other = folded.get(row.video_id.casefold())
-        if other is not None:
-            errors.append(
-                RowError(
-                    str(path),
-                    line,
-                    "id",
-                    f"video id {row.video_id!r} differs from {other[0]!r} (line {other[1]}) only in case: one folder "
-                    "on a case-insensitive file system; give one of them another id",
-                )
-            )
-            continue
-        seen[row.video_id] = line
-        folded[row.video_id.casefold()] = (row.video_id, line)
-        rows.append(row)
-    return rows, errors
+        yield line, rec
+
+
+def _id_clash(
+    video_id: str, line: int, seen: dict[str, int], folded: dict[str, tuple[str, int]], path: Path
+) -> RowError | None:
+    """The row's error when an earlier row has its id, or its id up to case."""
+    if video_id in seen:
+        return RowError(str(path), line, "id", f"duplicate video id {video_id!r} (first on line {seen[video_id]})")
+    other = folded.get(video_id.casefold())
+    if other is not None:
+        return RowError(
+            str(path),
+            line,
+            "id",
+            f"video id {video_id!r} differs from {other[0]!r} (line {other[1]}) only in case: one folder "
+            "on a case-insensitive file system; give one of them another id",
+        )
+    return None
