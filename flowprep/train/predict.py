@@ -283,41 +283,13 @@ def _decode(path: str, cfg: DecodeConfig, start: float, want: int, progress: boo
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.frames < 1 or args.top < 1:
-        raise ValueError("--frames and --top must be >= 1")
-    if not Path(args.video).is_file():
-        raise ValueError(f"{args.video}: no such file")
-    if args.flow_weights and not args.two_stream:
-        raise ValueError("--flow-weights is for --two-stream")
-    if (args.preset or args.flow_param) and not args.two_stream:
-        raise ValueError("--preset and --flow-param set the flow of --two-stream")
-    cache_dir = weights_cache_dir(args.cache_dir, os.environ)
-    labels_file = Path(args.labels) if args.labels else None
+    _check_args(args)
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     progress = not args.no_progress
     rgb_weights = args.weights or DEFAULT_WEIGHTS["two-stream-rgb" if args.two_stream else "rgb"]
-    rgb = load_stream(rgb_weights, "rgb", cache_dir, labels_file)
     flow_weights = args.flow_weights or DEFAULT_WEIGHTS["flow"]
-    flow = load_stream(flow_weights, "flow", cache_dir, labels_file) if args.two_stream else None
-    if flow is not None and flow.labels != rgb.labels:
-        raise ValueError(f"{rgb_weights} and {flow_weights} have different class lists: their logits cannot be fused")
-    if flow is not None and flow.crop != rgb.crop:
-        raise ValueError(
-            f"{rgb_weights} was trained on {rgb.crop} px crops and {flow_weights} on {flow.crop}: give models of one crop"
-        )
-    # the flow stream's stores say how its flow was made; both streams see the same decoded frames
-    trained, where = (
-        (flow.settings, flow_weights) if flow is not None and flow.settings else (rgb.settings, rgb_weights)
-    )
-    st = input_settings(args, trained, where)
-    if flow is not None and rgb.settings and flow.settings:
-        from flowprep.store.fingerprint import differences
-
-        diff = [d for d in differences(rgb.settings.get("decode") or {}, flow.settings.get("decode") or {})]
-        if diff and not (args.short_side or args.fps):
-            print(
-                f"note: the streams were trained on stores decoded differently ({'; '.join(diff)}); using the flow stream's"
-            )
+    rgb, flow = _load_streams(args, rgb_weights, flow_weights)
+    st = _stream_input(args, rgb, rgb_weights, flow, flow_weights)
     cfg = DecodeConfig(fps=st.fps, short_side=st.short_side)
     want = args.frames + (1 if args.two_stream else 0)  # flow needs one frame past the window
     frames = _decode(str(Path(args.video).resolve()), cfg, args.start, want, progress)
@@ -351,6 +323,54 @@ def main(args: argparse.Namespace) -> int:
     for stream, name in (("rgb", rgb_weights), ("flow", flow_weights), ("fused", "sum of logits")):
         print_top(f"{stream} ({name})", result.logits[stream], rgb.labels, args.top)
     return 0
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.frames < 1 or args.top < 1:
+        raise ValueError("--frames and --top must be >= 1")
+    if not Path(args.video).is_file():
+        raise ValueError(f"{args.video}: no such file")
+    if args.flow_weights and not args.two_stream:
+        raise ValueError("--flow-weights is for --two-stream")
+    if (args.preset or args.flow_param) and not args.two_stream:
+        raise ValueError("--preset and --flow-param set the flow of --two-stream")
+
+
+def _load_streams(
+    args: argparse.Namespace, rgb_weights: str, flow_weights: str
+) -> tuple[StreamModel, StreamModel | None]:
+    """The RGB model and, with --two-stream, the flow model (checked to share classes and crop)."""
+    cache_dir = weights_cache_dir(args.cache_dir, os.environ)
+    labels_file = Path(args.labels) if args.labels else None
+    rgb = load_stream(rgb_weights, "rgb", cache_dir, labels_file)
+    flow = load_stream(flow_weights, "flow", cache_dir, labels_file) if args.two_stream else None
+    if flow is not None and flow.labels != rgb.labels:
+        raise ValueError(f"{rgb_weights} and {flow_weights} have different class lists: their logits cannot be fused")
+    if flow is not None and flow.crop != rgb.crop:
+        raise ValueError(
+            f"{rgb_weights} was trained on {rgb.crop} px crops and {flow_weights} on {flow.crop}: give models of one crop"
+        )
+    return rgb, flow
+
+
+def _stream_input(
+    args: argparse.Namespace, rgb: StreamModel, rgb_weights: str, flow: StreamModel | None, flow_weights: str
+) -> InputSettings:
+    """How to decode (and make flow): as the flow stream's stores were made, else the RGB stream's."""
+    # the flow stream's stores say how its flow was made; both streams see the same decoded frames
+    trained, where = (
+        (flow.settings, flow_weights) if flow is not None and flow.settings else (rgb.settings, rgb_weights)
+    )
+    st = input_settings(args, trained, where)
+    if flow is not None and rgb.settings and flow.settings:
+        from flowprep.store.fingerprint import differences
+
+        diff = [d for d in differences(rgb.settings.get("decode") or {}, flow.settings.get("decode") or {})]
+        if diff and not (args.short_side or args.fps):
+            print(
+                f"note: the streams were trained on stores decoded differently ({'; '.join(diff)}); using the flow stream's"
+            )
+    return st
 
 
 # --- command line (registered in flowprep.cli.main) -----------------------------------------
