@@ -11,11 +11,15 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from flowprep import __version__
 from flowprep.console import usage_error
 from flowprep.run.cpus import parse_jobs, quiet_openmp
+
+if TYPE_CHECKING:
+    from flowprep.run.pipeline import RunSummary
+    from flowprep.run.recipe import RunConfig
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -24,8 +28,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flowprep.run.lease import LeaseHeld
     from flowprep.run.orphan import WorkerDied
     from flowprep.run.pipeline import run
-    from flowprep.run.recipe import RecipeError, load_recipe
-    from flowprep.run.state import index_path
+    from flowprep.run.recipe import RecipeError
     from flowprep.store.zarr_store import StoreError
 
     try:
@@ -38,23 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )  # a folder / video: a generated recipe
     fresh = _only_generated_input(args.out)
     try:
-        cfg = load_recipe(
-            recipe,
-            out=args.out,
-            cache_dir=args.cache_dir,
-            jobs=jobs,
-            overwrite=args.overwrite,
-            limit=args.limit,
-            backend=args.backend,
-            device=args.device,
-            devices=args.devices,
-            progress=not args.no_progress,
-            retry_failed=args.retry_failed,
-            repair=args.repair,
-            allow_partial=args.allow_partial,
-            fetch=_fetch_overrides(args),
-            **_cluster_overrides(args),
-        )
+        cfg = _load_run_recipe(args, recipe, jobs)
         if not cfg.manifest.exists():
             from flowprep.dataset.manifests import missing_manifest_hint
 
@@ -68,6 +55,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     except WorkerDied as e:
         print(f"flowprep: error: {e}", file=sys.stderr)
         return 1
+    _print_run_summary(cfg, summary)
+    return 0 if summary.ok else 1
+
+
+def _load_run_recipe(args: argparse.Namespace, recipe: Path, jobs: int) -> RunConfig:
+    """The RunConfig of ``flowprep run``: the recipe with the command line's options over it."""
+    from flowprep.run.recipe import load_recipe
+
+    return load_recipe(
+        recipe,
+        out=args.out,
+        cache_dir=args.cache_dir,
+        jobs=jobs,
+        overwrite=args.overwrite,
+        limit=args.limit,
+        backend=args.backend,
+        device=args.device,
+        devices=args.devices,
+        progress=not args.no_progress,
+        retry_failed=args.retry_failed,
+        repair=args.repair,
+        allow_partial=args.allow_partial,
+        fetch=_fetch_overrides(args),
+        **_cluster_overrides(args),
+    )
+
+
+def _print_run_summary(cfg: RunConfig, summary: RunSummary) -> None:
+    from flowprep.run.state import index_path
+
     fps = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
     print(
         f"{cfg.dataset}: {summary.rows} rows: {summary.done} done, {summary.failed} failed, "
@@ -79,7 +96,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         index = index_path(cfg.out, cfg)
         print(f"failed by reason: {reasons}; details: {index}")
     print(f"store: {cfg.out}   inspect it: flowprep inspect {cfg.out}")
-    return 0 if summary.ok else 1
 
 
 def _only_generated_input(out: str | None) -> bool:
