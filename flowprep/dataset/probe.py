@@ -12,7 +12,7 @@ from pathlib import Path
 from flowprep.dataset.manifest import ManifestRow
 
 
-def _file_seconds(path: Path) -> float | None:
+def file_seconds(path: Path) -> float | None:
     import cv2
 
     cap = cv2.VideoCapture(str(path))
@@ -41,7 +41,7 @@ def expected_frames(row: ManifestRow, manifest_dir: Path, fps: float) -> int | N
         except SourceError:
             return None
         p = p if p.is_absolute() else manifest_dir / p
-        seconds = _file_seconds(p) if p.is_file() else None
+        seconds = file_seconds(p) if p.is_file() else None
     return max(1, round(seconds * fps)) if seconds else None
 
 

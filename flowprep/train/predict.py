@@ -266,10 +266,10 @@ def _decode(path: str, cfg: DecodeConfig, start: float, want: int, progress: boo
     """Up to ``want`` frames from ``start`` s, with a bar (only that stretch is decoded)."""
     from tqdm import tqdm
 
-    from flowprep.dataset.probe import _file_seconds
+    from flowprep.dataset.probe import file_seconds
 
     end = start + (want + 2) / cfg.fps  # a little more than needed (frame timing)
-    seconds = _file_seconds(Path(path))  # the header's duration: a bar total that a short video reaches
+    seconds = file_seconds(Path(path))  # the header's duration: a bar total that a short video reaches
     total = want if seconds is None else max(1, min(want, round((seconds - start) * cfg.fps)))
     blocks, n = [], 0
     with tqdm(total=total, unit="frame", desc="decode", disable=not progress, leave=False) as bar:
