@@ -51,7 +51,7 @@ def test_median_equals_opencv(shape, size):
     x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
     x[0, :2] = x[-1, -1]  # ties
     u = x.copy()
-    tvl1_numba._median_in_place(u, size, np.empty((shape[0] + size - 1, shape[1] + size - 1), np.float32))
+    tvl1_numba.median_in_place(u, size, np.empty((shape[0] + size - 1, shape[1] + size - 1), np.float32))
     np.testing.assert_array_equal(u, cv2.medianBlur(x, size))
 
 
@@ -60,16 +60,20 @@ def test_unrolled_median_networks_are_the_table(size):
     # the unrolled code in tvl1_numba was generated from tvl1_torch's network: same comparators
     import inspect
 
-    src = inspect.getsource(getattr(tvl1_numba, f"_median{size}_px").py_func)
-    lines = [ln.strip() for ln in src.splitlines() if ln.strip().startswith("a") and "=" in ln]
-    expected = []
+    src = inspect.getsource(getattr(tvl1_numba, f"_median{size}_in_place").py_func)
+    body = [ln.strip() for ln in src.splitlines()]
+    body = body[body.index("for x in range(out.shape[0]):") + 1 :]
+    loads = [f"a{k} = r{k // size}[x + {k % size}]" for k in range(size * size)]
+    expected = loads.copy()
     for i, j, kmin, kmax in tvl1_torch._MEDIAN_NETWORKS[size]:
         if kmin and kmax:
-            expected.append(f"a{i}, a{j} = min(a{i}, a{j}), max(a{i}, a{j})")
+            expected += [f"t = min(a{i}, a{j})", f"a{j} = max(a{i}, a{j})", f"a{i} = t"]
         elif kmin:
             expected.append(f"a{i} = a{i} if a{i} < a{j} else a{j}")
         else:
             expected.append(f"a{j} = a{j} if a{i} < a{j} else a{i}")
+    expected.append(f"out[x] = a{size * size // 2}")
+    lines = [ln for ln in body if ln]
     assert lines == expected
 
 
@@ -123,7 +127,7 @@ def test_compiled_code_is_cached_across_processes_outside_the_package(tmp_path):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
     code = (
         "import numpy as np; from flowprep.flow import tvl1_numba as t; u = np.zeros((4, 4), np.float32); "
-        "t._median_in_place(u, 3, np.empty((6, 6), np.float32)); s = t._median_in_place.stats; "
+        "t._median3_in_place(u, np.empty((6, 6), np.float32)); s = t._median3_in_place.stats; "
         "print(len(s.cache_hits), len(s.cache_misses))"
     )
     first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -131,3 +135,26 @@ def test_compiled_code_is_cached_across_processes_outside_the_package(tmp_path):
     assert first.stdout.split() == ["0", "1"]
     assert second.stdout.split() == ["1", "0"]
     assert any(cache.rglob("*.nbi"))
+
+
+@pytest.mark.slow
+def test_workers_warming_up_at_once_compile_once(tmp_path):
+    # on a machine's first run every --jobs worker warms the solver up at the same moment: the
+    # lock lets the first compile and the others load its code from the cache (numba counts a
+    # cache miss where it compiled, a hit where it loaded)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
+    code = (
+        "from types import SimpleNamespace as N; from flowprep.run import pipeline; "
+        "from flowprep.flow import tvl1_numba as t; "
+        "pipeline._warm_solver(N(flow=N(device='cpu', params={'median_filtering': 5})), 'torch'); "
+        "print(len(t._iterations.stats.cache_misses), len(t._iterations.stats.cache_hits), "
+        "len(t._median5_in_place.stats.cache_misses), len(t._median3_in_place.stats.cache_misses) + "
+        "len(t._median3_in_place.stats.cache_hits))"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True) for _ in range(3)
+    ]
+    outs = sorted(p.communicate(timeout=600)[0].split() for p in procs)
+    assert all(p.returncode == 0 for p in procs)
+    # one compiled (miss), two loaded (hit); the 3x3 median was never needed, so never compiled
+    assert outs == [["0", "1", "0", "0"], ["0", "1", "0", "0"], ["1", "0", "1", "0"]]

@@ -150,6 +150,24 @@ def _torch_tvl1(gray_thw: np.ndarray, device: str | None, params: Mapping[str, A
     )
 
 
+def warm_up(backend: str = "auto", device: str | None = None, **params: Any) -> None:
+    """Compile (or load from numba's on-disk cache) the kernels ``compute_flow`` with these
+    arguments runs, in this process.  A parent calls it once before starting workers: on a
+    machine's first run they then load the compiled code instead of each compiling it."""
+    backend = pick_backend(backend, device)
+    if backend != "torch":
+        return
+    import flowprep.flow.tvl1_device as tvl1_device
+    import flowprep.flow.tvl1_torch as tvl1_torch
+
+    tvl1_params, options = _split_backend_options(backend, params)
+    median = resolve_params(tvl1_params)["median_filtering"]
+    if tvl1_device.resolve_engine(options["engine"], tvl1_torch.resolve_device(device)) == "numba":
+        from flowprep.flow import tvl1_numba
+
+        tvl1_numba.warm_cache(median)
+
+
 # name -> fn(gray_thw uint8 (T,H,W), device, resolved params and backend options)
 #      -> float32 (T-1,H,W,2) pixels
 BACKENDS: dict[str, Callable[[np.ndarray, str | None, Mapping[str, Any]], np.ndarray]] = {

@@ -4,7 +4,7 @@ The "numba" engine of ``flowprep.flow.tvl1_torch`` (the CPU default): pyramid, c
 bicubic warp and the between-level upsampling stay in torch (measured: a few percent of a pair's
 time); what runs here is the loop that costs, one warp's up to ``outer x inner`` iterations with
 the median filter at the start of each outer iteration and the per-pair stopping rule, for every
-pair of the batch, pairs in parallel (``prange``; one thread per job is what the pipeline sets).
+pair of the batch, pairs in parallel on threads (one thread per job is what the pipeline sets).
 
 One iteration is one pass over the image: row ``y``'s u-update (threshold step, divergence of the
 old p, per-pair error) then row ``y - 1``'s dual update (forward differences of the new u, which
@@ -19,15 +19,20 @@ float32 by IEEE rules); the error sum is accumulated in float64 per row, one of 
 Compiled once per machine and cached on disk (``cache=True``: next to this file, or, where the
 package directory is read-only as in a system-wide wheel install, numba's user-wide cache under
 ``~/.cache/numba`` or ``NUMBA_CACHE_DIR``); signatures depend on dtypes only, never on frame sizes.
+What the first compile costs decides the layout: few compiled functions, callees inlined by numba
+rather than linked, one median function per size compiled only when used, the outer loop and the
+pairs' threads in Python (numba's ``parallel=True`` alone cost ~4.5 CPU-s); ``make bench-flow``
+prints the cold and cached figures, and ``warm_cache`` lets a parent compile once for its workers.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import njit
 
 from flowprep.flow.tvl1_torch import InPlaceSchedule, Level, Schedule, TVL1Params, TVL1State, WarpConsts, solve
 
@@ -101,7 +106,9 @@ def _p_row(y, u1, u2, p11, p12, p21, p22, taut, gx, gy, ng):
             pb[x] = (pb[x] + taut * gy[x]) / ng[x]
 
 
-@njit(cache=True, fastmath=False)
+# inline="always" (numba's own inlining): the callers compile this body with theirs instead of
+# linking and optimizing it again (~1.5 CPU-s of each machine's first compile)
+@njit(cache=True, fastmath=False, inline="always")
 def _iteration(u1, u2, p11, p12, p21, p22, ix, iy, nig, rho, l_t, theta, taut, scratch):
     """One iteration over a pair (h, w), in place; returns sum |d|^2 (float64).  ``scratch``:
     (3, w) float32."""
@@ -116,162 +123,11 @@ def _iteration(u1, u2, p11, p12, p21, p22, ix, iy, nig, rho, l_t, theta, taut, s
     return err
 
 
-@njit(cache=True, fastmath=False, inline="always")
-def _median3_px(a0, a1, a2, a3, a4, a5, a6, a7, a8):  # fmt: skip
-    """Median of 9 values: the 22 comparators of tvl1_torch._MEDIAN_NETWORKS[3] unrolled
-    (generated; test_flow_numba checks it against the table)."""
-    a0, a8 = min(a0, a8), max(a0, a8)
-    a0, a4 = min(a0, a4), max(a0, a4)
-    a1, a5 = min(a1, a5), max(a1, a5)
-    a2, a6 = min(a2, a6), max(a2, a6)
-    a3, a7 = min(a3, a7), max(a3, a7)
-    a4, a8 = min(a4, a8), max(a4, a8)
-    a0, a2 = min(a0, a2), max(a0, a2)
-    a1, a3 = min(a1, a3), max(a1, a3)
-    a4, a6 = min(a4, a6), max(a4, a6)
-    a5, a7 = min(a5, a7), max(a5, a7)
-    a2, a8 = min(a2, a8), max(a2, a8)
-    a2, a4 = min(a2, a4), max(a2, a4)
-    a3, a5 = min(a3, a5), max(a3, a5)
-    a6, a8 = min(a6, a8), max(a6, a8)
-    a1 = a1 if a0 < a1 else a0
-    a3 = a3 if a2 < a3 else a2
-    a4 = a4 if a4 < a5 else a5
-    a6 = a6 if a6 < a7 else a7
-    a1 = a1 if a1 < a8 else a8
-    a4 = a4 if a1 < a4 else a1
-    a3 = a3 if a3 < a6 else a6
-    a4 = a4 if a3 < a4 else a3
-    return a4
-
-
-@njit(cache=True, fastmath=False, inline="always")
-def _median5_px(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24):  # fmt: skip
-    """Median of 25 values: the 113 comparators of tvl1_torch._MEDIAN_NETWORKS[5] unrolled
-    (generated; test_flow_numba checks it against the table)."""
-    a0, a16 = min(a0, a16), max(a0, a16)
-    a1, a17 = min(a1, a17), max(a1, a17)
-    a2, a18 = min(a2, a18), max(a2, a18)
-    a3, a19 = min(a3, a19), max(a3, a19)
-    a4, a20 = min(a4, a20), max(a4, a20)
-    a5, a21 = min(a5, a21), max(a5, a21)
-    a6, a22 = min(a6, a22), max(a6, a22)
-    a7, a23 = min(a7, a23), max(a7, a23)
-    a8, a24 = min(a8, a24), max(a8, a24)
-    a0, a8 = min(a0, a8), max(a0, a8)
-    a1, a9 = min(a1, a9), max(a1, a9)
-    a2, a10 = min(a2, a10), max(a2, a10)
-    a3, a11 = min(a3, a11), max(a3, a11)
-    a4, a12 = min(a4, a12), max(a4, a12)
-    a5, a13 = min(a5, a13), max(a5, a13)
-    a6, a14 = min(a6, a14), max(a6, a14)
-    a7, a15 = min(a7, a15), max(a7, a15)
-    a16, a24 = min(a16, a24), max(a16, a24)
-    a8, a16 = min(a8, a16), max(a8, a16)
-    a9, a17 = min(a9, a17), max(a9, a17)
-    a10, a18 = min(a10, a18), max(a10, a18)
-    a11, a19 = min(a11, a19), max(a11, a19)
-    a12, a20 = min(a12, a20), max(a12, a20)
-    a13, a21 = min(a13, a21), max(a13, a21)
-    a14, a22 = min(a14, a22), max(a14, a22)
-    a15, a23 = min(a15, a23), max(a15, a23)
-    a0, a4 = min(a0, a4), max(a0, a4)
-    a1, a5 = min(a1, a5), max(a1, a5)
-    a2, a6 = min(a2, a6), max(a2, a6)
-    a3, a7 = min(a3, a7), max(a3, a7)
-    a8, a12 = min(a8, a12), max(a8, a12)
-    a9, a13 = min(a9, a13), max(a9, a13)
-    a10, a14 = min(a10, a14), max(a10, a14)
-    a11, a15 = min(a11, a15), max(a11, a15)
-    a16, a20 = min(a16, a20), max(a16, a20)
-    a17, a21 = min(a17, a21), max(a17, a21)
-    a18, a22 = min(a18, a22), max(a18, a22)
-    a19, a23 = min(a19, a23), max(a19, a23)
-    a4, a16 = min(a4, a16), max(a4, a16)
-    a5, a17 = min(a5, a17), max(a5, a17)
-    a6, a18 = min(a6, a18), max(a6, a18)
-    a7, a19 = min(a7, a19), max(a7, a19)
-    a12, a24 = min(a12, a24), max(a12, a24)
-    a4, a8 = min(a4, a8), max(a4, a8)
-    a5, a9 = min(a5, a9), max(a5, a9)
-    a6, a10 = min(a6, a10), max(a6, a10)
-    a7, a11 = min(a7, a11), max(a7, a11)
-    a12, a16 = min(a12, a16), max(a12, a16)
-    a13, a17 = min(a13, a17), max(a13, a17)
-    a14, a18 = min(a14, a18), max(a14, a18)
-    a15, a19 = min(a15, a19), max(a15, a19)
-    a20, a24 = min(a20, a24), max(a20, a24)
-    a0, a2 = min(a0, a2), max(a0, a2)
-    a1, a3 = min(a1, a3), max(a1, a3)
-    a4, a6 = min(a4, a6), max(a4, a6)
-    a5, a7 = min(a5, a7), max(a5, a7)
-    a8, a10 = min(a8, a10), max(a8, a10)
-    a9, a11 = min(a9, a11), max(a9, a11)
-    a12, a14 = min(a12, a14), max(a12, a14)
-    a13, a15 = min(a13, a15), max(a13, a15)
-    a16, a18 = min(a16, a18), max(a16, a18)
-    a17, a19 = min(a17, a19), max(a17, a19)
-    a20, a22 = min(a20, a22), max(a20, a22)
-    a21, a23 = min(a21, a23), max(a21, a23)
-    a2, a16 = min(a2, a16), max(a2, a16)
-    a3, a17 = min(a3, a17), max(a3, a17)
-    a6, a20 = min(a6, a20), max(a6, a20)
-    a7, a21 = min(a7, a21), max(a7, a21)
-    a10, a24 = min(a10, a24), max(a10, a24)
-    a2, a8 = min(a2, a8), max(a2, a8)
-    a3, a9 = min(a3, a9), max(a3, a9)
-    a6, a12 = min(a6, a12), max(a6, a12)
-    a7, a13 = min(a7, a13), max(a7, a13)
-    a10, a16 = min(a10, a16), max(a10, a16)
-    a11, a17 = min(a11, a17), max(a11, a17)
-    a14, a20 = min(a14, a20), max(a14, a20)
-    a15, a21 = min(a15, a21), max(a15, a21)
-    a18, a24 = min(a18, a24), max(a18, a24)
-    a2, a4 = min(a2, a4), max(a2, a4)
-    a3, a5 = min(a3, a5), max(a3, a5)
-    a6, a8 = min(a6, a8), max(a6, a8)
-    a7, a9 = min(a7, a9), max(a7, a9)
-    a10, a12 = min(a10, a12), max(a10, a12)
-    a11, a13 = min(a11, a13), max(a11, a13)
-    a14, a16 = min(a14, a16), max(a14, a16)
-    a15, a17 = min(a15, a17), max(a15, a17)
-    a18, a20 = min(a18, a20), max(a18, a20)
-    a19, a21 = min(a19, a21), max(a19, a21)
-    a22, a24 = min(a22, a24), max(a22, a24)
-    a1 = a1 if a0 < a1 else a0
-    a3 = a3 if a2 < a3 else a2
-    a5 = a5 if a4 < a5 else a4
-    a7 = a7 if a6 < a7 else a6
-    a9 = a9 if a8 < a9 else a8
-    a11 = a11 if a10 < a11 else a10
-    a12 = a12 if a12 < a13 else a13
-    a14 = a14 if a14 < a15 else a15
-    a16 = a16 if a16 < a17 else a17
-    a18 = a18 if a18 < a19 else a19
-    a20 = a20 if a20 < a21 else a21
-    a22 = a22 if a22 < a23 else a23
-    a16 = a16 if a1 < a16 else a1
-    a18 = a18 if a3 < a18 else a3
-    a5 = a5 if a5 < a20 else a20
-    a7 = a7 if a7 < a22 else a22
-    a9 = a9 if a9 < a24 else a24
-    a12 = a12 if a5 < a12 else a5
-    a14 = a14 if a7 < a14 else a7
-    a9 = a9 if a9 < a16 else a16
-    a11 = a11 if a11 < a18 else a18
-    a12 = a12 if a9 < a12 else a9
-    a11 = a11 if a11 < a14 else a14
-    a12 = a12 if a11 < a12 else a11
-    return a12
-
-
-@njit(cache=True, fastmath=False)
-def _median_in_place(u, size, padded):
-    """Exact size x size median (3 or 5) of u (h, w), edges replicated, in place; ``padded``
-    (h + size - 1, w + size - 1) is scratch.  Per pixel the unrolled selection network, which
-    LLVM vectorizes across the row."""
+@njit(cache=True, inline="always")
+def _pad_replicate(u, padded):
+    """padded[r:-r, r:-r] = u with its edges replicated, r = (padded.shape[0] - u.shape[0]) // 2."""
     h, w = u.shape
-    r = size // 2
+    r = (padded.shape[0] - h) // 2
     for y in range(h + 2 * r):
         src = u[min(max(y - r, 0), h - 1)]
         row = padded[y]
@@ -280,68 +136,491 @@ def _median_in_place(u, size, padded):
             row[w + r + x] = src[w - 1]
         for x in range(w):
             row[r + x] = src[x]
-    for y in range(h):
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _median3_in_place(u, padded):
+    """u = its exact 3x3 median, edges replicated, in place; ``padded`` (h + 2, w + 2) is
+    scratch.  Per pixel the 22 comparators of tvl1_torch._MEDIAN_NETWORKS[3] unrolled (generated;
+    test_flow_numba checks them against the table), which LLVM vectorizes across the row."""
+    _pad_replicate(u, padded)
+    for y in range(u.shape[0]):
         out = u[y]
-        if size == 3:
-            r0, r1, r2 = padded[y], padded[y + 1], padded[y + 2]
-            for x in range(w):
-                out[x] = _median3_px(
-                    r0[x], r0[x + 1], r0[x + 2], r1[x], r1[x + 1], r1[x + 2], r2[x], r2[x + 1], r2[x + 2]
-                )
-        else:
-            r0, r1, r2, r3, r4 = padded[y], padded[y + 1], padded[y + 2], padded[y + 3], padded[y + 4]
-            for x in range(w):
-                out[x] = _median5_px(
-                    r0[x], r0[x + 1], r0[x + 2], r0[x + 3], r0[x + 4],
-                    r1[x], r1[x + 1], r1[x + 2], r1[x + 3], r1[x + 4],
-                    r2[x], r2[x + 1], r2[x + 2], r2[x + 3], r2[x + 4],
-                    r3[x], r3[x + 1], r3[x + 2], r3[x + 3], r3[x + 4],
-                    r4[x], r4[x + 1], r4[x + 2], r4[x + 3], r4[x + 4],
-                )  # fmt: skip
+        r0, r1, r2 = padded[y + 0], padded[y + 1], padded[y + 2]
+        for x in range(out.shape[0]):
+            a0 = r0[x + 0]
+            a1 = r0[x + 1]
+            a2 = r0[x + 2]
+            a3 = r1[x + 0]
+            a4 = r1[x + 1]
+            a5 = r1[x + 2]
+            a6 = r2[x + 0]
+            a7 = r2[x + 1]
+            a8 = r2[x + 2]
+            t = min(a0, a8)
+            a8 = max(a0, a8)
+            a0 = t
+            t = min(a0, a4)
+            a4 = max(a0, a4)
+            a0 = t
+            t = min(a1, a5)
+            a5 = max(a1, a5)
+            a1 = t
+            t = min(a2, a6)
+            a6 = max(a2, a6)
+            a2 = t
+            t = min(a3, a7)
+            a7 = max(a3, a7)
+            a3 = t
+            t = min(a4, a8)
+            a8 = max(a4, a8)
+            a4 = t
+            t = min(a0, a2)
+            a2 = max(a0, a2)
+            a0 = t
+            t = min(a1, a3)
+            a3 = max(a1, a3)
+            a1 = t
+            t = min(a4, a6)
+            a6 = max(a4, a6)
+            a4 = t
+            t = min(a5, a7)
+            a7 = max(a5, a7)
+            a5 = t
+            t = min(a2, a8)
+            a8 = max(a2, a8)
+            a2 = t
+            t = min(a2, a4)
+            a4 = max(a2, a4)
+            a2 = t
+            t = min(a3, a5)
+            a5 = max(a3, a5)
+            a3 = t
+            t = min(a6, a8)
+            a8 = max(a6, a8)
+            a6 = t
+            a1 = a1 if a0 < a1 else a0
+            a3 = a3 if a2 < a3 else a2
+            a4 = a4 if a4 < a5 else a5
+            a6 = a6 if a6 < a7 else a7
+            a1 = a1 if a1 < a8 else a8
+            a4 = a4 if a1 < a4 else a1
+            a3 = a3 if a3 < a6 else a6
+            a4 = a4 if a3 < a4 else a3
+            out[x] = a4
 
 
-@njit(cache=True, fastmath=False)
-def _pair_warp(u1, u2, p11, p12, p21, p22, ix, iy, nig, rho, l_t, theta, taut, thresh, n_iter, inner, size):
-    """One warp of one pair: up to n_iter iterations, the median at each outer iteration's start,
-    stopping after the first iteration with sum |d|^2 <= thresh.  Returns iterations run."""
-    h, w = u1.shape
-    scratch = np.empty((3, w), np.float32)
-    padded = np.empty((h + size - 1, w + size - 1), np.float32)
-    for k in range(n_iter):
-        if size > 1 and k % inner == 0:
-            _median_in_place(u1, size, padded)
-            _median_in_place(u2, size, padded)
+@njit(cache=True, fastmath=False, nogil=True)
+def _median5_in_place(u, padded):
+    """u = its exact 5x5 median, edges replicated, in place; ``padded`` (h + 4, w + 4) is
+    scratch.  Per pixel the 113 comparators of tvl1_torch._MEDIAN_NETWORKS[5] unrolled (generated;
+    test_flow_numba checks them against the table), which LLVM vectorizes across the row."""
+    _pad_replicate(u, padded)
+    for y in range(u.shape[0]):
+        out = u[y]
+        r0, r1, r2, r3, r4 = padded[y + 0], padded[y + 1], padded[y + 2], padded[y + 3], padded[y + 4]
+        for x in range(out.shape[0]):
+            a0 = r0[x + 0]
+            a1 = r0[x + 1]
+            a2 = r0[x + 2]
+            a3 = r0[x + 3]
+            a4 = r0[x + 4]
+            a5 = r1[x + 0]
+            a6 = r1[x + 1]
+            a7 = r1[x + 2]
+            a8 = r1[x + 3]
+            a9 = r1[x + 4]
+            a10 = r2[x + 0]
+            a11 = r2[x + 1]
+            a12 = r2[x + 2]
+            a13 = r2[x + 3]
+            a14 = r2[x + 4]
+            a15 = r3[x + 0]
+            a16 = r3[x + 1]
+            a17 = r3[x + 2]
+            a18 = r3[x + 3]
+            a19 = r3[x + 4]
+            a20 = r4[x + 0]
+            a21 = r4[x + 1]
+            a22 = r4[x + 2]
+            a23 = r4[x + 3]
+            a24 = r4[x + 4]
+            t = min(a0, a16)
+            a16 = max(a0, a16)
+            a0 = t
+            t = min(a1, a17)
+            a17 = max(a1, a17)
+            a1 = t
+            t = min(a2, a18)
+            a18 = max(a2, a18)
+            a2 = t
+            t = min(a3, a19)
+            a19 = max(a3, a19)
+            a3 = t
+            t = min(a4, a20)
+            a20 = max(a4, a20)
+            a4 = t
+            t = min(a5, a21)
+            a21 = max(a5, a21)
+            a5 = t
+            t = min(a6, a22)
+            a22 = max(a6, a22)
+            a6 = t
+            t = min(a7, a23)
+            a23 = max(a7, a23)
+            a7 = t
+            t = min(a8, a24)
+            a24 = max(a8, a24)
+            a8 = t
+            t = min(a0, a8)
+            a8 = max(a0, a8)
+            a0 = t
+            t = min(a1, a9)
+            a9 = max(a1, a9)
+            a1 = t
+            t = min(a2, a10)
+            a10 = max(a2, a10)
+            a2 = t
+            t = min(a3, a11)
+            a11 = max(a3, a11)
+            a3 = t
+            t = min(a4, a12)
+            a12 = max(a4, a12)
+            a4 = t
+            t = min(a5, a13)
+            a13 = max(a5, a13)
+            a5 = t
+            t = min(a6, a14)
+            a14 = max(a6, a14)
+            a6 = t
+            t = min(a7, a15)
+            a15 = max(a7, a15)
+            a7 = t
+            t = min(a16, a24)
+            a24 = max(a16, a24)
+            a16 = t
+            t = min(a8, a16)
+            a16 = max(a8, a16)
+            a8 = t
+            t = min(a9, a17)
+            a17 = max(a9, a17)
+            a9 = t
+            t = min(a10, a18)
+            a18 = max(a10, a18)
+            a10 = t
+            t = min(a11, a19)
+            a19 = max(a11, a19)
+            a11 = t
+            t = min(a12, a20)
+            a20 = max(a12, a20)
+            a12 = t
+            t = min(a13, a21)
+            a21 = max(a13, a21)
+            a13 = t
+            t = min(a14, a22)
+            a22 = max(a14, a22)
+            a14 = t
+            t = min(a15, a23)
+            a23 = max(a15, a23)
+            a15 = t
+            t = min(a0, a4)
+            a4 = max(a0, a4)
+            a0 = t
+            t = min(a1, a5)
+            a5 = max(a1, a5)
+            a1 = t
+            t = min(a2, a6)
+            a6 = max(a2, a6)
+            a2 = t
+            t = min(a3, a7)
+            a7 = max(a3, a7)
+            a3 = t
+            t = min(a8, a12)
+            a12 = max(a8, a12)
+            a8 = t
+            t = min(a9, a13)
+            a13 = max(a9, a13)
+            a9 = t
+            t = min(a10, a14)
+            a14 = max(a10, a14)
+            a10 = t
+            t = min(a11, a15)
+            a15 = max(a11, a15)
+            a11 = t
+            t = min(a16, a20)
+            a20 = max(a16, a20)
+            a16 = t
+            t = min(a17, a21)
+            a21 = max(a17, a21)
+            a17 = t
+            t = min(a18, a22)
+            a22 = max(a18, a22)
+            a18 = t
+            t = min(a19, a23)
+            a23 = max(a19, a23)
+            a19 = t
+            t = min(a4, a16)
+            a16 = max(a4, a16)
+            a4 = t
+            t = min(a5, a17)
+            a17 = max(a5, a17)
+            a5 = t
+            t = min(a6, a18)
+            a18 = max(a6, a18)
+            a6 = t
+            t = min(a7, a19)
+            a19 = max(a7, a19)
+            a7 = t
+            t = min(a12, a24)
+            a24 = max(a12, a24)
+            a12 = t
+            t = min(a4, a8)
+            a8 = max(a4, a8)
+            a4 = t
+            t = min(a5, a9)
+            a9 = max(a5, a9)
+            a5 = t
+            t = min(a6, a10)
+            a10 = max(a6, a10)
+            a6 = t
+            t = min(a7, a11)
+            a11 = max(a7, a11)
+            a7 = t
+            t = min(a12, a16)
+            a16 = max(a12, a16)
+            a12 = t
+            t = min(a13, a17)
+            a17 = max(a13, a17)
+            a13 = t
+            t = min(a14, a18)
+            a18 = max(a14, a18)
+            a14 = t
+            t = min(a15, a19)
+            a19 = max(a15, a19)
+            a15 = t
+            t = min(a20, a24)
+            a24 = max(a20, a24)
+            a20 = t
+            t = min(a0, a2)
+            a2 = max(a0, a2)
+            a0 = t
+            t = min(a1, a3)
+            a3 = max(a1, a3)
+            a1 = t
+            t = min(a4, a6)
+            a6 = max(a4, a6)
+            a4 = t
+            t = min(a5, a7)
+            a7 = max(a5, a7)
+            a5 = t
+            t = min(a8, a10)
+            a10 = max(a8, a10)
+            a8 = t
+            t = min(a9, a11)
+            a11 = max(a9, a11)
+            a9 = t
+            t = min(a12, a14)
+            a14 = max(a12, a14)
+            a12 = t
+            t = min(a13, a15)
+            a15 = max(a13, a15)
+            a13 = t
+            t = min(a16, a18)
+            a18 = max(a16, a18)
+            a16 = t
+            t = min(a17, a19)
+            a19 = max(a17, a19)
+            a17 = t
+            t = min(a20, a22)
+            a22 = max(a20, a22)
+            a20 = t
+            t = min(a21, a23)
+            a23 = max(a21, a23)
+            a21 = t
+            t = min(a2, a16)
+            a16 = max(a2, a16)
+            a2 = t
+            t = min(a3, a17)
+            a17 = max(a3, a17)
+            a3 = t
+            t = min(a6, a20)
+            a20 = max(a6, a20)
+            a6 = t
+            t = min(a7, a21)
+            a21 = max(a7, a21)
+            a7 = t
+            t = min(a10, a24)
+            a24 = max(a10, a24)
+            a10 = t
+            t = min(a2, a8)
+            a8 = max(a2, a8)
+            a2 = t
+            t = min(a3, a9)
+            a9 = max(a3, a9)
+            a3 = t
+            t = min(a6, a12)
+            a12 = max(a6, a12)
+            a6 = t
+            t = min(a7, a13)
+            a13 = max(a7, a13)
+            a7 = t
+            t = min(a10, a16)
+            a16 = max(a10, a16)
+            a10 = t
+            t = min(a11, a17)
+            a17 = max(a11, a17)
+            a11 = t
+            t = min(a14, a20)
+            a20 = max(a14, a20)
+            a14 = t
+            t = min(a15, a21)
+            a21 = max(a15, a21)
+            a15 = t
+            t = min(a18, a24)
+            a24 = max(a18, a24)
+            a18 = t
+            t = min(a2, a4)
+            a4 = max(a2, a4)
+            a2 = t
+            t = min(a3, a5)
+            a5 = max(a3, a5)
+            a3 = t
+            t = min(a6, a8)
+            a8 = max(a6, a8)
+            a6 = t
+            t = min(a7, a9)
+            a9 = max(a7, a9)
+            a7 = t
+            t = min(a10, a12)
+            a12 = max(a10, a12)
+            a10 = t
+            t = min(a11, a13)
+            a13 = max(a11, a13)
+            a11 = t
+            t = min(a14, a16)
+            a16 = max(a14, a16)
+            a14 = t
+            t = min(a15, a17)
+            a17 = max(a15, a17)
+            a15 = t
+            t = min(a18, a20)
+            a20 = max(a18, a20)
+            a18 = t
+            t = min(a19, a21)
+            a21 = max(a19, a21)
+            a19 = t
+            t = min(a22, a24)
+            a24 = max(a22, a24)
+            a22 = t
+            a1 = a1 if a0 < a1 else a0
+            a3 = a3 if a2 < a3 else a2
+            a5 = a5 if a4 < a5 else a4
+            a7 = a7 if a6 < a7 else a6
+            a9 = a9 if a8 < a9 else a8
+            a11 = a11 if a10 < a11 else a10
+            a12 = a12 if a12 < a13 else a13
+            a14 = a14 if a14 < a15 else a15
+            a16 = a16 if a16 < a17 else a17
+            a18 = a18 if a18 < a19 else a19
+            a20 = a20 if a20 < a21 else a21
+            a22 = a22 if a22 < a23 else a23
+            a16 = a16 if a1 < a16 else a1
+            a18 = a18 if a3 < a18 else a3
+            a5 = a5 if a5 < a20 else a20
+            a7 = a7 if a7 < a22 else a22
+            a9 = a9 if a9 < a24 else a24
+            a12 = a12 if a5 < a12 else a5
+            a14 = a14 if a7 < a14 else a7
+            a9 = a9 if a9 < a16 else a16
+            a11 = a11 if a11 < a18 else a18
+            a12 = a12 if a9 < a12 else a9
+            a11 = a11 if a11 < a14 else a14
+            a12 = a12 if a11 < a12 else a11
+            out[x] = a12
+
+
+def median_in_place(u: np.ndarray, size: int, padded: np.ndarray) -> None:
+    """Exact size x size median (3 or 5) of u (h, w) float32, edges replicated, in place;
+    ``padded`` (h + size - 1, w + size - 1) float32 is scratch.  One compiled function per size,
+    so that a process compiles only the size it uses (each costs seconds the first time)."""
+    if size == 3:
+        _median3_in_place(u, padded)
+    elif size == 5:
+        _median5_in_place(u, padded)
+    else:
+        raise ValueError(f"median size {size}: the numba engine has 3 and 5")
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _iterations(u1, u2, p11, p12, p21, p22, ix, iy, nig, rho, l_t, theta, taut, thresh, n, scratch):
+    """Up to n iterations of one pair, stopping after the first with sum |d|^2 <= thresh.
+    Returns (iterations run, whether the rule stopped them)."""
+    for k in range(n):
         if _iteration(u1, u2, p11, p12, p21, p22, ix, iy, nig, rho, l_t, theta, taut, scratch) <= thresh:
-            return k + 1
-    return n_iter
+            return k + 1, True
+    return n, False
 
 
-@njit(parallel=True, cache=True, fastmath=False)
-def _batch_warp(u1, u2, p11, p12, p21, p22, ix, iy, nig, rho, l_t, theta, taut, thresh, n_iter, inner, size, counts):
-    for b in prange(u1.shape[0]):
-        counts[b] = _pair_warp(
-            u1[b], u2[b], p11[b], p12[b], p21[b], p22[b], ix[b], iy[b], nig[b], rho[b],
-            l_t, theta, taut, thresh, n_iter, inner, size,
-        )  # fmt: skip
+def _pair_warp(arrays: list[np.ndarray], params: TVL1Params, thresh: float) -> int:
+    """One warp of one pair, in place: up to ``n_iter`` iterations, the median at each outer
+    iteration's start, stopping by the rule.  The outer loop runs here, in Python (a few dozen
+    turns per warp), so that only the median size in use is ever compiled.  Returns iterations run."""
+    u1, u2 = arrays[0], arrays[1]
+    h, w = u1.shape
+    size = params.median_filtering
+    padded = np.empty((h + size - 1, w + size - 1), np.float32) if size > 1 else None
+    scratch = np.empty((3, w), np.float32)
+    f32 = np.float32
+    scalars = (f32(params.l_t), f32(params.theta), f32(params.taut), float(thresh))
+    done = 0
+    while done < params.n_iter:
+        if padded is not None:
+            median_in_place(u1, size, padded)
+            median_in_place(u2, size, padded)
+        n = min(params.inner_iterations, params.n_iter - done)
+        # mypy reads numba's Dispatcher (its __call__ lives in a C base) as taking no arguments
+        ran, stopped = _iterations(*arrays, *scalars, n, scratch)  # type: ignore[call-arg]
+        done += ran
+        if stopped:
+            break
+    return done
 
 
 def iterate_warp(state: TVL1State, consts: WarpConsts, params: TVL1Params, thresh: float) -> np.ndarray:
     """One warp's iterations for every pair, in place on CPU float32 tensors (B, h, w) (gamma = 0).
-    Returns the iterations each pair ran (int32 (B,))."""
+    Returns the iterations each pair ran (int32 (B,)).  Pairs run in parallel on torch's thread
+    count (what ``cpus.set_solver_threads`` sets: one per job in a run), their compiled calls
+    releasing the GIL; numba's own ``parallel=True`` would add ~4.5 CPU-s to every first compile."""
     arrays = [x.numpy() for x in (*state.u, *state.p, *consts)]
-    counts = np.zeros(len(arrays[0]), np.int32)
+    n = len(arrays[0])
+
+    def pair(b: int) -> int:
+        return _pair_warp([a[b] for a in arrays], params, thresh)
+
+    threads = min(n, torch.get_num_threads())
+    if threads <= 1:
+        return np.array([pair(b) for b in range(n)], np.int32)
+    with ThreadPoolExecutor(threads) as pool:
+        return np.array(list(pool.map(pair, range(n))), np.int32)
+
+
+def warm_cache(median_filtering: int) -> None:
+    """Compile, or load from the on-disk cache, the kernels a solve with this median size runs
+    (a few milliseconds of work on 2x2 arrays; seconds the first time on a machine)."""
+    z = np.zeros((2, 2), np.float32)
+    one = np.ones((2, 2), np.float32)
     f32 = np.float32
     # mypy reads numba's Dispatcher (its __call__ lives in a C base) as taking no arguments
-    _batch_warp(  # type: ignore[call-arg]
-        *arrays, f32(params.l_t), f32(params.theta), f32(params.taut), float(thresh), params.n_iter,
-        params.inner_iterations, params.median_filtering, counts,
-    )  # fmt: skip
-    return counts
+    _iterations(
+        *(z.copy() for _ in range(6)), z, z, one, z, f32(0.1), f32(0.3), f32(0.25), 0.0, 1, np.empty((3, 2), f32)
+    )  # type: ignore[call-arg]
+    if median_filtering > 1:
+        median_in_place(z.copy(), median_filtering, np.empty((1 + median_filtering, 1 + median_filtering), f32))
 
 
 class NumbaSchedule(Schedule):
-    """The "numba" engine: each warp's iterations in one compiled call (``_batch_warp``), pairs in
-    parallel over numba's threads.  ``iterations`` counts pair-iterations per level size (pixels),
+    """The "numba" engine: each warp's iterations in one compiled call per pair (``_pair_warp``),
+    pairs in parallel over threads.  ``iterations`` counts pair-iterations per level size (pixels),
     for the benchmarks' bytes-moved figure.  gamma != 0 runs ``tvl1_torch``'s eager kernels."""
 
     def __init__(self, params: TVL1Params):

@@ -18,9 +18,11 @@ process nobody records, and a staged video removed under a run is never committe
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import queue
+import tempfile
 import threading
 import time
 import traceback
@@ -95,6 +97,27 @@ def _flow_batch(cfg: RunConfig, backend: str) -> int:
 def _set_threads(jobs: int) -> None:
     # jobs x threads <= the CPUs this process may use (affinity, cgroup quota)
     cpus.set_solver_threads(cpus.threads_per_job(jobs))
+
+
+_warmed: set[tuple] = set()
+
+
+def _warm_solver(cfg: RunConfig, backend: str) -> None:
+    """Compile or load the flow solver's kernels before the first video, one process of this
+    machine at a time: on a machine's first run the first worker compiles (seconds) and the others,
+    waiting on the lock, load its code from numba's cache instead of each compiling it too.  A
+    failure here is left to the video's own solve, which records it."""
+    key = (backend, cfg.flow.device, tuple(sorted(cfg.flow.params.items())))
+    if key in _warmed:  # loky reuses a worker for many videos
+        return
+    lock_path = Path(tempfile.gettempdir()) / f"flowprep-{os.getuid()}-solver-warm.lock"
+    try:
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            flowmod.warm_up(backend, cfg.flow.device, **cfg.flow.params)
+        _warmed.add(key)
+    except Exception as e:  # noqa: BLE001 - only a head start; the solve reports the real error
+        log.debug("solver warm-up skipped: %s", e)
 
 
 def _flow_blocks(
@@ -241,6 +264,7 @@ def _worker(
         # loky reuses workers across runs in one process: relative paths mean the caller's folder
         os.chdir(cwd)
     _set_threads(cfg.jobs)
+    _warm_solver(cfg, backend)
     return process_video(row, cfg, backend, q.put if q is not None else None, commit=False)
 
 
@@ -454,6 +478,7 @@ def _executor(
             results = flow_worker.results(cfg, backend, todo, devices, (process_video, _set_threads), pairs)
         elif cfg.jobs == 1:
             _set_threads(1)
+            _warm_solver(cfg, backend)
             results = (process_video(row, cfg, backend, pairs, commit=False) for row in todo)
         else:
             results = helpers.enter_context(_joblib_results(cfg, backend, todo, pairs))
