@@ -29,6 +29,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flowprep.run.orphan import WorkerDied
     from flowprep.run.pipeline import run
     from flowprep.run.recipe import RecipeError
+    from flowprep.run.state import RESOURCE_ERRNOS, BookkeepingError
     from flowprep.store.zarr_store import StoreError
 
     try:
@@ -40,6 +41,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.recipe, args.out, args.split, settings
     )  # a folder / video: a generated recipe
     fresh = _only_generated_input(args.out)
+    started = False  # past the checks: what fails now is the run's, not the input's
+
+    def on_start() -> None:
+        nonlocal started
+        started = True
+        _record_run(recipe, cfg)
+
     try:
         cfg = _load_run_recipe(args, recipe, jobs)
         if not cfg.manifest.exists():
@@ -47,16 +55,36 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             hint = missing_manifest_hint(cfg.manifest)
             return usage_error(f"manifest {cfg.manifest} not found" + (f": {hint}" if hint else ""))
-        summary = run(cfg, on_start=lambda: _record_run(recipe, cfg))
-    except (RecipeError, ManifestError, StoreError, LeaseHeld, ValueError, OSError) as e:
-        if fresh:  # exit 2 leaves nothing behind: not even the manifest `run DIR` generated
-            _remove_generated(args.out)
-        return usage_error(str(e))
+        summary = run(cfg, on_start=on_start)
+    except (BookkeepingError, OSError) as e:
+        if started or e.errno in RESOURCE_ERRNOS:  # a full disk is never the user's typo
+            return _run_error(e)
+        return _refused(args.out, fresh, e)
+    except (RecipeError, ManifestError, StoreError, LeaseHeld, ValueError) as e:
+        return _refused(args.out, fresh, e)
     except WorkerDied as e:
-        print(f"flowprep: error: {e}", file=sys.stderr)
-        return 1
+        return _run_error(e)
     _print_run_summary(cfg, summary)
     return 0 if summary.ok else 1
+
+
+def _refused(out: str | None, fresh: bool, e: Exception) -> int:
+    """A run refused before it started (bad input, usage): one line, exit 2, nothing left behind."""
+    from flowprep.run.state import BookkeepingError
+
+    if fresh and out is not None:  # not even the manifest `run DIR` generated
+        _remove_generated(out)
+    return usage_error(e.reason if isinstance(e, BookkeepingError) else str(e))
+
+
+def _run_error(e: Exception) -> int:
+    """A run stopped by what happened while it ran (a full disk, a dead worker): one line, exit 1.
+    What was committed stays; the message says a rerun resumes."""
+    msg = str(e)
+    if isinstance(e, OSError) and "run again" not in msg:  # a bare OSError says nothing of resuming
+        msg += "; the run stopped, videos committed so far are kept: run again to resume"
+    print(f"flowprep: error: {' '.join(msg.split())}", file=sys.stderr)
+    return 1
 
 
 def _load_run_recipe(args: argparse.Namespace, recipe: Path, jobs: int) -> RunConfig:
