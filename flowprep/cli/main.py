@@ -10,6 +10,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
     from flowprep.run.recipe import RunConfig
 
 
+# joblib.Parallel's warning when its generator is closed before the end (joblib 1.3 - 1.6)
+JOBLIB_EARLY_EXIT = r"\d+ tasks (have been successfully executed|which were still being processed)"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from flowprep.cli.recipes import FolderSettings, prepare_target
     from flowprep.dataset.manifest import ManifestError
@@ -29,7 +34,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flowprep.run.orphan import WorkerDied
     from flowprep.run.pipeline import run
     from flowprep.run.recipe import RecipeError
-    from flowprep.run.state import RESOURCE_ERRNOS, BookkeepingError
+    from flowprep.run.state import RESOURCE_ERRNOS
     from flowprep.store.zarr_store import StoreError
 
     try:
@@ -55,8 +60,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             hint = missing_manifest_hint(cfg.manifest)
             return usage_error(f"manifest {cfg.manifest} not found" + (f": {hint}" if hint else ""))
-        summary = run(cfg, on_start=on_start)
-    except (BookkeepingError, OSError) as e:
+        with warnings.catch_warnings():
+            # a run stopped early (a full disk) closes joblib's generator, and joblib advises on
+            # "tasks ... cancelled": noise under the one line that says what happened
+            warnings.filterwarnings("ignore", JOBLIB_EARLY_EXIT, UserWarning, "joblib")
+            summary = run(cfg, on_start=on_start)
+    except OSError as e:  # state.BookkeepingError too: it names the file
         if started or e.errno in RESOURCE_ERRNOS:  # a full disk is never the user's typo
             return _run_error(e)
         return _refused(args.out, fresh, e)
@@ -70,18 +79,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _refused(out: str | None, fresh: bool, e: Exception) -> int:
     """A run refused before it started (bad input, usage): one line, exit 2, nothing left behind."""
-    from flowprep.run.state import BookkeepingError
-
     if fresh and out is not None:  # not even the manifest `run DIR` generated
         _remove_generated(out)
-    return usage_error(e.reason if isinstance(e, BookkeepingError) else str(e))
+    return usage_error(str(e))
 
 
 def _run_error(e: Exception) -> int:
     """A run stopped by what happened while it ran (a full disk, a dead worker): one line, exit 1.
     What was committed stays; the message says a rerun resumes."""
     msg = str(e)
-    if isinstance(e, OSError) and "run again" not in msg:  # a bare OSError says nothing of resuming
+    if isinstance(e, OSError):  # WorkerDied says it already
         msg += "; the run stopped, videos committed so far are kept: run again to resume"
     print(f"flowprep: error: {' '.join(msg.split())}", file=sys.stderr)
     return 1

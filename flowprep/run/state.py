@@ -28,7 +28,7 @@ only its own file, so cluster tasks never write the same file; the latest record
 time) wins when files are merged.  ``index.json`` is the merged view, rewritten atomically.
 
 A bookkeeping file that cannot be written (a full disk, a quota, an I/O error) raises
-``BookkeepingError`` naming the file; nothing is left torn (ledger lines are appended whole or
+``BookkeepingError`` (an OSError) naming the file; nothing is left torn (ledger lines are appended whole or
 not at all, the other files are replaced atomically), so a rerun resumes.
 """
 
@@ -59,16 +59,19 @@ STATUSES: tuple[Status, ...] = get_args(Status)
 RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
 
 
-class BookkeepingError(RuntimeError):
+class BookkeepingError(OSError):
     """A file of the run's bookkeeping (ledger, index, lease, ...) could not be written.
 
-    ``errno`` is the underlying OSError's; ``reason`` names the file and the error, the message
-    adds what to do (a run that stopped for this resumes when run again)."""
+    The OSError it stands for (``errno``, ``strerror``, ``filename``), with a message that says
+    which file it was: "cannot write the ledger <path>: No space left on device".  An OSError, so
+    whoever handled the bare one still does."""
 
     def __init__(self, what: str, path: Path, error: OSError):
-        self.what, self.path, self.errno = what, path, error.errno
-        self.reason = f"cannot write {what} {path}: {error.strerror or error}"
-        super().__init__(f"{self.reason}; the run stopped, videos committed so far are kept: run again to resume")
+        super().__init__(error.errno, error.strerror or str(error), str(path))
+        self.what = what  # "the ledger", "the index", ...
+
+    def __str__(self) -> str:
+        return f"cannot write {self.what} {self.filename}: {self.strerror}"
 
 
 @contextmanager
