@@ -1,6 +1,7 @@
 """Command line: ``flowprep <command>``.  Each command is a small function registered in COMMANDS.
 
-Exit status: 0 success, 1 some rows failed (see the ledger), 2 bad usage or configuration.
+Exit status: 0 success, 1 some rows failed (see the ledger) or the run stopped (its bookkeeping
+could not be written, a worker died: a rerun resumes), 2 bad usage or configuration.
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ only its own file, so cluster tasks never write the same file; the latest record
 time) wins when files are merged.  ``index.json`` is the merged view, rewritten atomically.
 
 A bookkeeping file that cannot be written (a full disk, a quota, an I/O error) raises
-``BookkeepingError`` (an OSError) naming the file; nothing is left torn (ledger lines are appended whole or
-not at all, the other files are replaced atomically), so a rerun resumes.
+``BookkeepingError`` (an OSError) naming the file; nothing is left torn (ledger lines are
+appended whole or not at all, the other files are replaced atomically), so a rerun resumes.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ Status = Literal["done", "failed", "skipped"]
 STATUSES: tuple[Status, ...] = get_args(Status)
 
 # The machine ran out of something, the input is not to blame: never a usage error, and a rerun
-# (after freeing space, raising the quota, fixing the disk) resumes.
-RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
+# (after freeing space, raising the quota, fixing the disk) resumes.  (Windows has no EDQUOT.)
+RESOURCE_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EIO", "EFBIG") if hasattr(errno, n))
 
 
 class BookkeepingError(OSError):
