@@ -1,12 +1,14 @@
 """Atomic file writes: a temporary file beside the target, flushed and fsynced, then one rename.
 
 A reader (or a killed writer's rerun) sees the old file or the new one, never a torn one.  The
-only module that renames a file onto another (tests/test_layout.py keeps it so).  A leaf: it
-touches only the file it is asked to write.
+only module that renames a file onto another (tests/test_layout.py keeps it so).  Appends to a
+log (``append_whole``) land whole or not at all.  A leaf: it touches only the file it is asked
+to write.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -78,3 +80,23 @@ def publish_file(src: Path, path: Path) -> None:
     with open(src, "rb") as f:
         os.fsync(f.fileno())
     os.replace(src, path)
+
+
+def append_whole(fd: int, data: bytes) -> None:
+    """Append ``data`` to the file open at ``fd`` (``O_APPEND``, one writer) whole or not at all.
+
+    A full disk can take part of a record (a short write, then ENOSPC): that part is cut off
+    again before the error is raised, so the file never ends in a torn record that the next
+    append would be glued onto.  Cutting a file shorter needs no space."""
+    start = os.fstat(fd).st_size
+    done = 0
+    try:
+        while done < len(data):
+            n = os.write(fd, data[done:])
+            if n == 0:  # no progress and no error: report it as the disk being full
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            done += n
+    except BaseException:
+        if done:
+            os.ftruncate(fd, start)
+        raise

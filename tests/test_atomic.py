@@ -1,9 +1,12 @@
 """flowprep/atomic.py: the one atomic write: complete files only, the mode open() would give, the
 old file kept when the write fails, and a finished file published by one rename."""
 
+import errno
 import json
 import os
+import shutil
 import stat
+import subprocess
 
 import pytest
 
@@ -51,3 +54,37 @@ def test_publish_file_moves_a_finished_file_onto_the_target(tmp_path):
     dest.write_bytes(b"old")
     atomic.publish_file(src, dest)
     assert dest.read_bytes() == b"new" and not src.exists()
+
+
+def test_append_whole_cuts_off_what_a_full_disk_took_of_a_record(tmp_path):
+    # a real full file system: a tmpfs of 16 pages filled to the last byte by a real file
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("needs root to mount a small tmpfs")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        log = mnt / "log.jsonl"
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            atomic.append_whole(fd, b"x" * 4000 + b"\n")  # most of one page
+            filler = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
+            with pytest.raises(OSError) as full:
+                while True:
+                    os.write(filler, b"\0" * 4096)
+            assert full.value.errno == errno.ENOSPC
+            # 95 bytes still fit in the log's page: the kernel writes them, then ENOSPC
+            with pytest.raises(OSError) as e:
+                atomic.append_whole(fd, b"y" * 200 + b"\n")
+            assert e.value.errno == errno.ENOSPC
+            assert log.read_bytes() == b"x" * 4000 + b"\n"  # no torn record
+            atomic.append_whole(fd, b"z\n")  # what fits still lands, on a line of its own
+            os.close(filler)
+            os.unlink(mnt / "filler")
+            atomic.append_whole(fd, b"y" * 200 + b"\n")
+        finally:
+            os.close(fd)
+        assert log.read_bytes().split(b"\n") == [b"x" * 4000, b"z", b"y" * 200, b""]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])

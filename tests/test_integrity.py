@@ -6,6 +6,7 @@ clean) or by checking that the damage is reported by name, and that rows = done 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -16,6 +17,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +28,11 @@ from conftest import Clip, ffmpeg, make_clip, write_dataset, write_recipe
 from flowprep import open_store
 from flowprep.cli.main import main
 from flowprep.dataset.demo import Motion
+from flowprep.run import pipeline
 from flowprep.run.lease import Lease, LeaseHeld
 from flowprep.run.pipeline import run
 from flowprep.run.recipe import load_recipe
-from flowprep.run.state import lease_path, read_latest, run_dir
+from flowprep.run.state import LedgerWriter, lease_path, read_latest, run_dir, write_index
 from flowprep.store.verify import verify_store
 from flowprep.store.zarr_store import StoreError
 
@@ -430,21 +434,51 @@ def test_data_reader_scales_flow_by_each_videos_bound(tmp_path):
 # -- a full disk ---------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_full_disk_then_retry_failed_completes_the_store(tmp_path):
+@contextmanager
+def _small_disk(folder: Path, size: int) -> Iterator[Path]:
+    """A real file system of ``size`` bytes at ``folder`` (a tmpfs: it counts whole pages)."""
     if os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("needs root to mount a small tmpfs")
-    recipe = write_recipe(tmp_path, _manifest(tmp_path, n=3, frames=70), short_side=32)
-    ref = _clean(recipe, tmp_path)
-    size = sum(p.stat().st_size for p in ref.rglob("*") if p.is_file())
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    # room for about one and a half videos of three (tmpfs counts pages: round up to them)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size // 2 + 64 * 1024}", "tmpfs", str(mnt)]).returncode:
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]).returncode:
         pytest.skip("cannot mount a tmpfs here")
     try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)])
+
+
+def _fill(folder: Path) -> Path:
+    """Fill ``folder``'s file system to its last page with a real file; delete the file to free the space."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            os.write(fd, b"\0" * (1 << 16))  # the last write is cut short, the one after it fails
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+    finally:
+        os.close(fd)
+    return filler
+
+
+def _store_bytes(store: Path) -> int:
+    return sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
+
+
+@pytest.mark.slow
+def test_full_disk_then_retry_failed_completes_the_store(tmp_path):
+    recipe = write_recipe(tmp_path, _manifest(tmp_path, n=3, frames=70), short_side=32)
+    ref = _clean(recipe, tmp_path)
+    size = _store_bytes(ref)
+    # room for about one and a half videos of three (tmpfs counts pages: round up to them)
+    with _small_disk(tmp_path / "small", size // 2 + 64 * 1024) as mnt:
         out = mnt / "t.zarr"
-        first = subprocess.run(_cmd(recipe, out), capture_output=True, text=True, timeout=300)
+        # --jobs 1: one video is written at a time, and a video that fills the disk has removed its
+        # staging folder before the run appends its ledger line.  With two writers the other one
+        # can fill the disk under that line: the run then stops on its bookkeeping instead (tested
+        # on its own below, at a moment chosen by the test).
+        first = subprocess.run(_cmd(recipe, out, "--jobs", "1"), capture_output=True, text=True, timeout=300)
         assert first.returncode == 1, first.stderr
         rows, done, failed, skipped = _counts(first.stdout)
         assert rows == 3 and failed >= 1 and done >= 1
@@ -457,8 +491,71 @@ def test_full_disk_then_retry_failed_completes_the_store(tmp_path):
         assert again.returncode == 0, again.stderr
         assert _counts(again.stdout) == (3, len(full), 0, 3 - len(full))
         _assert_same(out, ref)
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)])
+
+
+def _fill_before(real, folder: Path, filled: list[Path]):
+    """``real``, called after filling ``folder``'s disk (the first call only): the write itself is the real one."""
+
+    def hooked(*args, **kwargs):
+        if not filled:
+            filled.append(_fill(folder))
+        return real(*args, **kwargs)
+
+    return hooked
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("what", "jobs"), [("ledger", 1), ("index", 1), ("ledger", 2)])
+def test_a_bookkeeping_write_on_a_full_disk_is_one_line_exit_1_and_a_rerun_completes(
+    tmp_path, monkeypatch, capsys, recwarn, what, jobs
+):
+    recipe = write_recipe(tmp_path, _manifest(tmp_path, n=3, frames=70), short_side=32)
+    ref = _clean(recipe, tmp_path)
+    with _small_disk(tmp_path / "small", 4 * _store_bytes(ref)) as mnt:
+        out = mnt / "t.zarr"
+        argv = ["run", str(recipe), "--out", str(out), "--no-progress", "--jobs", str(jobs)]
+        filled: list[Path] = []
+        rdir = run_dir(out)
+        if what == "ledger":  # clip0 is committed; its ledger line is the first one the run appends
+            monkeypatch.setattr(LedgerWriter, "write", _fill_before(LedgerWriter.write, mnt, filled))
+            path, committed = rdir / "ledger" / "local.jsonl", 1
+        else:  # every video committed and recorded; the index is written last
+            monkeypatch.setattr(pipeline, "write_index", _fill_before(write_index, mnt, filled))
+            path, committed = rdir / "index.json", 3
+        capsys.readouterr()
+        assert main(argv) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            f"flowprep: error: cannot write the {what} {path}: No space left on device; the run stopped, "
+            "videos committed so far are kept: run again to resume"
+        ]
+        # nothing torn, nothing recorded done that is not complete, no temporary file left
+        assert len(open_store(out).video_ids) == committed and verify_store(out) == {}
+        ledger = (rdir / "ledger" / "local.jsonl").read_text().splitlines()
+        assert [json.loads(line)["status"] for line in ledger] == ["done"] * (3 if what == "index" else 0)
+        assert not (rdir / "index.json").exists() and [p.name for p in rdir.rglob("*.tmp")] == []
+        # one writer: nothing in flight when the run stopped; two: the other's video may be staged
+        assert jobs > 1 or _staged(out) == []
+        assert [str(w.message) for w in recwarn if "joblib" in w.filename] == []  # no advice from joblib
+        monkeypatch.undo()
+        filled[0].unlink()  # space freed: the same command resumes
+        assert main(argv) == 0
+        assert _counts(capsys.readouterr().out) == (3, 3 - committed, 0, committed)
+        assert _staged(out) == []
+        assert json.loads((rdir / "index.json").read_text())["counts"] == {"done": 3, "failed": 0, "pending": 0}
+        _assert_same(out, ref)
+
+
+def test_a_torn_last_ledger_line_is_cut_off_and_the_next_record_is_read(tmp_path):
+    rdir = tmp_path / "t.run"
+    with LedgerWriter(rdir, "local") as ledger:
+        ledger.write({"key": "a", "line": 2, "status": "done"})
+    path = rdir / "ledger" / "local.jsonl"
+    with open(path, "a") as f:
+        f.write('{"key": "b", "line": 3, "sta')  # a kill in the middle of a line
+    with LedgerWriter(rdir, "local") as ledger:
+        ledger.write({"key": "c", "line": 4, "status": "failed"})
+    assert {k: r["status"] for k, r in read_latest(rdir).items()} == {"a": "done", "c": "failed"}
+    assert len(path.read_text().splitlines()) == 2
 
 
 # -- clean edges ---------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Command line: ``flowprep <command>``.  Each command is a small function registered in COMMANDS.
 
-Exit status: 0 success, 1 some rows failed (see the ledger), 2 bad usage or configuration.
+Exit status: 0 success, 1 some rows failed (see the ledger) or the run stopped (its bookkeeping
+could not be written, a worker died: a rerun resumes), 2 bad usage or configuration.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -22,6 +24,10 @@ if TYPE_CHECKING:
     from flowprep.run.recipe import RunConfig
 
 
+# joblib.Parallel's warning when its generator is closed before the end (joblib 1.3 - 1.6)
+JOBLIB_EARLY_EXIT = r"\d+ tasks (have been successfully executed|which were still being processed)"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from flowprep.cli.recipes import FolderSettings, prepare_target
     from flowprep.dataset.manifest import ManifestError
@@ -29,6 +35,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flowprep.run.orphan import WorkerDied
     from flowprep.run.pipeline import run
     from flowprep.run.recipe import RecipeError
+    from flowprep.run.state import RESOURCE_ERRNOS
     from flowprep.store.zarr_store import StoreError
 
     try:
@@ -40,6 +47,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.recipe, args.out, args.split, settings
     )  # a folder / video: a generated recipe
     fresh = _only_generated_input(args.out)
+    started = False  # past the checks: what fails now is the run's, not the input's
+
+    def on_start() -> None:
+        nonlocal started
+        started = True
+        _record_run(recipe, cfg)
+
     try:
         cfg = _load_run_recipe(args, recipe, jobs)
         if not cfg.manifest.exists():
@@ -47,16 +61,38 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             hint = missing_manifest_hint(cfg.manifest)
             return usage_error(f"manifest {cfg.manifest} not found" + (f": {hint}" if hint else ""))
-        summary = run(cfg, on_start=lambda: _record_run(recipe, cfg))
-    except (RecipeError, ManifestError, StoreError, LeaseHeld, ValueError, OSError) as e:
-        if fresh:  # exit 2 leaves nothing behind: not even the manifest `run DIR` generated
-            _remove_generated(args.out)
-        return usage_error(str(e))
+        with warnings.catch_warnings():
+            # a run stopped early (a full disk) closes joblib's generator, and joblib advises on
+            # "tasks ... cancelled": noise under the one line that says what happened
+            warnings.filterwarnings("ignore", JOBLIB_EARLY_EXIT, UserWarning, "joblib")
+            summary = run(cfg, on_start=on_start)
+    except OSError as e:  # state.BookkeepingError too: it names the file
+        if started or e.errno in RESOURCE_ERRNOS:  # a full disk is never the user's typo
+            return _run_error(e)
+        return _refused(args.out, fresh, e)
+    except (RecipeError, ManifestError, StoreError, LeaseHeld, ValueError) as e:
+        return _refused(args.out, fresh, e)
     except WorkerDied as e:
-        print(f"flowprep: error: {e}", file=sys.stderr)
-        return 1
+        return _run_error(e)
     _print_run_summary(cfg, summary)
     return 0 if summary.ok else 1
+
+
+def _refused(out: str | None, fresh: bool, e: Exception) -> int:
+    """A run refused before it started (bad input, usage): one line, exit 2, nothing left behind."""
+    if fresh and out is not None:  # not even the manifest `run DIR` generated
+        _remove_generated(out)
+    return usage_error(str(e))
+
+
+def _run_error(e: Exception) -> int:
+    """A run stopped by what happened while it ran (a full disk, a dead worker): one line, exit 1.
+    What was committed stays; the message says a rerun resumes."""
+    msg = str(e)
+    if isinstance(e, OSError):  # WorkerDied says it already
+        msg += "; the run stopped, videos committed so far are kept: run again to resume"
+    print(f"flowprep: error: {' '.join(msg.split())}", file=sys.stderr)
+    return 1
 
 
 def _load_run_recipe(args: argparse.Namespace, recipe: Path, jobs: int) -> RunConfig:

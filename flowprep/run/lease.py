@@ -171,22 +171,28 @@ class Lease:
         fails if the path exists, also on NFS), so nobody ever reads a half-written lease; where
         the file system has no hard links, an exclusive create and a write."""
         tmp = self.path.with_name(f".{self.path.name}.{self.token[:8]}.new")
-        tmp.write_text(json.dumps(self.info))
         try:
-            os.link(tmp, self.path)
-            return True
-        except FileExistsError:
-            return False
-        except OSError:  # no hard links here (some FUSE / SMB mounts)
+            tmp.write_text(json.dumps(self.info))  # a full disk raises here and leaves no private file
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.link(tmp, self.path)
+                return True
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.info, f)
-            return True
+            except OSError:  # no hard links here (some FUSE / SMB mounts)
+                pass
         finally:
             tmp.unlink(missing_ok=True)
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.info, f)
+        except BaseException:
+            os.unlink(self.path)  # ours, and never complete: no lease at all rather than a torn one
+            raise
+        return True
 
     def _missing_beats(self, owner: dict[str, Any]) -> bool:
         """The owner is on another host and has missed two heartbeats (it may be dead)."""

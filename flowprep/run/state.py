@@ -26,26 +26,61 @@ Ledger records: ``LedgerRecord`` (``key``, ``line``, ``status``: "done" | "faile
 that are unset are left out of the line.  ``key`` is the video id, or ``line:<n>`` for a row too malformed to have one.  Each task writes
 only its own file, so cluster tasks never write the same file; the latest record of a key (by
 time) wins when files are merged.  ``index.json`` is the merged view, rewritten atomically.
+
+A bookkeeping file that cannot be written (a full disk, a quota, an I/O error) raises
+``BookkeepingError`` (an OSError) naming the file; nothing is left torn (ledger lines are
+appended whole or not at all, the other files are replaced atomically), so a rerun resumes.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from flowprep.atomic import write_json
+from flowprep.atomic import append_whole, write_json
 from flowprep.run.lease import Lease, live_owner
 from flowprep.run.shard import read_manifest
 from flowprep.store.zarr_store import FORMAT_VERSION, is_complete
 
 Status = Literal["done", "failed", "skipped"]
 STATUSES: tuple[Status, ...] = get_args(Status)
+
+# The machine ran out of something, the input is not to blame: never a usage error, and a rerun
+# (after freeing space, raising the quota, fixing the disk) resumes.  (Windows has no EDQUOT.)
+RESOURCE_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EIO", "EFBIG") if hasattr(errno, n))
+
+
+class BookkeepingError(OSError):
+    """A file of the run's bookkeeping (ledger, index, lease, ...) could not be written.
+
+    The OSError it stands for (``errno``, ``strerror``, ``filename``), with a message that says
+    which file it was: "cannot write the ledger <path>: No space left on device".  An OSError, so
+    whoever handled the bare one still does."""
+
+    def __init__(self, what: str, path: Path, error: OSError):
+        super().__init__(error.errno, error.strerror or str(error), str(path))
+        self.what = what  # "the ledger", "the index", ...
+
+    def __str__(self) -> str:
+        return f"cannot write {self.what} {self.filename}: {self.strerror}"
+
+
+@contextmanager
+def writing(what: str, path: Path) -> Iterator[None]:
+    """An OSError inside becomes a ``BookkeepingError`` naming ``what`` (e.g. "the ledger") and ``path``."""
+    try:
+        yield
+    except OSError as e:
+        raise BookkeepingError(what, path, e) from e
 
 
 @dataclass
@@ -126,7 +161,9 @@ def acquire_lease(store_path: str | Path, tag: str, settings: str | None = None)
     ``settings``: the digest of the run's content settings, recorded in the lease so that a run
     with other settings can see this one (``live_leases``)."""
     extra = {"settings": settings} if settings is not None else {}
-    return Lease(lease_path(store_path, tag), f"store {store_path} (task {tag or 'local'})", extra=extra).acquire()
+    path = lease_path(store_path, tag)
+    with writing("the lease", path):
+        return Lease(path, f"store {store_path} (task {tag or 'local'})", extra=extra).acquire()
 
 
 def live_leases(store_path: str | Path) -> dict[str, dict[str, Any]]:
@@ -162,8 +199,9 @@ def update_repair(store_path: str | Path, add: Iterable[str] = (), done: Iterabl
     if new == ids:
         return
     path = repair_path(store_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, {"ids": sorted(new)})
+    with writing("the repair list", path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {"ids": sorted(new)})
 
 
 def clean_staging(store_path: str | Path, tag: str = "", held: Lease | None = None) -> int:
@@ -218,14 +256,25 @@ def ledger_dir(run_dir: Path) -> Path:
 
 
 class LedgerWriter:
-    """Appends records for one task; each record is flushed as it is written."""
+    """Appends records for one task (the lease holder is its only writer), each in one write.
+
+    A line lands whole or not at all (``append_whole``: a full disk's partial line is cut off
+    again), and a torn last line that a kill left is cut off on opening, so the next record
+    starts on a line of its own instead of being glued to the torn one and lost."""
 
     def __init__(self, run_dir: Path, task: str):
         folder = ledger_dir(run_dir)
-        folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"{task}.jsonl"
         self.task = task
-        self._f = open(self.path, "a", encoding="utf-8")
+        with writing("the ledger", self.path):
+            folder.mkdir(parents=True, exist_ok=True)
+            # read too: a torn tail is found by reading the end of the file
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                _cut_torn_tail(self._fd)
+            except BaseException:
+                os.close(self._fd)
+                raise
 
     def write(self, record: LedgerRecord | Mapping[str, Any]) -> None:
         if isinstance(record, LedgerRecord):
@@ -233,17 +282,35 @@ class LedgerWriter:
         if record.get("status") not in STATUSES:
             raise ValueError(f"ledger status must be one of {STATUSES}, got {record.get('status')!r}")
         rec = {"time": time.time(), "task": self.task, **record}
-        self._f.write(json.dumps(rec, sort_keys=True) + "\n")
-        self._f.flush()
+        with writing("the ledger", self.path):
+            append_whole(self._fd, (json.dumps(rec, sort_keys=True) + "\n").encode("utf-8"))
 
     def close(self) -> None:
-        self._f.close()
+        os.close(self._fd)
 
     def __enter__(self) -> LedgerWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _cut_torn_tail(fd: int) -> None:
+    """Cut a file open for appending back to its last newline (a line cut by a kill is unreadable anyway)."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    # the lines are short: look back in small steps for the last newline
+    end, keep = size, 0
+    while end > 0:
+        start = max(0, end - 65536)
+        chunk = os.pread(fd, end - start, start)
+        nl = chunk.rfind(b"\n")
+        if nl >= 0:
+            keep = start + nl + 1
+            break
+        end = start
+    os.ftruncate(fd, keep)
 
 
 def read_latest(run_dir: Path, each: Callable[[dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
@@ -336,8 +403,9 @@ def record_run(run_dir: Path, recipe: Path, cfg: Any) -> None:
             return
     except (OSError, ValueError):
         pass
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, info)
+    with writing("the run record", path):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, info)
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
@@ -427,5 +495,7 @@ def write_index(cfg: Any, rows: list[Any], row_errors: list[Any], dest: Path | N
     }
     if dest is not None:
         index.update(task=cfg.task, task_index=cfg.task_index, num_tasks=cfg.num_tasks)
-    write_json_atomic(dest or rdir / "index.json", index)
+    path = dest or rdir / "index.json"
+    with writing("the index", path):
+        write_json_atomic(path, index)
     return index
