@@ -75,3 +75,18 @@ def test_run_then_inspect_with_preview(tmp_path):
     assert stats.clipped == 0.0  # 2 px of motion is far inside the bound
     # the clip moves (2, 1) px per frame: the interior's median magnitude is sqrt(5)
     assert float(np.median(mag[:, 8:-8, 8:-8])) == pytest.approx(5**0.5, abs=0.3)
+
+
+def test_output_cut_short_by_its_reader_ends_quietly():
+    # `flowprep recipes | head -1`: the reader goes away after one line; no traceback, exit 141
+    # (128 + SIGPIPE, what a shell reports for cat in the same place)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "flowprep", "recipes"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+    )
+    assert p.stdout is not None and p.stderr is not None
+    first = p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=60) == 141, err
+    assert first.startswith(b"shipped recipes")
+    assert err == b""

@@ -568,3 +568,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: what is committed stays, the rest is redone by a rerun
         print("flowprep: interrupted; run again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of our output went away (`flowprep recipes | head`): stop quietly, as cat
+        # does; stdout goes to devnull so that flushing it at exit raises nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
