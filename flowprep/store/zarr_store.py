@@ -36,6 +36,7 @@ from flowprep.flow.api import RGB_SCALE, dequantize_flow, dequantize_rgb
 from flowprep.store import codecs as store_codecs
 from flowprep.store import verify
 from flowprep.store.errors import StoreError
+from flowprep.store.shards import ShardReader
 
 if TYPE_CHECKING:
     from zarr.core.common import JSON
@@ -300,7 +301,7 @@ class Store:
         )
         self._known = set(self.video_ids)
         self._groups: dict[str, zarr.Group] = {}
-        self._arrays: dict[tuple[str, str], tuple[zarr.Array, verify.ArrayLayout, int]] = {}
+        self._arrays: dict[tuple[str, str], tuple[zarr.Array, verify.ArrayLayout, int, ShardReader | None]] = {}
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -325,7 +326,8 @@ class Store:
     def _read(
         self, video_id: str, name: str, start: int, stop: int | None, ys: slice = slice(None), xs: slice = slice(None)
     ) -> np.ndarray:
-        """Frames start:stop of array ``name``, checked (verify.check_read): damage is a StoreError, never fill values."""
+        """Frames start:stop of array ``name``, checked (verify.check_read): damage is a StoreError, never fill values.
+        Arrays in zarr's own codecs are read by ``shards.ShardReader``, the others through zarr."""
         got = self._arrays.get((video_id, name))
         if got is None:
             g = self._group(video_id)
@@ -340,9 +342,14 @@ class Store:
                 raise StoreError(f"video {video_id!r}: {name} array unreadable ({type(e).__name__}: {e})") from None
             if not isinstance(arr, zarr.Array):
                 raise StoreError(f"video {video_id!r}: {name} is a group, not an array; flowprep verify; run --repair")
-            got = self._arrays[(video_id, name)] = (arr, layout, expected)
-        arr, layout, expected = got
+            got = self._arrays[(video_id, name)] = (arr, layout, expected, ShardReader.open(layout))
+        arr, layout, expected, direct = got
         a, b, _ = slice(start, stop).indices(expected)
+        if direct is not None:
+            verify.check_shape(video_id, name, layout, expected)  # the reader checks each shard it reads
+            out = direct.read(video_id, name, a, max(a, b), ys, xs)
+            if out is not None:
+                return out
         verify.check_read(video_id, name, layout, expected, a, b)
         try:
             # slices in every axis: always an array (zarr's type also allows the scalars an int index gives)
