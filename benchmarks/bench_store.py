@@ -598,7 +598,85 @@ def loader_part(args, stores: dict[str, Path], ref_path: Path, raw_root: Path) -
         for stage in prof["raw"][0]:
             vals = {k: float(np.median([r[stage] for r in rs])) for k, rs in prof.items()}
             print(f"    {stage:<28} " + "  ".join(f"{k} {v:7.1f}" for k, v in vals.items()))
+        stages = [window_read_stages(stores[DEFAULT], stream, clip, args.clips) for _ in range(args.rounds)]
+        print(
+            f"  {stream} window read of the default store by stage, ms per window (64 steps, 224 crop; median of {args.rounds}):"
+        )
+        for stage in stages[0]:
+            print(f"    {stage:<44} {float(np.median([r[stage] for r in stages])):7.1f}")
     return goals
+
+
+READ_STAGES = (
+    "zarr-python: arr[t0:t1, y0:y1, x0:x1]",
+    "flowprep's reader (Store.read_*)",
+    "  shard index + one pread per chunk",
+    "  decode the chunks (whole frames)",
+    "  copy the crop out (per channel)",
+    "  (copy the crop out in numpy's element order)",
+)
+
+
+def window_read_stages(store_path: Path, stream: str, clip: DenseTrain, n: int) -> dict[str, float]:
+    """Milliseconds per random window read (its steps, a random crop): zarr-python's read of the same
+    selection against flowprep's direct reader (``flowprep.store.shards``), and the reader's stages
+    timed apart on the same chunks.  The last row is the crop copy as one numpy assignment, what
+    zarr-python does: from planar flow chunks numpy then walks the 2 channels of each pixel."""
+    import os
+
+    import zarr
+
+    from flowprep.store import verify
+    from flowprep.store.shards import ShardReader, _copy_out
+
+    store = open_store(store_path)
+    read = store.read_rgb_uint8 if stream == "rgb" else store.read_flow_int8
+    arrays, readers = {}, {}
+    for vid in store.video_ids:
+        arrays[vid] = zarr.open_array(str(store_path / "videos" / vid / stream), mode="r")
+        readers[vid] = ShardReader.open(verify.ArrayLayout(store_path / "videos" / vid / stream))
+    rng = np.random.default_rng(3)
+    t = dict.fromkeys(READ_STAGES, 0.0)
+    for k in range(n):
+        vid = store.video_ids[k % len(store.video_ids)]
+        arr, reader = arrays[vid], readers[vid]
+        assert reader is not None, "the default store's arrays are read directly"
+        length, h, w = arr.shape[:3]
+        a = int(rng.integers(0, max(length - clip.clip_len, 0) + 1))
+        b = min(a + clip.clip_len, length)
+        y, x = int(rng.integers(0, h - clip.crop + 1)), int(rng.integers(0, w - clip.crop + 1))
+        ys, xs = slice(y, y + clip.crop), slice(x, x + clip.crop)
+        t0 = time.perf_counter()
+        arr[a:b, ys, xs]
+        t1 = time.perf_counter()
+        read(vid, a, b, ys=ys, xs=xs)
+        t2 = time.perf_counter()
+        lay, data = reader.layout, []
+        for s in range(a // lay.shard, (b - 1) // lay.shard + 1):
+            index, _ = verify.shard_index(lay, s)
+            assert index is not None
+            fd = os.open(lay.shard_file(s), os.O_RDONLY)
+            for c0 in range(max(a, s * lay.shard) // lay.chunk * lay.chunk, min(b, (s + 1) * lay.shard), lay.chunk):
+                off, size = index[(c0 - s * lay.shard) // lay.chunk]
+                data.append(os.pread(fd, int(size), int(off)))
+            os.close(fd)
+        t3 = time.perf_counter()
+        buf = np.empty(reader.stored_shape, reader.dtype)
+        crop = buf.transpose(np.argsort(reader.order))[:, ys, xs]
+        out = np.empty(crop.shape, crop.dtype)
+        for d in data:  # whole chunks' crops: the window's first and last chunk count in full
+            t4 = time.perf_counter()
+            reader.decode(d, buf)
+            t5 = time.perf_counter()
+            _copy_out(out, crop)
+            t6 = time.perf_counter()
+            out[...] = crop
+            t7 = time.perf_counter()
+            for stage, dt in zip(READ_STAGES[3:], (t5 - t4, t6 - t5, t7 - t6), strict=True):
+                t[stage] += dt * 1000 / n
+        for stage, dt in zip(READ_STAGES[:3], (t1 - t0, t2 - t1, t3 - t2), strict=True):
+            t[stage] += dt * 1000 / n
+    return t
 
 
 def reads_per_s(dataset: VideoClips, stream: str, n: int) -> float:
