@@ -612,8 +612,8 @@ READ_STAGES = (
     "flowprep's reader (Store.read_*)",
     "  shard index + one pread per chunk",
     "  decode the chunks (whole frames)",
-    "  copy the crop out (per channel)",
-    "  (copy the crop out in numpy's element order)",
+    "  copy the crop out (planar flow: per channel)",
+    "  (the same copy as one numpy assignment)",
 )
 
 

@@ -301,7 +301,8 @@ class Store:
         )
         self._known = set(self.video_ids)
         self._groups: dict[str, zarr.Group] = {}
-        self._arrays: dict[tuple[str, str], tuple[zarr.Array, verify.ArrayLayout, int, ShardReader | None]] = {}
+        self._arrays: dict[tuple[str, str], tuple[verify.ArrayLayout, int, ShardReader | None]] = {}
+        self._zarrs: dict[tuple[str, str], zarr.Array] = {}
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -323,33 +324,45 @@ class Store:
             self._groups[video_id] = g
         return g
 
+    def _array(self, video_id: str, name: str) -> tuple[verify.ArrayLayout, int, ShardReader | None]:
+        """Array ``name`` of a video, opened once: its layout, its length per the video's attributes and,
+        where its codecs allow, the direct reader (``shards.ShardReader``)."""
+        got = self._arrays.get((video_id, name))
+        if got is None:
+            count = "n_frames" if name == "rgb" else "n_flow"
+            expected = self._group(video_id).attrs.get(count)
+            if not isinstance(expected, int):
+                raise StoreError(f"video {video_id!r}: attribute {count!r} missing; flowprep verify; run --repair")
+            layout = verify.ArrayLayout(self.path / "videos" / video_id / name)
+            got = self._arrays[(video_id, name)] = (layout, expected, ShardReader.open(layout))
+        return got
+
+    def _zarr_array(self, video_id: str, name: str) -> zarr.Array:
+        """zarr-python's handle of array ``name``, opened once (the direct reader needs none)."""
+        arr = self._zarrs.get((video_id, name))
+        if arr is None:
+            try:
+                node = self._group(video_id)[name]
+            except Exception as e:
+                raise StoreError(f"video {video_id!r}: {name} array unreadable ({type(e).__name__}: {e})") from None
+            if not isinstance(node, zarr.Array):
+                raise StoreError(f"video {video_id!r}: {name} is a group, not an array; flowprep verify; run --repair")
+            arr = self._zarrs[(video_id, name)] = node
+        return arr
+
     def _read(
         self, video_id: str, name: str, start: int, stop: int | None, ys: slice = slice(None), xs: slice = slice(None)
     ) -> np.ndarray:
         """Frames start:stop of array ``name``, checked (verify.check_read): damage is a StoreError, never fill values.
-        Arrays in zarr's own codecs are read by ``shards.ShardReader``, the others through zarr."""
-        got = self._arrays.get((video_id, name))
-        if got is None:
-            g = self._group(video_id)
-            count = "n_frames" if name == "rgb" else "n_flow"
-            expected = g.attrs.get(count)
-            if not isinstance(expected, int):
-                raise StoreError(f"video {video_id!r}: attribute {count!r} missing; flowprep verify; run --repair")
-            layout = verify.ArrayLayout(self.path / "videos" / video_id / name)
-            try:
-                arr = g[name]
-            except Exception as e:
-                raise StoreError(f"video {video_id!r}: {name} array unreadable ({type(e).__name__}: {e})") from None
-            if not isinstance(arr, zarr.Array):
-                raise StoreError(f"video {video_id!r}: {name} is a group, not an array; flowprep verify; run --repair")
-            got = self._arrays[(video_id, name)] = (arr, layout, expected, ShardReader.open(layout))
-        arr, layout, expected, direct = got
+        The direct reader reads what it can (every codec of the table), zarr-python the rest."""
+        layout, expected, direct = self._array(video_id, name)
         a, b, _ = slice(start, stop).indices(expected)
         if direct is not None:
             verify.check_shape(video_id, name, layout, expected)  # the reader checks each shard it reads
             out = direct.read(video_id, name, a, max(a, b), ys, xs)
             if out is not None:
                 return out
+        arr = self._zarr_array(video_id, name)
         verify.check_read(video_id, name, layout, expected, a, b)
         try:
             # slices in every axis: always an array (zarr's type also allows the scalars an int index gives)
