@@ -22,8 +22,8 @@ sampler asks for.
   device)`` then flips (negating u), converts and scales on the training device (``x / 127.5 - 1``
   for RGB, ``q / 127`` for flow, as the store's reader does) into (B*N, C, T, H, W) float32 with
   channels-last memory; the sampler's ``model_input`` shapes that for the model.
-  Measured (``make bench-store``, FORMAT.md): against rawframes normalised in the workers this
-  gains 1.1-1.2x for RGB; decoding the window (JPEG for both, FFV1 or zstd for flow) is the rest.
+  Where a step's time goes against rawframes normalised in the workers: FORMAT.md, loader
+  (``make bench-store``).
 
 Each sample is an index into ``items`` (for a training sampler: one per video), optionally paired
 with a seed, ``(index, seed)`` (``TrainSampler`` makes them): the augmentation of a sample depends
@@ -330,14 +330,14 @@ def _mirror(raw_bthwc: torch.Tensor, flips: list[bool]) -> torch.Tensor:
 
     Raw bytes (a quarter of float32's), one sample at a time: on a CPU, torch's advanced indexing
     and flipping float32 cost 10x a uint8 flip.  A flow pixel's two int8 channels move as one
-    int16: torch flips that 5x faster than 2 channels of int8 (1.4 ms against 8 ms for a 64 x 224 x 224
-    clip on one core)."""
+    int16, which torch flips several times faster than 2 channels of int8 (FORMAT.md, loader)."""
     pixel = raw_bthwc.shape[-1] * raw_bthwc.element_size()
     as_int = {2: torch.int16, 4: torch.int32, 8: torch.int64}.get(pixel)
-    if as_int is not None and raw_bthwc.is_contiguous():
-        pixels = raw_bthwc.view(as_int)  # (B, T, H, W, 1): one element per pixel
-        return torch.stack([r.flip(2) if f else r for r, f in zip(pixels, flips, strict=True)]).view(raw_bthwc.dtype)
-    return torch.stack([r.flip(2) if f else r for r, f in zip(raw_bthwc, flips, strict=True)])
+    pixels = raw_bthwc.view(as_int) if as_int is not None and raw_bthwc.is_contiguous() else raw_bthwc
+    out = torch.empty_like(pixels)  # written sample by sample: torch.stack of uint8 crops cost 3x the flips
+    for r, o, f in zip(pixels, out, flips, strict=True):
+        o.copy_(r.flip(2) if f else r)
+    return out.view(raw_bthwc.dtype)
 
 
 def raw_to_model(
