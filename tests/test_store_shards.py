@@ -1,9 +1,11 @@
 """The store's direct shard reads (flowprep.store.shards): the same values as zarr-python for every
 codec of the table and format 1's layout, windows and crops anywhere, damage named by its frames."""
 
+import google_crc32c
 import numpy as np
 import pytest
 import zarr
+from numcodecs import Zstd
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from flowprep import open_store
@@ -124,3 +126,21 @@ def test_layouts_it_does_not_know_go_to_zarr(tmp_path):
     g.create_array("tiles", **{**kw, "chunks": (8, H // 2, W, 2)}, shards=(16, H, W, 2))
     for name in ("unsharded", "blosc", "int16", "tiles"):
         assert ShardReader.open(verify.ArrayLayout(tmp_path / "g" / name)) is None, name
+
+
+def test_a_short_zstd_chunk_is_damage_not_the_previous_chunks_values(tmp_path):
+    """A chunk that decompresses to fewer bytes than a chunk holds (rewritten with a valid zstd frame of
+    other data) fails; the reader's buffer still holds the chunk read before it."""
+    path = _store(tmp_path, WriteConfig())
+    shard = path / "videos" / "v" / "flow" / "c.0.0.0.0"
+    data = bytearray(shard.read_bytes())
+    index = np.frombuffer(bytes(data[-(16 * 8 + 4) : -4]), "<u8").reshape(8, 2).copy()
+    short = Zstd(level=6, checksum=True).encode(np.zeros(100, np.int8).tobytes())
+    off = int(index[1, 0])
+    data[off : off + len(short)] = short  # chunk 1 (frames 8-15): a frame of 100 bytes in its place
+    index[1, 1] = len(short)
+    tail = index.tobytes()
+    data[-(16 * 8 + 4) :] = tail + google_crc32c.value(tail).to_bytes(4, "little")
+    shard.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=r"flow frames 8-15: chunk cannot be decoded .*zstd frame of 100 bytes"):
+        open_store(path).read_flow_int8("v", 0, 16)

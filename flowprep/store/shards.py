@@ -21,8 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 import google_crc32c  # zarr's own dependency for its crc32c codec
+import imagecodecs
 import numpy as np
-from numcodecs import zstd
 
 from flowprep.store import verify
 from flowprep.store.codecs import FRAME_CODECS
@@ -41,7 +41,9 @@ def _raw(data: bytes, buf: np.ndarray) -> None:
 
 
 def _zstd(data: bytes, buf: np.ndarray) -> None:
-    got = zstd.decompress(data, buf.reshape(-1).view(np.uint8))
+    # imagecodecs returns the part of ``out`` it wrote (numcodecs' zstd does not say when a frame
+    # is short: the rest of the buffer would keep the previous chunk's values)
+    got = imagecodecs.zstd_decode(data, out=buf.reshape(-1).view(np.uint8).data)
     if len(got) != buf.nbytes:
         raise ValueError(f"zstd frame of {len(got)} bytes for a chunk of {buf.nbytes}")
 
@@ -65,7 +67,10 @@ def _pipeline(codecs: list[dict[str, Any]], ndim: int) -> tuple[tuple[int, ...],
     them; None for a pipeline not handled here."""
     names = [str(c.get("name")) for c in codecs]
     if names and names[0] in FRAME_CODECS and names[1:] in ([], ["crc32c"]):
-        return tuple(range(ndim)), _frames(codecs[0], checked=len(names) == 2)
+        try:
+            return tuple(range(ndim)), _frames(codecs[0], checked=len(names) == 2)
+        except (TypeError, ValueError):  # a configuration this flowprep does not know: zarr says why
+            return None
     order: tuple[int, ...] = tuple(range(ndim))
     if names[:1] == ["transpose"]:
         order = tuple(int(i) for i in (codecs[0].get("configuration") or {}).get("order", ()))
