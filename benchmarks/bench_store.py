@@ -610,7 +610,9 @@ def loader_part(args, stores: dict[str, Path], ref_path: Path, raw_root: Path) -
 
 READ_STAGES = (
     "zarr-python: arr[t0:t1, y0:y1, x0:x1]",
+    "  its CPU time (its threads included)",
     "flowprep's reader (Store.read_*)",
+    "  its CPU time",
     "  shard index + one pread per chunk",
     "  decode the chunks (whole frames)",
     "  copy the crop out (planar flow: per channel)",
@@ -620,15 +622,17 @@ READ_STAGES = (
 
 def window_read_stages(store_path: Path, stream: str, clip: DenseTrain, n: int) -> dict[str, float]:
     """Milliseconds per random window read (its steps, a random crop): zarr-python's read of the same
-    selection against flowprep's direct reader (``flowprep.store.shards``), and the reader's stages
-    timed apart on the same chunks.  The last row is the crop copy as one numpy assignment, what
-    zarr-python does: from planar flow chunks numpy then walks the 2 channels of each pixel."""
+    selection against flowprep's direct reader (``flowprep.store.shards``), wall and CPU time (zarr
+    decodes a window's chunks in threads: less wall time than CPU time where a core is free; in a
+    DataLoader worker the others are busy), and the reader's stages timed apart on the same chunks.
+    The last row is the crop copy as one numpy assignment, what zarr-python does: from planar flow
+    chunks numpy then walks the 2 channels of each pixel."""
     import os
 
     import zarr
 
     from flowprep.store import verify
-    from flowprep.store.shards import ShardReader, _copy_out
+    from flowprep.store.shards import ShardReader, copy_crop
 
     store = open_store(store_path)
     read = store.read_rgb_uint8 if stream == "rgb" else store.read_flow_int8
@@ -647,11 +651,11 @@ def window_read_stages(store_path: Path, stream: str, clip: DenseTrain, n: int) 
         b = min(a + clip.clip_len, length)
         y, x = int(rng.integers(0, h - clip.crop + 1)), int(rng.integers(0, w - clip.crop + 1))
         ys, xs = slice(y, y + clip.crop), slice(x, x + clip.crop)
-        t0 = time.perf_counter()
+        cpu0, t0 = time.process_time(), time.perf_counter()
         arr[a:b, ys, xs]
-        t1 = time.perf_counter()
+        cpu1, t1 = time.process_time(), time.perf_counter()
         read(vid, a, b, ys=ys, xs=xs)
-        t2 = time.perf_counter()
+        cpu2, t2 = time.process_time(), time.perf_counter()
         lay, data = reader.layout, []
         for s in range(a // lay.shard, (b - 1) // lay.shard + 1):
             index, _ = verify.shard_index(lay, s)
@@ -669,13 +673,13 @@ def window_read_stages(store_path: Path, stream: str, clip: DenseTrain, n: int) 
             t4 = time.perf_counter()
             reader.decode(d, buf)
             t5 = time.perf_counter()
-            _copy_out(out, crop)
+            copy_crop(out, crop)
             t6 = time.perf_counter()
             out[...] = crop
             t7 = time.perf_counter()
-            for stage, dt in zip(READ_STAGES[3:], (t5 - t4, t6 - t5, t7 - t6), strict=True):
+            for stage, dt in zip(READ_STAGES[5:], (t5 - t4, t6 - t5, t7 - t6), strict=True):
                 t[stage] += dt * 1000 / n
-        for stage, dt in zip(READ_STAGES[:3], (t1 - t0, t2 - t1, t3 - t2), strict=True):
+        for stage, dt in zip(READ_STAGES[:5], (t1 - t0, cpu1 - cpu0, t2 - t1, cpu2 - cpu1, t3 - t2), strict=True):
             t[stage] += dt * 1000 / n
     return t
 

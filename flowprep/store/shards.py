@@ -145,12 +145,12 @@ class ShardReader:
                         f"{what} frames {c0}-{c1 - 1}: chunk cannot be decoded ({type(e).__name__}: {e}) "
                         "(flowprep verify; run --repair)"
                     ) from None
-                _copy_out(out[t0 - start : t1 - start], crop[t0 - c0 : t1 - c0])
+                copy_crop(out[t0 - start : t1 - start], crop[t0 - c0 : t1 - c0])
         finally:
             os.close(fd)
 
 
-def _copy_out(dest: np.ndarray, src: np.ndarray) -> None:
+def copy_crop(dest: np.ndarray, src: np.ndarray) -> None:
     """``dest[...] = src`` for a planar ``src`` (its last axis the slowest in memory): one copy per
     channel, so numpy's inner loop runs along a row instead of over the 2-3 channels of one pixel."""
     if src.ndim >= 4 and src.strides[-1] > src.strides[-2] * src.shape[-2]:
