@@ -9,6 +9,8 @@ Format 2 (written now): each array's codec is chosen by ``WriteConfig.rgb_codec`
 (``flowprep.store.codecs``: JPEG q95 RGB and near-lossless zstd flow by default) and recorded in its
 zarr.json and in the video's ``codecs`` attribute; flow has its own time and channel dimension
 names so xarray opens a video group.  Format 1 (zstd 3, dims t, y, x, c for both) still reads.
+The reader decodes chunks itself where it can (``flowprep.store.shards``: every codec of the
+table) and through zarr-python otherwise; the files are zarr's either way.
 
 The bookkeeping beside the store (``<name>.run/``, staging included) belongs to
 ``flowprep.run.state``; this module only writes into the staging folder it is handed.
