@@ -4,9 +4,9 @@ The room where the reader decodes inner chunks without zarr-python, for training
 window reads.  It follows the zarr v3 sharding layout the writer made (FORMAT.md): the shard's
 chunk index (``verify.shard_index``, crc32c-checked), one ``pread`` per inner chunk, then the
 chunk's own codecs as its zarr.json names them: zarr's ``[transpose] bytes [zstd]`` (zstd into
-one reused buffer; zstd checks the chunk's content checksum), or flowprep's frame codecs
-(``codecs.FRAME_CODECS``) after the ``crc32c`` check; only the window's rows and columns are
-copied out, the ``transpose`` filter undone in that copy.  zarr-python reads the same window
+one reused buffer; zstd checks a chunk's content checksum where it has one), or flowprep's
+frame codecs (``codecs.FRAME_CODECS``) after the ``crc32c`` check; only the window's rows and
+columns are copied out, the ``transpose`` filter undone in that copy.  zarr-python reads the same window
 through its codec pipeline, an asyncio task and a thread hop per chunk and codec, and copies
 planar flow out pixel by pixel: several times the cost of decoding it (FORMAT.md, loader).
 
