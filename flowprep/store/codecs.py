@@ -67,7 +67,7 @@ def _unpack(magic: bytes, data: bytes | memoryview) -> tuple[tuple[int, int, int
 
 
 @dataclass(frozen=True)
-class _FramesCodec(ArrayBytesCodec):
+class FramesCodec(ArrayBytesCodec):
     """A chunk ``(n, H, W, C)`` as ``n`` independently coded images behind a small header."""
 
     is_fixed_size = False
@@ -101,13 +101,16 @@ class _FramesCodec(ArrayBytesCodec):
         a = np.ascontiguousarray(chunk_array.as_numpy_array())
         return chunk_spec.prototype.buffer.from_bytes(_pack(self.magic, a.shape, self.encode_frames(a)))
 
+    def decode_chunk(self, data: bytes | memoryview, out_nhwc: np.ndarray) -> None:
+        """One chunk's bytes (header, payloads) into ``out_nhwc``, the chunk's (n, H, W, C) array."""
+        (_, h, w, c), payloads = _unpack(self.magic, data)
+        if (h, w, c) != out_nhwc.shape[1:]:
+            raise ValueError(f"{self.name} chunk of frames {(h, w, c)}, the array's frames are {out_nhwc.shape[1:]}")
+        self.decode_frames(payloads, out_nhwc)
+
     def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
-        (_, h, w, c), payloads = _unpack(self.magic, chunk_bytes.to_bytes())
-        shape = tuple(chunk_spec.shape)
-        if (h, w, c) != shape[1:]:
-            raise ValueError(f"{self.name} chunk of frames {(h, w, c)}, the array's frames are {shape[1:]}")
-        out = np.empty(shape, dtype=chunk_spec.dtype.to_native_dtype())
-        self.decode_frames(payloads, out)
+        out = np.empty(tuple(chunk_spec.shape), dtype=chunk_spec.dtype.to_native_dtype())
+        self.decode_chunk(chunk_bytes.to_bytes(), out)
         return chunk_spec.prototype.nd_buffer.from_numpy_array(out)
 
     async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
@@ -118,7 +121,7 @@ class _FramesCodec(ArrayBytesCodec):
 
 
 @dataclass(frozen=True)
-class JpegCodec(_FramesCodec):
+class JpegCodec(FramesCodec):
     """uint8 RGB frames as baseline JPEGs (libjpeg-turbo through imagecodecs)."""
 
     name = "flowprep.jpeg"
@@ -145,7 +148,7 @@ class JpegCodec(_FramesCodec):
 
 
 @dataclass(frozen=True)
-class JpegXlCodec(_FramesCodec):
+class JpegXlCodec(FramesCodec):
     """uint8 RGB frames as JPEG XL images (libjxl through imagecodecs); quality as libjxl's."""
 
     name = "flowprep.jpegxl"
@@ -169,7 +172,7 @@ class JpegXlCodec(_FramesCodec):
 
 
 @dataclass(frozen=True)
-class Ffv1Codec(_FramesCodec):
+class Ffv1Codec(FramesCodec):
     """8-bit fields, exact: each (H, W, C) field as one (C*H, W) gray image, coded by FFV1.
 
     int8 values are stored as ``q ^ 0x80`` (two's complement with the sign bit flipped: -128..127
@@ -235,8 +238,10 @@ class Ffv1Codec(_FramesCodec):
             out_nhwc[i] = plane.reshape(c, h, w).transpose(1, 2, 0).view(out_nhwc.dtype)
 
 
-for _cls in (JpegCodec, JpegXlCodec, Ffv1Codec):
-    register_codec(_cls.name, _cls)
+# flowprep's own zarr codecs by their zarr.json name (the store's direct reader decodes them too)
+FRAME_CODECS: dict[str, type[FramesCodec]] = {c.name: c for c in (JpegCodec, JpegXlCodec, Ffv1Codec)}
+for _name, _cls in FRAME_CODECS.items():
+    register_codec(_name, _cls)
 
 
 _VALUES = np.arange(-128, 128)

@@ -33,7 +33,7 @@ import numpy as np
 
 from flowprep.store.errors import StoreError
 
-_MISSING = np.uint64(2**64 - 1)  # a shard-index entry for a chunk that was never written
+MISSING = np.uint64(2**64 - 1)  # a shard-index entry for a chunk that was never written
 ARRAYS = (("rgb", "n_frames"), ("flow", "n_flow"))
 
 
@@ -45,9 +45,12 @@ class ArrayLayout:
         try:
             meta = json.loads((self.dir / "zarr.json").read_text())
             self.shape = tuple(int(n) for n in meta["shape"])
-            self.shard = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+            self.shard_shape = tuple(int(n) for n in meta["chunk_grid"]["configuration"]["chunk_shape"])
+            self.shard = self.shard_shape[0]
             sep = (meta.get("chunk_key_encoding") or {}).get("configuration", {}).get("separator", "/")
             codecs = meta["codecs"]
+            self.dtype = str(meta["data_type"])
+            self.fill_value = meta.get("fill_value", 0)
         except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
             raise StoreError(f"{self.dir}: array metadata unreadable ({type(e).__name__}: {e})") from None
         self.sep = sep
@@ -55,11 +58,14 @@ class ArrayLayout:
         if self.sharded:
             conf = codecs[0]["configuration"]
             self.chunk = int(conf["chunk_shape"][0])
+            self.chunk_shape = tuple(int(n) for n in conf["chunk_shape"])
             inner = conf.get("codecs", [])
             self.index_crc = any(c.get("name") == "crc32c" for c in conf.get("index_codecs", []))
             self.index_at_end = conf.get("index_location", "end") == "end"
         else:
             self.chunk, inner, self.index_crc, self.index_at_end = self.shard, codecs, False, True
+            self.chunk_shape = (self.shard, *self.shape[1:])
+        self.inner: list[dict[str, Any]] = inner  # the codecs of one (inner) chunk, as zarr.json names them
         self.strict = any(
             (c.get("name") == "zstd" and (c.get("configuration") or {}).get("checksum")) or c.get("name") == "crc32c"
             for c in inner
@@ -76,21 +82,24 @@ class ArrayLayout:
         return s * self.shard, min((s + 1) * self.shard, self.shape[0])
 
 
-def _shard_problem(layout: ArrayLayout, s: int) -> str | None:
-    """Why shard ``s`` is damaged (missing, truncated, bad index, chunk missing), or None."""
+def shard_index(layout: ArrayLayout, s: int) -> tuple[np.ndarray | None, str | None]:
+    """Shard ``s``'s chunk index, ``(chunks, 2)`` uint64 offsets and sizes in its file, or why the shard
+    is damaged (missing, truncated, bad index, chunk missing): ``(index, None)`` or ``(None, why)``.
+    ``(None, None)``: no index to give and nothing wrong (a non-strict array's missing shard reads
+    as fill values; an unsharded array's chunk file)."""
     path = layout.shard_file(s)
     a, b = layout.frames_of_shard(s)
     where = f"frames {a}-{b - 1}"
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        return f"{where}: shard file {path.name} is missing" if layout.strict else None
+        return None, (f"{where}: shard file {path.name} is missing" if layout.strict else None)
     if not layout.sharded:
-        return None if size > 0 or not layout.strict else f"{where}: chunk file {path.name} is empty"
+        return None, (None if size > 0 or not layout.strict else f"{where}: chunk file {path.name} is empty")
     n_chunks = layout.shard // layout.chunk
     index_bytes = 16 * n_chunks + (4 if layout.index_crc else 0)
     if size < index_bytes:
-        return f"{where}: shard file {path.name} is truncated ({size} bytes)"
+        return None, f"{where}: shard file {path.name} is truncated ({size} bytes)"
     with open(path, "rb") as f:
         f.seek(size - index_bytes if layout.index_at_end else 0)
         raw = f.read(index_bytes)
@@ -100,7 +109,10 @@ def _shard_problem(layout: ArrayLayout, s: int) -> str | None:
         except ImportError:  # pragma: no cover - zarr 3 always brings it
             google_crc32c = None  # type: ignore[assignment]
         if google_crc32c is not None and google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
-            return f"{where}: shard file {path.name} is damaged (its chunk index fails its checksum: truncated or overwritten)"
+            return (
+                None,
+                f"{where}: shard file {path.name} is damaged (its chunk index fails its checksum: truncated or overwritten)",
+            )
     entries = np.frombuffer(raw[: 16 * n_chunks], "<u8").reshape(n_chunks, 2)
     data_end = size - index_bytes if layout.index_at_end else size
     data_start = 0 if layout.index_at_end else index_bytes
@@ -109,13 +121,21 @@ def _shard_problem(layout: ArrayLayout, s: int) -> str | None:
         if c0 >= layout.shape[0]:
             break  # beyond the array: never written
         off, n = entries[c]
-        if off == _MISSING and n == _MISSING:
+        if off == MISSING and n == MISSING:
             if layout.strict:
-                return f"frames {c0}-{min(c0 + layout.chunk, b) - 1}: chunk missing in shard {path.name}"
+                return None, f"frames {c0}-{min(c0 + layout.chunk, b) - 1}: chunk missing in shard {path.name}"
             continue
         if off < data_start or off + n > data_end:
-            return f"frames {c0}-{min(c0 + layout.chunk, b) - 1}: chunk lies outside shard {path.name} (truncated file)"
-    return None
+            return (
+                None,
+                f"frames {c0}-{min(c0 + layout.chunk, b) - 1}: chunk lies outside shard {path.name} (truncated file)",
+            )
+    return entries, None
+
+
+def _shard_problem(layout: ArrayLayout, s: int) -> str | None:
+    """Why shard ``s`` is damaged (missing, truncated, bad index, chunk missing), or None."""
+    return shard_index(layout, s)[1]
 
 
 def _decode_problem(array: Any, layout: ArrayLayout, a: int, b: int) -> str | None:
@@ -230,13 +250,18 @@ def video_problems(video_dir: Path, full: bool = False) -> list[str]:
     return problems + _digest_problems(Path(video_dir), attrs.get("shard_digests"), full)
 
 
-def check_read(video_id: str, name: str, layout: ArrayLayout, expected: int, start: int, stop: int) -> None:
-    """Before a read of frames start:stop: raise StoreError if the array or a shard it needs is damaged."""
+def check_shape(video_id: str, name: str, layout: ArrayLayout, expected: int) -> None:
+    """Raise StoreError if the array's length disagrees with the video's count (``expected``)."""
     if layout.shape[0] != expected:
         raise StoreError(
             f"video {video_id!r}: {name} array has shape {layout.shape} but the video has {expected} "
             f"{'frames' if name == 'rgb' else 'flow fields'}: the store is damaged (flowprep verify; run --repair)"
         )
+
+
+def check_read(video_id: str, name: str, layout: ArrayLayout, expected: int, start: int, stop: int) -> None:
+    """Before a read of frames start:stop: raise StoreError if the array or a shard it needs is damaged."""
+    check_shape(video_id, name, layout, expected)
     if stop <= start:
         return
     for s in range(start // layout.shard, (stop - 1) // layout.shard + 1):

@@ -9,6 +9,8 @@ Format 2 (written now): each array's codec is chosen by ``WriteConfig.rgb_codec`
 (``flowprep.store.codecs``: JPEG q95 RGB and near-lossless zstd flow by default) and recorded in its
 zarr.json and in the video's ``codecs`` attribute; flow has its own time and channel dimension
 names so xarray opens a video group.  Format 1 (zstd 3, dims t, y, x, c for both) still reads.
+The reader decodes chunks itself where it can (``flowprep.store.shards``: every codec of the
+table) and through zarr-python otherwise; the files are zarr's either way.
 
 The bookkeeping beside the store (``<name>.run/``, staging included) belongs to
 ``flowprep.run.state``; this module only writes into the staging folder it is handed.
@@ -36,6 +38,7 @@ from flowprep.flow.api import RGB_SCALE, dequantize_flow, dequantize_rgb
 from flowprep.store import codecs as store_codecs
 from flowprep.store import verify
 from flowprep.store.errors import StoreError
+from flowprep.store.shards import ShardReader
 
 if TYPE_CHECKING:
     from zarr.core.common import JSON
@@ -300,7 +303,8 @@ class Store:
         )
         self._known = set(self.video_ids)
         self._groups: dict[str, zarr.Group] = {}
-        self._arrays: dict[tuple[str, str], tuple[zarr.Array, verify.ArrayLayout, int]] = {}
+        self._arrays: dict[tuple[str, str], tuple[verify.ArrayLayout, int, ShardReader | None]] = {}
+        self._zarrs: dict[tuple[str, str], zarr.Array] = {}
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -322,27 +326,45 @@ class Store:
             self._groups[video_id] = g
         return g
 
-    def _read(
-        self, video_id: str, name: str, start: int, stop: int | None, ys: slice = slice(None), xs: slice = slice(None)
-    ) -> np.ndarray:
-        """Frames start:stop of array ``name``, checked (verify.check_read): damage is a StoreError, never fill values."""
+    def _array(self, video_id: str, name: str) -> tuple[verify.ArrayLayout, int, ShardReader | None]:
+        """Array ``name`` of a video, opened once: its layout, its length per the video's attributes and,
+        where its codecs allow, the direct reader (``shards.ShardReader``)."""
         got = self._arrays.get((video_id, name))
         if got is None:
-            g = self._group(video_id)
             count = "n_frames" if name == "rgb" else "n_flow"
-            expected = g.attrs.get(count)
+            expected = self._group(video_id).attrs.get(count)
             if not isinstance(expected, int):
                 raise StoreError(f"video {video_id!r}: attribute {count!r} missing; flowprep verify; run --repair")
             layout = verify.ArrayLayout(self.path / "videos" / video_id / name)
+            got = self._arrays[(video_id, name)] = (layout, expected, ShardReader.open(layout))
+        return got
+
+    def _zarr_array(self, video_id: str, name: str) -> zarr.Array:
+        """zarr-python's handle of array ``name``, opened once (the direct reader needs none)."""
+        arr = self._zarrs.get((video_id, name))
+        if arr is None:
             try:
-                arr = g[name]
+                node = self._group(video_id)[name]
             except Exception as e:
                 raise StoreError(f"video {video_id!r}: {name} array unreadable ({type(e).__name__}: {e})") from None
-            if not isinstance(arr, zarr.Array):
+            if not isinstance(node, zarr.Array):
                 raise StoreError(f"video {video_id!r}: {name} is a group, not an array; flowprep verify; run --repair")
-            got = self._arrays[(video_id, name)] = (arr, layout, expected)
-        arr, layout, expected = got
+            arr = self._zarrs[(video_id, name)] = node
+        return arr
+
+    def _read(
+        self, video_id: str, name: str, start: int, stop: int | None, ys: slice = slice(None), xs: slice = slice(None)
+    ) -> np.ndarray:
+        """Frames start:stop of array ``name``, checked (verify.check_read): damage is a StoreError, never fill values.
+        The direct reader reads what it can (every codec of the table), zarr-python the rest."""
+        layout, expected, direct = self._array(video_id, name)
         a, b, _ = slice(start, stop).indices(expected)
+        if direct is not None:
+            verify.check_shape(video_id, name, layout, expected)  # the reader checks each shard it reads
+            out = direct.read(video_id, name, a, max(a, b), ys, xs)
+            if out is not None:
+                return out
+        arr = self._zarr_array(video_id, name)
         verify.check_read(video_id, name, layout, expected, a, b)
         try:
             # slices in every axis: always an array (zarr's type also allows the scalars an int index gives)

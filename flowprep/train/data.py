@@ -22,8 +22,8 @@ sampler asks for.
   device)`` then flips (negating u), converts and scales on the training device (``x / 127.5 - 1``
   for RGB, ``q / 127`` for flow, as the store's reader does) into (B*N, C, T, H, W) float32 with
   channels-last memory; the sampler's ``model_input`` shapes that for the model.
-  Measured (``make bench-store``, FORMAT.md): against rawframes normalised in the workers this
-  gains 1.1-1.2x for RGB; decoding the window (JPEG for both, FFV1 or zstd for flow) is the rest.
+  Where a step's time goes against rawframes normalised in the workers: FORMAT.md, loader
+  (``make bench-store``).
 
 Each sample is an index into ``items`` (for a training sampler: one per video), optionally paired
 with a seed, ``(index, seed)`` (``TrainSampler`` makes them): the augmentation of a sample depends
@@ -325,6 +325,21 @@ def _float32(raw: torch.Tensor) -> torch.Tensor:
     return raw.float()
 
 
+def _mirror(raw_bthwc: torch.Tensor, flips: list[bool]) -> torch.Tensor:
+    """The samples with ``flips[b]`` mirrored left-right (W: dim 2 of each (T, H, W, C)), the others as they are.
+
+    Raw bytes (a quarter of float32's), one sample at a time: on a CPU, torch's advanced indexing
+    and flipping float32 cost 10x a uint8 flip.  A flow pixel's two int8 channels move as one
+    int16, which torch flips several times faster than 2 channels of int8 (FORMAT.md, loader)."""
+    pixel = raw_bthwc.shape[-1] * raw_bthwc.element_size()
+    as_int = {2: torch.int16, 4: torch.int32, 8: torch.int64}.get(pixel)
+    pixels = raw_bthwc.view(as_int) if as_int is not None and raw_bthwc.is_contiguous() else raw_bthwc
+    out = torch.empty_like(pixels)  # written sample by sample: torch.stack of uint8 crops cost 3x the flips
+    for r, o, f in zip(pixels, out, flips, strict=True):
+        o.copy_(r.flip(2) if f else r)
+    return out.view(raw_bthwc.dtype)
+
+
 def raw_to_model(
     raw_bthwc: torch.Tensor, stream: str, flip_b: torch.Tensor | None = None, scale_b: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -338,17 +353,15 @@ def raw_to_model(
     """
     flips = [bool(f) for f in flip_b.tolist()] if flip_b is not None else []
     if any(flips):
-        # mirror only the flipped samples, and their raw bytes (a quarter of float32's), one sample
-        # at a time: on a CPU, torch's advanced indexing and flipping float32 cost 10x a uint8 flip
-        raw_bthwc = torch.stack(
-            [r.flip(2) if f else r for r, f in zip(raw_bthwc, flips, strict=True)]
-        )  # W: dim 2 of (T, H, W, C)
+        raw_bthwc = _mirror(raw_bthwc, flips)
     if stream == "rgb":
         x = dequantize_rgb_(_float32(raw_bthwc))
     else:
-        x = _float32(raw_bthwc).mul_(1 / 127)
-        if scale_b is not None:
-            x.mul_(scale_b.to(x.device, x.dtype).view(-1, 1, 1, 1, 1))
+        x = _float32(raw_bthwc)
+        if scale_b is None:
+            x.mul_(1 / 127)
+        else:  # q / 127 and the video's scale in one pass
+            x.mul_(scale_b.to(x.device, x.dtype).view(-1, 1, 1, 1, 1) / 127)
         for i in (i for i, f in enumerate(flips) if f):  # a motion to the right seen in a mirror goes to the left
             x[i, ..., 0].neg_()
     return x.permute(0, 4, 1, 2, 3)
