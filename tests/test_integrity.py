@@ -605,3 +605,25 @@ def test_a_requeued_task_waits_for_the_lease_of_a_node_that_stopped_beating(tmp_
     assert 1.0 <= waited <= 4.0  # waited until the lease went stale, then took it
     assert json.loads(path.read_text())["token"] == lease.token
     lease.release()
+
+
+@pytest.mark.slow
+def test_finalize_on_a_full_disk_is_one_line_exit_1_and_runs_again(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, _manifest(tmp_path, n=2, frames=40), short_side=32)
+    with _small_disk(tmp_path / "small", 1 << 20) as mnt:
+        out = mnt / "t.zarr"
+        assert main(["run", str(recipe), "--out", str(out), "--no-progress", "--jobs", "1"]) == 0
+        index = run_dir(out) / "index.json"
+        expected = json.loads(index.read_text())["counts"]
+        index.unlink()
+        filler = _fill(mnt)
+        capsys.readouterr()
+        assert main(["finalize", str(recipe), "--out", str(out)]) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            f"flowprep: error: cannot write the index {index}: No space left on device; the tasks' ledgers are "
+            "intact: run finalize again when there is room"
+        ]
+        assert not index.exists() and [p.name for p in run_dir(out).rglob("*.tmp")] == []
+        filler.unlink()
+        assert main(["finalize", str(recipe), "--out", str(out)]) == 0
+        assert json.loads(index.read_text())["counts"] == expected == {"done": 2, "failed": 0, "pending": 0}

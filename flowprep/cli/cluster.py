@@ -91,6 +91,12 @@ def cmd_finalize(args: argparse.Namespace) -> int:
         index = finalize(cfg)
     except (RecipeError, ManifestError, FileNotFoundError, ValueError) as e:
         return usage_error(str(e))
+    except OSError as e:  # state.BookkeepingError: a full disk under the index, which names the file
+        print(
+            f"flowprep: error: {e}; the tasks' ledgers are intact: run finalize again when there is room",
+            file=sys.stderr,
+        )
+        return 1
     c = index["counts"]
     print(f"{cfg.dataset}: {index_path(cfg.out)}: {c['done']} done, {c['failed']} failed, {c['pending']} pending")
     return 0
