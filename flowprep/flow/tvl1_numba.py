@@ -1,10 +1,11 @@
-"""Fused CPU kernel of the TV-L1 iteration (numba): a whole warp's iterations in one compiled call.
+"""Fused CPU kernel of the TV-L1 iteration (numba): an outer iteration's inner iterations in one compiled call.
 
 The "numba" engine of ``flowprep.flow.tvl1_torch`` (the CPU default): pyramid, centred gradient,
-bicubic warp and the between-level upsampling stay in torch (measured: a few percent of a pair's
-time); what runs here is the loop that costs, one warp's up to ``outer x inner`` iterations with
-the median filter at the start of each outer iteration and the per-pair stopping rule, for every
-pair of the batch, pairs in parallel on threads (one thread per job is what the pipeline sets).
+bicubic warp and the between-level upsampling stay in torch (profiled in a run: about a sixth of
+a pair's time, most of it the bicubic warp); what runs here is the loop that costs, one warp's up
+to ``outer x inner`` iterations with the median filter at the start of each outer iteration and
+the per-pair stopping rule, for every pair of the batch, pairs in parallel on threads (one thread
+per job is what the pipeline sets).
 
 One iteration is one pass over the image: row ``y``'s u-update (threshold step, divergence of the
 old p, per-pair error) then row ``y - 1``'s dual update (forward differences of the new u, which
@@ -21,8 +22,9 @@ package directory is read-only as in a system-wide wheel install, numba's user-w
 ``~/.cache/numba`` or ``NUMBA_CACHE_DIR``); signatures depend on dtypes only, never on frame sizes.
 What the first compile costs decides the layout: few compiled functions, callees inlined by numba
 rather than linked, one median function per size compiled only when used, the outer loop and the
-pairs' threads in Python (numba's ``parallel=True`` alone cost ~4.5 CPU-s); ``make bench-flow``
-prints the cold and cached figures, and ``warm_cache`` lets a parent compile once for its workers.
+pairs' threads in Python (numba's ``parallel=True`` cost seconds of compile); ``make bench-flow``
+prints the cold and cached figures.  ``warm_cache`` compiles or loads them ahead of a solve: a
+run's workers call it one at a time (``flowprep.run.pipeline``), so a machine compiles once.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def _p_row(y, u1, u2, p11, p12, p21, p22, taut, gx, gy, ng):
 
 
 # inline="always" (numba's own inlining): the callers compile this body with theirs instead of
-# linking and optimizing it again (~1.5 CPU-s of each machine's first compile)
+# linking and optimizing it again (a second or more of each machine's first compile)
 @njit(cache=True, fastmath=False, inline="always")
 def _iteration(u1, u2, p11, p12, p21, p22, ix, iy, nig, rho, l_t, theta, taut, scratch):
     """One iteration over a pair (h, w), in place; returns sum |d|^2 (float64).  ``scratch``:
@@ -590,7 +592,7 @@ def iterate_warp(state: TVL1State, consts: WarpConsts, params: TVL1Params, thres
     """One warp's iterations for every pair, in place on CPU float32 tensors (B, h, w) (gamma = 0).
     Returns the iterations each pair ran (int32 (B,)).  Pairs run in parallel on torch's thread
     count (what ``cpus.set_solver_threads`` sets: one per job in a run), their compiled calls
-    releasing the GIL; numba's own ``parallel=True`` would add ~4.5 CPU-s to every first compile."""
+    releasing the GIL (not numba's ``parallel=True``: the module docstring says why)."""
     arrays = [x.numpy() for x in (*state.u, *state.p, *consts)]
     n = len(arrays[0])
 

@@ -55,8 +55,8 @@ and p = 0, per warp ``warp_consts``, between levels ``upsample_flow``) over name
 Pairs in a batch are independent (a pair alone gives the same flow as in a batch).  Engines
 (``tvl1_device.tvl1_flow_engine(..., engine=)``):
 
-* "numba" (``flowprep.flow.tvl1_numba``; the default on the CPU): a warp's iterations in one
-  compiled call, one pass over the image per iteration, pairs in parallel.
+* "numba" (``flowprep.flow.tvl1_numba``; the default on the CPU): an outer iteration's inner
+  iterations in one compiled call, one pass over the image per iteration, pairs in parallel.
 * "cpu" (this module's ``tvl1_flow``, ``InPlaceSchedule``): u and p are updated in place in
   kept buffers; the frames are cut into blocks of rows sized for the caches, and a pair that
   has converged in a warp is simply skipped.  The host reads every pair's error after every
